@@ -1,0 +1,57 @@
+"""Device strings -> adapters, in the shape of timm's model registry.
+
+A device string is ``kind`` or ``kind:target``: ``openvino:CPU``, ``openvino:GPU``, ``cpu``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from .base import Device, DeviceError
+
+_FACTORIES: dict[str, Callable[..., Device]] = {}
+
+
+def register_device(kind: str):
+    """Decorator: register a factory ``factory(target: str | None, **options) -> Device``."""
+
+    def wrap(factory):
+        _FACTORIES[kind] = factory
+        return factory
+
+    return wrap
+
+
+def list_device_kinds() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def parse_device_string(device: str) -> tuple[str, str | None]:
+    kind, _, target = device.partition(":")
+    if not kind or kind not in _FACTORIES:
+        raise DeviceError(f"unknown device {device!r}; device kinds: {', '.join(list_device_kinds())} (e.g. openvino:CPU)")
+    return kind, (target or None)
+
+
+def create_device(device: str, **options) -> Device:
+    """Build the adapter for ``device`` (e.g. ``"openvino:CPU"``) with its options."""
+    kind, target = parse_device_string(device)
+    return _FACTORIES[kind](target, **options)
+
+
+def available_devices() -> list[str]:
+    """Device strings that can be used on this host."""
+    names = []
+    try:
+        import openvino as ov
+
+        names += [f"openvino:{d}" for d in ov.Core().available_devices]
+    except Exception:  # openvino missing or broken: just not available
+        pass
+    return names
+
+
+@register_device("openvino")
+def _openvino(target: str | None, **options) -> Device:
+    from .openvino import OpenVINODevice
+
+    return OpenVINODevice(target or "CPU", **options)

@@ -1,0 +1,77 @@
+"""The uncompressed baseline: trained once (or loaded from a checkpoint) and cached on disk.
+
+The cache key covers everything that changes the weights: model, data set (name, folder, image
+size), training settings and seed. Checkpoints are read with ``weights_only=True``: a file that
+would run code when unpickled is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .data import DataSplits
+from .finetune import TrainSettings, train
+from .models import create_model
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded safely or does not fit the model."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGETUNE_CACHE", Path.home() / ".cache" / "edgetune"))
+
+
+def cache_key(model_name: str, data: DataSplits, data_id: dict, settings: TrainSettings) -> str:
+    payload = {"model": model_name, "data": data_id, "classes": data.num_classes,
+               "shape": list(data.image_shape), "train": settings.__dict__}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle refusing globals, truncated file, not a torch file...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely (weights only): {reason}") from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds no state dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint {path} does not fit the model: {str(error).splitlines()[0]}") from None
+    return model
+
+
+def get_baseline(model_name: str, data: DataSplits, data_id: dict, settings: TrainSettings,
+                 checkpoint: str | None = None,
+                 on_epoch: Callable[[int, float], None] | None = None) -> tuple[nn.Module, str]:
+    """The trained baseline and where it came from ("checkpoint", "cache" or "trained")."""
+    model = create_model(model_name, data.num_classes)
+    if checkpoint:
+        return load_checkpoint(model, checkpoint).eval(), "checkpoint"
+    path = cache_dir() / "baselines" / f"{model_name}-{data.name}-{cache_key(model_name, data, data_id, settings)}.pt"
+    if path.is_file():
+        return load_checkpoint(model, path).eval(), "cache"
+    torch.manual_seed(settings.seed)
+    model = create_model(model_name, data.num_classes)
+    train(model, data.x_train, data.y_train, settings, on_epoch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    torch.save(model.state_dict(), partial)
+    partial.replace(path)  # atomic: a killed run never leaves half a checkpoint
+    return model.eval(), "trained"

@@ -1,0 +1,24 @@
+"""Accuracy from logits, and a plain PyTorch evaluation used during fine-tuning."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
+    """Top-k accuracy in percent."""
+    k = min(k, logits.shape[1])
+    top = np.argsort(-logits, axis=1)[:, :k]
+    return float((top == labels[:, None]).any(axis=1).mean() * 100.0)
+
+
+@torch.no_grad()
+def torch_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    model.eval()
+    return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]).numpy()
+
+
+def collapsed(top1: float, num_classes: int, margin: float = 1.5) -> bool:
+    """Near chance level: the network has stopped telling classes apart."""
+    return top1 <= margin * 100.0 / num_classes

@@ -1,0 +1,196 @@
+"""``tune``: the command line of edgetune (typer + rich)."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .spec import SpecError, load_spec, parse_override
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="edgetune: search per-layer-group compression settings, measured on the real device.")
+console = Console()
+DEFAULT_STORAGE = "sqlite:///edgetune.db"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from devices import DeviceError
+    from objectives.baseline import CheckpointError
+    from objectives.data import DataError
+    from objectives.groups import GroupError
+    from objectives.models import ModelError
+
+    from .storage import StorageError
+
+    return (SpecError, DataError, ModelError, DeviceError, GroupError, CheckpointError, StorageError)
+
+
+def user_errors_are_one_line(command):
+    """Errors a user can cause end the command with one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except _user_errors() as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _overrides(**named) -> dict:
+    mapping = {"target": "study.targets", "model": "model.name", "checkpoint": "model.checkpoint", "data": "data.name",
+               "data_dir": "data.dir", "device": "device.name", "trials": "study.trials", "sampler": "study.sampler",
+               "storage": "study.storage", "study_name": "study.name", "seed": "study.seed",
+               "max_top1_drop": "study.max_top1_drop"}
+    result = {mapping[k]: v for k, v in named.items() if k in mapping and v is not None}
+    if "study.targets" in result:
+        result["study.targets"] = [t.strip() for t in result["study.targets"].split(",") if t.strip()]
+    for item in named.get("set") or []:
+        key, value = parse_override(item)
+        result[key] = value
+    return result
+
+
+@app.command()
+@user_errors_are_one_line
+def start(
+    spec_file: Optional[Path] = typer.Option(None, "--spec", help="Study spec (TOML); default: the embedded studies/default.toml."),
+    target: Optional[str] = typer.Option(None, help="Objectives in order, e.g. latency,top1 (latency, top1, size, params, flops)."),
+    model: Optional[str] = typer.Option(None, help="Model name: resnet20/32/44/56 or any torchvision classifier."),
+    checkpoint: Optional[str] = typer.Option(None, help="Baseline weights (state dict; loaded with weights_only=True)."),
+    data: Optional[str] = typer.Option(None, help="Data set: digits, cifar10 or imagefolder."),
+    data_dir: Optional[str] = typer.Option(None, help="Folder of the data set (cifar10, imagefolder)."),
+    device: Optional[str] = typer.Option(None, help="Target device, e.g. openvino:CPU (`tune devices`)."),
+    trials: Optional[int] = typer.Option(None, help="Run until the study has this many finished trials."),
+    sampler: Optional[str] = typer.Option(None, help="auto, tpe, nsga2 or random."),
+    storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the study database."),
+    study_name: Optional[str] = typer.Option(None, help="Study name; an existing study is resumed."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the sampler and of training."),
+    max_top1_drop: Optional[float] = typer.Option(None, help="Trials losing more Top-1 points are infeasible."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any spec key: --set finetune.epochs=3"),
+):
+    """Run (or resume) a compression study and print its Pareto front."""
+    import optuna
+
+    from .progress import StudyProgress
+    from .run import Objective, TrialFailed
+    from .study import prepare
+
+    spec = load_spec(spec_file, _overrides(target=target, model=model, checkpoint=checkpoint, data=data, data_dir=data_dir,
+                                           device=device, trials=trials, sampler=sampler, storage=storage,
+                                           study_name=study_name, seed=seed, max_top1_drop=max_top1_drop, set=set_))
+    total = spec["study.trials"]
+    console.print(f"study [bold]{spec['study.name']}[/]: {spec['model.name']} on {spec['data.name']}, "
+                  f"device {spec['device.name']}, targets {','.join(spec.targets)}, sampler {spec.sampler}, {total} trials")
+    with StudyProgress(console, total, 0) as progress:
+        prepared = prepare(spec, on_status=progress.status)
+        study = prepared.study
+        finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+        progress.progress.update(progress.task, completed=len(finished))
+        base = prepared.baseline
+        console.print(f"baseline ({prepared.baseline_source}): latency {base['latency_ms']:.3f} ms "
+                      f"(±{base['latency_ci95_rel'] * 100:.1f}%, {base['latency_runs']} runs), Top-1 {base['top1']:.2f}%, "
+                      f"params {base['params']:,}, FLOPs {base['flops']:,}; groups: "
+                      + ", ".join(f"{g.name} ({len(g.layers)} layers)" for g in prepared.context.groups))
+        remaining = total - len(finished)
+        objective = Objective(spec, prepared.context, base, on_phase=progress.on_phase)
+        try:
+            if remaining > 0:
+                study.optimize(objective, n_trials=remaining, callbacks=[progress.on_trial_end],
+                               catch=(TrialFailed,), gc_after_trial=True)
+        except KeyboardInterrupt:
+            progress.status("interrupted")
+            console.print(f"[yellow]interrupted[/]: finished trials are stored in {spec['study.storage']}; "
+                          "run the same command to resume")
+            raise typer.Exit(130) from None
+        progress.status("done")
+    _print_front(study)
+
+
+def _print_front(study) -> None:
+    from .pareto import front_table
+
+    console.print(front_table(study))
+
+
+@app.command()
+@user_errors_are_one_line
+def pareto(
+    study_name: Optional[str] = typer.Argument(None, help="Study name (optional if the storage holds one)."),
+    storage: str = typer.Option(DEFAULT_STORAGE, help="SQLAlchemy URL of the study database."),
+):
+    """Print the current Pareto front of a stored study, with deltas against its baseline."""
+    from .study import load_study
+
+    _print_front(load_study(storage, study_name))
+
+
+app.command("status", help="Same as `tune pareto`.")(pareto)
+
+
+@app.command()
+@user_errors_are_one_line
+def groups(
+    spec_file: Optional[Path] = typer.Option(None, "--spec", help="Study spec (TOML)."),
+    model: Optional[str] = typer.Option(None, help="Model name."),
+    num_classes: int = typer.Option(10, help="Classes of the classifier head."),
+    image_size: int = typer.Option(32, help="Input size used to count FLOPs."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override spec keys (search.groups, search.exclude)."),
+):
+    """Show the layer groups of a model: layers, parameters and FLOPs share."""
+    import torch
+
+    from objectives.groups import derive_groups, describe_groups
+    from objectives.models import create_model
+
+    from .study import group_rules
+
+    spec = load_spec(spec_file, _overrides(model=model, set=set_))
+    net = create_model(spec["model.name"], num_classes)
+    found = derive_groups(net, group_rules(spec))
+    table = Table(title=f"layer groups of {spec['model.name']}")
+    for column in ("group", "layers", "params", "params share", "FLOPs share"):
+        table.add_column(column, overflow="fold")
+    for row in describe_groups(net, found, torch.zeros(2, 3, image_size, image_size)):
+        table.add_row(row["name"], "\n".join(row["layers"]), f"{row['params']:,}", f"{row['params_share']:.1%}",
+                      f"{row['flops_share']:.1%}")
+    console.print(table)
+
+
+@app.command()
+@user_errors_are_one_line
+def devices():
+    """List the devices available on this host, with the facts that change a timing."""
+    from devices import available_devices, create_device
+
+    table = Table(title="devices on this host")
+    for column in ("device", "full name", "runtime", "precisions", "capabilities"):
+        table.add_column(column, overflow="fold")
+    for name in available_devices():
+        info = create_device(name).info()
+        table.add_row(info.name, info.full_name, info.runtime, ", ".join(info.precisions), info.extra.get("capabilities", ""))
+    console.print(table)
+
+
+@app.command()
+def models(contains: Optional[str] = typer.Argument(None, help="Only names containing this text.")):
+    """List the model names `--model` accepts."""
+    from objectives.models import list_models
+
+    names = [n for n in list_models() if not contains or contains in n]
+    console.print(" ".join(names))
+
+
+def main() -> None:  # console script entry point
+    app(prog_name="tune")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

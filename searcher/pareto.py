@@ -1,0 +1,100 @@
+"""The Pareto front of a stored study, with every model's change against the baseline.
+
+The front itself is Optuna's (``study.best_trials``: feasible, non-dominated, complete trials).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import optuna
+from rich.table import Table
+
+from .spec import TARGET_UNITS
+
+
+@dataclass
+class FrontRow:
+    number: int
+    attrs: dict
+    params: dict
+
+
+def front(study: optuna.Study) -> list[FrontRow]:
+    trials = study.best_trials if _has_complete(study) else []
+    first = TARGET_UNITS.get(_targets(study)[0], "latency_ms") if _targets(study) else "latency_ms"
+    rows = [FrontRow(t.number, t.user_attrs, t.params) for t in trials]
+    return sorted(rows, key=lambda r: (r.attrs.get(first) is None, r.attrs.get(first, 0)))
+
+
+def _has_complete(study: optuna.Study) -> bool:
+    return any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+
+
+def _targets(study: optuna.Study) -> list[str]:
+    return list(study.user_attrs.get("spec", {}).get("study.targets", []))
+
+
+def baseline(study: optuna.Study) -> dict:
+    return {k[len("baseline_"):]: v for k, v in study.user_attrs.items() if k.startswith("baseline_")}
+
+
+def _rel(value, base) -> str:
+    if value is None or not base:
+        return ""
+    return f"{(value - base) / base * 100:+.1f}%"
+
+
+def _human(n) -> str:
+    if n is None:
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    result: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        result[t.state.name.lower()] = result.get(t.state.name.lower(), 0) + 1
+    return result
+
+
+def _with_delta(text: str, delta: str) -> str:
+    return f"{text} [dim]{delta}[/]" if delta else text
+
+
+def settings_short(row_params: dict, attrs: dict) -> str:
+    """Compact per-group settings: ``l1 layer1=.35 layer2=.75``."""
+    sparsity = " ".join(f"{k.split('.', 1)[1]}={v:.2f}".replace("=0.", "=.") for k, v in sorted(row_params.items())
+                        if k.startswith("sparsity."))
+    pruner = row_params.get("pruner", attrs.get("pruner", ""))
+    precisions = {k.split(".", 1)[1]: v for k, v in row_params.items() if k.startswith("precision.")}
+    text = f"{pruner} {sparsity}".strip()
+    if precisions:
+        text += " | " + " ".join(f"{g}:{p}" for g, p in sorted(precisions.items()))
+    return text
+
+
+def front_table(study: optuna.Study, title: str | None = None) -> Table:
+    base = baseline(study)
+    stats = counts(study)
+    table = Table(title=title or f"Pareto front of '{study.study_name}' "
+                  f"({stats.get('complete', 0)} complete, {stats.get('pruned', 0)} collapsed, {stats.get('fail', 0)} failed)")
+    for column in ("trial", "latency ms", "Top-1 %", "params", "FLOPs", "size", "settings (sparsity per group)"):
+        table.add_column(column, justify="left" if column.startswith("settings") else "right", overflow="fold")
+    if base:
+        table.add_row("base", f"{base['latency_ms']:.3f}", f"{base['top1']:.2f}", _human(base.get("params")),
+                      _human(base.get("flops")), _human(base.get("size_bytes")) + "B", "uncompressed")
+    for row in front(study):
+        a = row.attrs
+        table.add_row(
+            str(row.number),
+            _with_delta(f"{a['latency_ms']:.3f}", _rel(a["latency_ms"], base.get("latency_ms"))),
+            _with_delta(f"{a['top1']:.2f}", f"{a['top1'] - base['top1']:+.2f}" if "top1" in base else ""),
+            _with_delta(_human(a.get("params")), _rel(a.get("params"), base.get("params"))),
+            _with_delta(_human(a.get("flops")), _rel(a.get("flops"), base.get("flops"))),
+            _human(a.get("size_bytes")) + "B",
+            settings_short(row.params, a),
+        )
+    return table

@@ -1,0 +1,199 @@
+"""The study specification: a TOML file (studies/default.toml is embedded) plus CLI overrides.
+
+Every key is declared once in :data:`KEYS` with its type and what is allowed, so an invalid
+spec fails with one line naming the key::
+
+    spec key 'finetune.epochs': must be an integer >= 0, got 'two'
+"""
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+TARGETS = {"latency": "minimize", "top1": "maximize", "size": "minimize", "params": "minimize", "flops": "minimize"}
+TARGET_UNITS = {"latency": "latency_ms", "top1": "top1", "size": "size_bytes", "params": "params", "flops": "flops"}
+SAMPLERS = ("auto", "tpe", "nsga2", "random")
+PRUNERS = ("l1", "l2", "fpgm")
+DATASETS = ("digits", "cifar10", "imagefolder")
+
+
+class SpecError(ValueError):
+    """An invalid study specification; the message names the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Key:
+    kind: type | tuple
+    allowed: str
+    check: Callable[[Any], bool] = lambda v: True
+    optional: bool = False
+
+
+def _targets_ok(v) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(t in TARGETS for t in v) and len(set(v)) == len(v)
+
+
+def _regex_list_ok(v) -> bool:
+    import re
+
+    try:
+        return isinstance(v, list) and all(isinstance(p, str) and re.compile(p) for p in v)
+    except re.error:
+        return False
+
+
+def _groups_ok(v) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and _regex_list_ok(p) and p for k, p in v.items())
+
+
+KEYS: dict[str, Key] = {
+    "study.name": Key(str, "a non-empty string", lambda v: bool(v.strip())),
+    "study.storage": Key(str, "an SQLAlchemy URL, e.g. sqlite:///edgetune.db", lambda v: "://" in v),
+    "study.artifacts": Key(str, "a directory path"),
+    "study.targets": Key(list, f"a non-empty list of distinct targets from: {', '.join(TARGETS)}", _targets_ok),
+    "study.sampler": Key(str, f"one of: {', '.join(SAMPLERS)}", lambda v: v in SAMPLERS),
+    "study.trials": Key(int, "an integer >= 1", lambda v: v >= 1),
+    "study.seed": Key(int, "an integer >= 0", lambda v: v >= 0),
+    "study.max_top1_drop": Key((int, float), "a number of points >= 0", lambda v: v >= 0, optional=True),
+    "model.name": Key(str, "a model name (`tune models` lists them)", lambda v: bool(v)),
+    "model.checkpoint": Key(str, "a path to a state-dict checkpoint", optional=True),
+    "data.name": Key(str, f"one of: {', '.join(DATASETS)}", lambda v: v in DATASETS),
+    "data.dir": Key(str, "a directory path", optional=True),
+    "data.image_size": Key(int, "an integer >= 8", lambda v: v >= 8, optional=True),
+    "data.download": Key(bool, "true or false"),
+    "data.val_fraction": Key((int, float), "a number in (0, 0.5]", lambda v: 0 < v <= 0.5),
+    "baseline.epochs": Key(int, "an integer >= 0", lambda v: v >= 0),
+    "baseline.lr": Key((int, float), "a number > 0", lambda v: v > 0),
+    "baseline.batch_size": Key(int, "an integer >= 2", lambda v: v >= 2),
+    "finetune.epochs": Key(int, "an integer >= 0", lambda v: v >= 0),
+    "finetune.lr": Key((int, float), "a number > 0", lambda v: v > 0),
+    "finetune.batch_size": Key(int, "an integer >= 2", lambda v: v >= 2),
+    "device.name": Key(str, "a device string such as openvino:CPU (`tune devices` lists them)", lambda v: bool(v)),
+    "device.threads": Key(int, "an integer >= 0 (0: the runtime's default)", lambda v: v >= 0),
+    "device.batch": Key(int, "an integer >= 1", lambda v: v >= 1),
+    "device.latency_ci": Key((int, float), "a relative half-width in (0, 0.5]", lambda v: 0 < v <= 0.5),
+    "device.latency_max_seconds": Key((int, float), "a number of seconds > 0", lambda v: v > 0),
+    "search.sparsity_max": Key((int, float), "a number in [0, 0.95]", lambda v: 0 <= v <= 0.95),
+    "search.sparsity_step": Key((int, float), "a number in (0, 0.5]", lambda v: 0 < v <= 0.5),
+    "search.pruners": Key(list, f"a non-empty list from: {', '.join(PRUNERS)}",
+                          lambda v: bool(v) and all(p in PRUNERS for p in v)),
+    "search.exclude": Key(list, "a list of regular expressions (layer names to keep unpruned)", _regex_list_ok),
+    "search.groups": Key(dict, "a table of group name = [regular expressions of Conv2d names]", _groups_ok, optional=True),
+    "search.collapse_margin": Key((int, float), "a multiple of chance-level Top-1 >= 1", lambda v: v >= 1),
+}
+
+
+def _type_name(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {int: "integer", float: "number", str: "string", bool: "boolean", list: "list", dict: "table"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _validate_value(key: str, value: Any) -> Any:
+    spec = KEYS[key]
+    kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
+    if isinstance(value, bool) and bool not in kinds:  # bool is an int in Python; not here
+        ok = False
+    else:
+        ok = isinstance(value, kinds)
+    if not ok or not spec.check(value):
+        raise SpecError(f"spec key '{key}': must be {spec.allowed}, got {value!r}")
+    return float(value) if float in kinds and int in kinds else value
+
+
+def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for name, value in table.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict) and key not in KEYS:
+            if not any(k.startswith(key + ".") for k in KEYS):
+                raise SpecError(f"unknown spec section '{key}'; sections: {', '.join(sorted({k.split('.')[0] for k in KEYS}))}")
+            flat.update(_flatten(value, key + "."))
+        else:
+            flat[key] = value
+    return flat
+
+
+@dataclass
+class Spec:
+    """A validated study specification (flat dotted keys, e.g. ``spec["finetune.epochs"]``)."""
+
+    values: dict[str, Any]
+    source: str
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values.get(key)
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.values["study.targets"])
+
+    @property
+    def directions(self) -> list[str]:
+        return [TARGETS[t] for t in self.targets]
+
+    @property
+    def sampler(self) -> str:
+        choice = self.values["study.sampler"]
+        if choice == "auto":
+            return "tpe" if len(self.targets) == 1 else "nsga2"
+        return choice
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self.values)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` with a TOML value (bare words are strings): ``finetune.epochs=3``."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep:
+        raise SpecError(f"override {text!r}: expected key=value")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def default_spec_text() -> str:
+    return resources.files("studies").joinpath("default.toml").read_text()
+
+
+def load_spec(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Spec:
+    """Read the TOML file (default: the embedded studies/default.toml), apply overrides, validate."""
+    defaults = _flatten(tomllib.loads(default_spec_text()))
+    if path is None:
+        values, source = dict(defaults), "studies/default.toml"
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError(f"spec file {path} does not exist")
+        try:
+            text = path.read_text()
+            values = {**defaults, **_flatten(tomllib.loads(text))}
+        except tomllib.TOMLDecodeError as error:
+            raise SpecError(f"spec file {path} is not valid TOML: {error}") from None
+        except UnicodeDecodeError:
+            raise SpecError(f"spec file {path} is not a text file") from None
+        source = str(path)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    unknown = sorted(k for k in values if k not in KEYS)
+    if unknown:
+        raise SpecError(f"unknown spec key '{unknown[0]}'; allowed keys: {', '.join(KEYS)}")
+    for key, spec in KEYS.items():
+        if key not in values or values[key] is None:
+            if not spec.optional:
+                raise SpecError(f"spec key '{key}' is missing: must be {spec.allowed}")
+            values.pop(key, None)
+            continue
+        values[key] = _validate_value(key, values[key])
+    if values["data.name"] == "imagefolder" and "data.dir" not in values:
+        raise SpecError("spec key 'data.dir' is missing: data set 'imagefolder' needs a directory with train/ and val/")
+    return Spec(values, source)

@@ -1,0 +1,132 @@
+"""Study creation and resumption, sampler choice, and the one-time baseline bootstrap.
+
+The baseline's record, the layer groups and the spec are stored on the study (user attributes):
+a resumed study reuses them and never recomputes them.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import optuna
+
+from devices import create_device
+from devices.protocol import LatencyProtocol
+from objectives.baseline import get_baseline
+from objectives.data import DataSplits, load_data
+from objectives.finetune import TrainSettings
+from objectives.groups import GroupRules, LayerGroup, derive_groups, describe_groups
+from objectives.pipeline import TrialContext, evaluate_baseline
+
+from .spec import TARGET_UNITS, Spec, SpecError
+from .storage import open_storage
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)  # we report trials ourselves (rich)
+logging.getLogger("nncf").setLevel(logging.ERROR)
+
+#: keys whose change would make a resumed study's trials incomparable
+FIXED_ON_RESUME = ("model.name", "model.checkpoint", "data.name", "data.dir", "data.image_size", "baseline.epochs",
+                   "baseline.lr", "device.name", "device.batch", "study.targets", "search.groups", "search.exclude")
+
+
+def make_sampler(spec: Spec) -> optuna.samplers.BaseSampler:
+    seed = spec["study.seed"]
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, max(3, spec["study.trials"] // 3)))
+    if spec.sampler == "nsga2":
+        # A population of a third of the budget (4..50) leaves several generations to evolve.
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, spec["study.trials"] // 3)))
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def open_study(spec: Spec) -> optuna.Study:
+    storage = open_storage(spec["study.storage"])
+    name = spec["study.name"]
+    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if name in existing:
+        stored = existing[name].user_attrs.get("spec", {})
+        for key in FIXED_ON_RESUME:
+            if stored and stored.get(key) != spec[key]:
+                raise SpecError(f"study '{name}' exists with {key} = {stored.get(key)!r}, not {spec[key]!r}; "
+                                "resume it with the same settings or choose another --study-name")
+    study = optuna.create_study(storage=storage, study_name=name, sampler=make_sampler(spec),
+                                directions=spec.directions, load_if_exists=True)
+    if [d.name.lower() for d in study.directions] != spec.directions:
+        raise SpecError(f"study '{name}' exists with other targets; choose another --study-name")
+    if study.metric_names is None:
+        study.set_metric_names([TARGET_UNITS[t] for t in spec.targets])
+    return study
+
+
+def load_study(storage_url: str, name: str | None) -> optuna.Study:
+    """An existing study; ``name`` may be omitted when the storage holds exactly one."""
+    storage = open_storage(storage_url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if name is None:
+        if len(names) != 1:
+            raise SpecError(f"storage holds {len(names)} studies ({', '.join(names) or 'none'}); name one with --study-name")
+        name = names[0]
+    if name not in names:
+        raise SpecError(f"no study '{name}' in the storage; studies: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def data_id(spec: Spec) -> dict:
+    return {k: spec[k] for k in ("data.name", "data.dir", "data.image_size", "data.val_fraction")}
+
+
+def load_spec_data(spec: Spec) -> DataSplits:
+    return load_data(spec["data.name"], spec["data.dir"], spec["data.image_size"], spec["data.download"],
+                     spec["data.val_fraction"], seed=0)
+
+
+def baseline_settings(spec: Spec) -> TrainSettings:
+    return TrainSettings(spec["baseline.epochs"], spec["baseline.lr"], spec["baseline.batch_size"], seed=spec["study.seed"])
+
+
+def make_device(spec: Spec):
+    protocol = LatencyProtocol(target_ci_rel=spec["device.latency_ci"], max_seconds=spec["device.latency_max_seconds"])
+    return create_device(spec["device.name"], threads=spec["device.threads"], protocol=protocol, batch=spec["device.batch"])
+
+
+def group_rules(spec: Spec) -> GroupRules:
+    return GroupRules(overrides=dict(spec["search.groups"] or {}), exclude=list(spec["search.exclude"]))
+
+
+@dataclass
+class Prepared:
+    study: optuna.Study
+    context: TrialContext
+    baseline: dict  # the baseline's record (without the prefix)
+    baseline_source: str
+
+
+def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> Prepared:
+    """Open or create the study; on first use, derive groups and measure the baseline."""
+    device = make_device(spec)  # fail early on an unavailable device, before any training
+    on_status("loading data")
+    data = load_spec_data(spec)  # a bad data directory fails before the study is created
+    study = open_study(spec)
+    on_status("baseline: loading or training")
+    epochs = spec["baseline.epochs"]
+    model, source = get_baseline(spec["model.name"], data, data_id(spec), baseline_settings(spec), spec["model.checkpoint"],
+                                 on_epoch=lambda e, loss: on_status(f"baseline: training epoch {e + 1}/{epochs} (loss {loss:.3f})"))
+    attrs = study.user_attrs
+    if "groups" in attrs:
+        groups = [LayerGroup.from_dict(g) for g in attrs["groups"]]
+    else:
+        groups = derive_groups(model, group_rules(spec))
+    context = TrialContext(model, data, groups, device, collapse_margin=spec["search.collapse_margin"])
+    if "baseline_top1" not in attrs:
+        on_status("baseline: deploying and measuring on the device")
+        record = evaluate_baseline(context)
+        study.set_user_attr("spec", spec.to_dict())
+        study.set_user_attr("groups", [g.to_dict() for g in groups])
+        study.set_user_attr("groups_described", [
+            {k: v for k, v in d.items() if k != "layers"} for d in describe_groups(model, groups, data.example_input(2))])
+        study.set_user_attr("baseline_source", source)
+        for key, value in record.items():
+            study.set_user_attr(f"baseline_{key}", value)
+    baseline = {k[len("baseline_"):]: v for k, v in study.user_attrs.items() if k.startswith("baseline_")}
+    return Prepared(study, context, baseline, source)
