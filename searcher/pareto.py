@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import optuna
+from rich import box
 from rich.table import Table
 
 from .spec import TARGET_UNITS
@@ -61,31 +62,39 @@ def counts(study: optuna.Study) -> dict[str, int]:
 
 
 def _with_delta(text: str, delta: str) -> str:
-    return f"{text} [dim]{delta}[/]" if delta else text
+    return f"{text}\n[dim]{delta}[/]" if delta else text
 
 
-def settings_short(row_params: dict, attrs: dict) -> str:
-    """Compact per-group settings: ``l1 layer1=.35 layer2=.75``."""
-    sparsity = " ".join(f"{k.split('.', 1)[1]}={v:.2f}".replace("=0.", "=.") for k, v in sorted(row_params.items())
-                        if k.startswith("sparsity."))
+def settings_short(row_params: dict, attrs: dict, groups: list[str] | None = None) -> str:
+    """Compact settings: the pruner, then each group's sparsity in group order (``l1 .35/.75/.80``)."""
+    groups = groups or [k.split(".", 1)[1] for k in sorted(row_params) if k.startswith("sparsity.")]
+    sparsity = "/".join(f"{row_params.get(f'sparsity.{g}', 0.0):.2f}".lstrip("0") for g in groups)
     pruner = row_params.get("pruner", attrs.get("pruner", ""))
-    precisions = {k.split(".", 1)[1]: v for k, v in row_params.items() if k.startswith("precision.")}
+    precisions = [str(row_params[f"precision.{g}"]) for g in groups if f"precision.{g}" in row_params]
     text = f"{pruner} {sparsity}".strip()
     if precisions:
-        text += " | " + " ".join(f"{g}:{p}" for g, p in sorted(precisions.items()))
+        text += " " + "/".join(precisions)
     return text
+
+
+def _group_names(study: optuna.Study) -> list[str]:
+    return [g["name"] for g in study.user_attrs.get("groups", [])]
 
 
 def front_table(study: optuna.Study, title: str | None = None) -> Table:
     base = baseline(study)
     stats = counts(study)
-    table = Table(title=title or f"Pareto front of '{study.study_name}' "
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=title or f"Pareto front of '{study.study_name}' "
                   f"({stats.get('complete', 0)} complete, {stats.get('pruned', 0)} collapsed, {stats.get('fail', 0)} failed)")
-    for column in ("trial", "latency ms", "Top-1 %", "params", "FLOPs", "size", "settings (sparsity per group)"):
-        table.add_column(column, justify="left" if column.startswith("settings") else "right", overflow="fold")
+    settings = f"pruner, sparsity {'/'.join(_group_names(study))}"
+    for column in ("trial", "latency ms", "Top-1 %", "params", "FLOPs", "size", settings):
+        if column == settings:
+            table.add_column(column, justify="left", overflow="fold", min_width=20)
+        else:
+            table.add_column(column, justify="right", no_wrap=True)
     if base:
         table.add_row("base", f"{base['latency_ms']:.3f}", f"{base['top1']:.2f}", _human(base.get("params")),
-                      _human(base.get("flops")), _human(base.get("size_bytes")) + "B", "uncompressed")
+                      _human(base.get("flops")), _human(base.get("size_bytes")) + "B", "-")
     for row in front(study):
         a = row.attrs
         table.add_row(
@@ -95,6 +104,6 @@ def front_table(study: optuna.Study, title: str | None = None) -> Table:
             _with_delta(_human(a.get("params")), _rel(a.get("params"), base.get("params"))),
             _with_delta(_human(a.get("flops")), _rel(a.get("flops"), base.get("flops"))),
             _human(a.get("size_bytes")) + "B",
-            settings_short(row.params, a),
+            settings_short(row.params, a, _group_names(study)),
         )
     return table
