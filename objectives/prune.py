@@ -1,7 +1,10 @@
 """Structured channel pruning with NNI, then NNI ``ModelSpeedup`` so the channels are really gone."""
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +14,8 @@ from . import nni_compat
 from .groups import LayerGroup
 
 nni_compat.apply()
+warnings.filterwarnings("ignore", module=r"nni\..*")
+warnings.filterwarnings("ignore", message=r".*already registered as pytree node.*")
 for _name in ("nni", "nni.compression", "nni.common"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
@@ -72,7 +77,8 @@ def speedup(model: nn.Module, masks: dict, example_input: torch.Tensor) -> nn.Mo
     dummy = example_input if example_input.shape[0] > 1 else example_input.repeat(2, 1, 1, 1)
     model.eval()
     try:
-        ModelSpeedup(model, dummy, masks, logger=logging.getLogger("nni.speedup")).speedup_model()
+        with contextlib.redirect_stdout(io.StringIO()):  # NNI 3.0 prints debug lines on stdout
+            ModelSpeedup(model, dummy, masks, logger=logging.getLogger("nni.speedup")).speedup_model()
     except Exception as error:  # NNI raises bare errors (EmptyLayerError, shape asserts)
         raise PruneError(f"speedup failed: {type(error).__name__}: {error}") from error
     # NNI can finish without error yet leave inconsistent shapes (seen on channel shuffles).

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -189,8 +190,11 @@ def models(contains: Optional[str] = typer.Argument(None, help="Only names conta
 
 
 def main() -> None:  # console script entry point
+    # Deprecation chatter from NNI/torch/OpenVINO is not the user's business; errors still show.
+    for category in (DeprecationWarning, FutureWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
     app(prog_name="tune")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

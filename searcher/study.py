@@ -6,6 +6,7 @@ a resumed study reuses them and never recomputes them.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,6 +17,7 @@ from devices.protocol import LatencyProtocol
 from objectives.baseline import get_baseline
 from objectives.data import DataSplits, load_data
 from objectives.finetune import TrainSettings
+from objectives.models import create_model
 from objectives.groups import GroupRules, LayerGroup, derive_groups, describe_groups
 from objectives.pipeline import TrialContext, evaluate_baseline
 
@@ -23,6 +25,7 @@ from .spec import TARGET_UNITS, Spec, SpecError
 from .storage import open_storage
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # we report trials ourselves (rich)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 logging.getLogger("nncf").setLevel(logging.ERROR)
 
 #: keys whose change would make a resumed study's trials incomparable
@@ -40,8 +43,8 @@ def make_sampler(spec: Spec) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def open_study(spec: Spec) -> optuna.Study:
-    storage = open_storage(spec["study.storage"])
+def open_study(spec: Spec, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    storage = storage or open_storage(spec["study.storage"])
     name = spec["study.name"]
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if name in existing:
@@ -104,10 +107,13 @@ class Prepared:
 
 def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> Prepared:
     """Open or create the study; on first use, derive groups and measure the baseline."""
-    device = make_device(spec)  # fail early on an unavailable device, before any training
+    # Everything a user can get wrong fails here, before a study is created or a model trained.
+    device = make_device(spec)
+    storage = open_storage(spec["study.storage"])
     on_status("loading data")
-    data = load_spec_data(spec)  # a bad data directory fails before the study is created
-    study = open_study(spec)
+    data = load_spec_data(spec)
+    create_model(spec["model.name"], data.num_classes)
+    study = open_study(spec, storage)
     on_status("baseline: loading or training")
     epochs = spec["baseline.epochs"]
     model, source = get_baseline(spec["model.name"], data, data_id(spec), baseline_settings(spec), spec["model.checkpoint"],

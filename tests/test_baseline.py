@@ -1,0 +1,53 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from objectives.baseline import CheckpointError, get_baseline, load_checkpoint
+from objectives.finetune import TrainSettings
+from objectives.models import create_model
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/edgetune-pwned",))
+
+
+def test_baseline_is_trained_once_then_cached(digits):
+    settings = TrainSettings(epochs=1, lr=0.05, seed=1)
+    first, source = get_baseline("resnet20", digits, {"name": "digits"}, settings)
+    assert source == "trained"
+    second, source = get_baseline("resnet20", digits, {"name": "digits"}, settings)
+    assert source == "cache"
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)
+    _, source = get_baseline("resnet20", digits, {"name": "digits"}, TrainSettings(epochs=1, lr=0.05, seed=2))
+    assert source == "trained"  # other settings, other key
+
+
+def test_checkpoint_is_loaded_as_weights_only(tmp_path, digits):
+    model = create_model("resnet20", 10)
+    path = tmp_path / "weights.pt"
+    torch.save({"state_dict": model.state_dict()}, path)
+    loaded, source = get_baseline("resnet20", digits, {}, TrainSettings(1, 0.1), checkpoint=str(path))
+    assert source == "checkpoint"
+    assert torch.equal(loaded.fc.weight, model.fc.weight)
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"state_dict": _Exploit()}, handle)
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        load_checkpoint(create_model("resnet20", 10), path)
+    assert not os.path.exists("/tmp/edgetune-pwned")
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(create_model("resnet20", 10), tmp_path / "none.pt")
+    path = tmp_path / "other.pt"
+    torch.save(create_model("resnet32", 10).state_dict(), path)
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        load_checkpoint(create_model("resnet20", 10), path)

@@ -1,0 +1,65 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from devices import DeviceError, available_devices, create_device
+from devices.protocol import LatencyProtocol, measure, median_ci95
+from objectives.models import create_model
+
+FAST = LatencyProtocol(warmup_runs=5, warmup_seconds=0.2, min_runs=20, max_seconds=2.0)
+
+
+def test_device_strings():
+    assert "openvino:CPU" in available_devices()
+    with pytest.raises(DeviceError, match="unknown device 'tpu:0'; device kinds: openvino"):
+        create_device("tpu:0")
+    with pytest.raises(DeviceError, match="device 'openvino:NPU' is not available on this host; available: openvino:CPU"):
+        create_device("openvino:NPU")
+
+
+def test_openvino_cpu_measures_a_tiny_model_at_pinned_f32():
+    device = create_device("openvino:CPU", threads=1, protocol=FAST)
+    info = device.info()
+    assert info.runtime.startswith("openvino ") and info.full_name and info.precisions == ("f32",)
+    model = create_model("resnet20", 10).eval()
+    x = torch.rand(8, 3, 32, 32)
+    deployment = device.deploy(model, x[:2])
+    try:
+        assert np.allclose(deployment.predict(x.numpy()), model(x).detach().numpy(), atol=1e-4)
+        assert deployment.inference_precision == "f32"  # pinned, not the CPU's bf16 default
+        assert deployment.threads == 1
+        assert deployment.precision_used == {"f32": sum(deployment.precision_used.values())}
+        stats = deployment.measure_latency()
+        assert stats.runs >= 20 and 0 < stats.median_ms <= stats.p90_ms
+        assert stats.ci95_low_ms <= stats.median_ms <= stats.ci95_high_ms
+        assert stats.device_median_ms and stats.device_median_ms > 0
+        assert deployment.size_bytes > 4 * sum(p.numel() for p in model.parameters()) * 0.9  # f32 on disk
+    finally:
+        deployment.close()
+
+
+def test_unsupported_precision_is_refused():
+    device = create_device("openvino:CPU")
+    with pytest.raises(DeviceError, match="precision 'int4' is not supported by openvino:CPU; supported: f32"):
+        device.deploy(create_model("resnet20", 10), torch.rand(2, 3, 32, 32), {"layer1": "int4"})
+
+
+def test_median_interval_is_distribution_free_order_statistics():
+    samples = np.arange(1, 101, dtype=float)
+    median, low, high = median_ci95(samples)
+    assert median == 50.5 and low == 41 and high == 61  # ranks n/2 -/+ 1.96 sqrt(n)/2
+
+
+def test_protocol_stops_once_the_interval_is_tight():
+    stats = measure(lambda: time.sleep(0.001), LatencyProtocol(warmup_runs=3, warmup_seconds=0.05, min_runs=20,
+                                                                target_ci_rel=0.5, max_seconds=5))
+    assert stats.converged and stats.runs == 20 and stats.seconds < 5
+
+
+def test_protocol_stops_at_the_time_limit_when_noise_never_settles():
+    rng = np.random.default_rng(0)
+    stats = measure(lambda: time.sleep(rng.choice([0.0001, 0.004])),
+                    LatencyProtocol(warmup_runs=1, warmup_seconds=0.0, min_runs=20, target_ci_rel=0.001, max_seconds=0.5))
+    assert not stats.converged and stats.runs >= 20 and stats.seconds >= 0.5

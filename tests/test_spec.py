@@ -1,0 +1,80 @@
+import pytest
+
+from searcher.spec import SpecError, load_spec, parse_override
+
+
+def test_default_spec_is_the_embedded_study():
+    spec = load_spec()
+    assert spec["model.name"] == "resnet56"
+    assert spec["data.name"] == "digits"
+    assert spec["device.name"] == "openvino:CPU"
+    assert spec.targets == ["latency", "top1"]
+    assert spec.directions == ["minimize", "maximize"]
+    assert spec.sampler == "nsga2"  # several targets
+    assert 15 <= spec["study.trials"] <= 30
+
+
+def test_one_target_defaults_to_tpe_and_sampler_can_be_forced():
+    assert load_spec(overrides={"study.targets": ["latency"]}).sampler == "tpe"
+    assert load_spec(overrides={"study.sampler": "random"}).sampler == "random"
+
+
+def test_file_values_and_overrides(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('[model]\nname = "resnet20"\n[finetune]\nepochs = 4\n[search.groups]\nearly = ["layer1\\\\..*"]\n')
+    spec = load_spec(path, {"finetune.epochs": 1, "study.targets": ["top1", "size"]})
+    assert spec["model.name"] == "resnet20"
+    assert spec["finetune.epochs"] == 1
+    assert spec["search.groups"] == {"early": ["layer1\\..*"]}
+    assert spec.directions == ["maximize", "minimize"]
+    assert spec["study.trials"] == load_spec()["study.trials"]  # untouched keys keep the defaults
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("finetune.epochs", "two", "spec key 'finetune.epochs': must be an integer >= 0, got 'two'"),
+    ("finetune.epochs", True, "spec key 'finetune.epochs': must be an integer >= 0, got True"),
+    ("search.sparsity_max", 0.99, "spec key 'search.sparsity_max': must be a number in [0, 0.95], got 0.99"),
+    ("study.targets", ["latency", "speed"], "spec key 'study.targets': must be a non-empty list of distinct targets "
+                                            "from: latency, top1, size, params, flops, got ['latency', 'speed']"),
+    ("study.sampler", "cmaes", "spec key 'study.sampler': must be one of: auto, tpe, nsga2, random, got 'cmaes'"),
+    ("data.name", "mnist", "spec key 'data.name': must be one of: digits, cifar10, imagefolder, got 'mnist'"),
+    ("search.pruners", ["l1", "magic"], "spec key 'search.pruners': must be a non-empty list from: l1, l2, fpgm"),
+    ("search.exclude", ["layer1.("], "spec key 'search.exclude': must be a list of regular expressions"),
+    ("study.storage", "edgetune.db", "spec key 'study.storage': must be an SQLAlchemy URL"),
+])
+def test_invalid_values_name_the_key_and_what_is_allowed(key, value, message):
+    with pytest.raises(SpecError) as info:
+        load_spec(overrides={key: value})
+    assert str(info.value).startswith(message)
+
+
+def test_unknown_keys_and_sections(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text("[model]\nnmae = 'resnet20'\n")
+    with pytest.raises(SpecError, match="unknown spec key 'model.nmae'; allowed keys: study.name"):
+        load_spec(path)
+    path.write_text("[modle]\nname = 'resnet20'\n")
+    with pytest.raises(SpecError, match="unknown spec section 'modle'"):
+        load_spec(path)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(SpecError, match="does not exist"):
+        load_spec(tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[model\nname = 1")
+    with pytest.raises(SpecError, match="is not valid TOML"):
+        load_spec(broken)
+
+
+def test_imagefolder_needs_a_directory():
+    with pytest.raises(SpecError, match="data.dir"):
+        load_spec(overrides={"data.name": "imagefolder"})
+
+
+def test_parse_override():
+    assert parse_override("finetune.epochs=3") == ("finetune.epochs", 3)
+    assert parse_override("model.name=resnet20") == ("model.name", "resnet20")
+    assert parse_override("search.pruners=['l1','fpgm']") == ("search.pruners", ["l1", "fpgm"])
+    with pytest.raises(SpecError, match="expected key=value"):
+        parse_override("finetune.epochs")

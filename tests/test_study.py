@@ -1,0 +1,120 @@
+"""A whole study end to end: real NNI, OpenVINO, Optuna and SQLite, on ResNet-20 and digits."""
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from searcher.cli import app
+
+CONTRACT = ["latency_ms", "latency_p90_ms", "latency_ci95_rel", "latency_runs", "top1", "top5", "params", "flops",
+            "size_bytes", "sparsity_achieved", "precision_plan", "device", "fine_tune_epochs", "seconds", "artifact_id"]
+PHASES = ["prune", "speedup", "fine_tune", "deploy", "evaluate", "measure"]
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("study")
+    (folder / "tiny.toml").write_text(f"""
+[study]
+name = "tiny"
+storage = "sqlite:///{folder}/tiny.db"
+artifacts = "{folder}/artifacts"
+trials = 3
+[model]
+name = "resnet20"
+[baseline]
+epochs = 2
+[finetune]
+epochs = 1
+[device]
+threads = 1
+latency_max_seconds = 1
+[search]
+sparsity_max = 0.6
+pruners = ["l1", "fpgm"]
+""")
+    return folder
+
+
+def _start(folder, *args):
+    result = CliRunner().invoke(app, ["start", "--spec", str(folder / "tiny.toml"), *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.slow
+def test_a_study_of_three_trials_end_to_end(study_dir):
+    output = _start(study_dir)
+    assert "Pareto front of 'tiny'" in output and "base" in output
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir}/tiny.db")
+    assert study.metric_names == ["latency_ms", "top1"]
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]
+    attrs = study.user_attrs
+    assert attrs["spec"]["model.name"] == "resnet20"
+    assert [g["name"] for g in attrs["groups"]] == ["layer1", "layer2", "layer3"]
+    for key in ["latency_ms", "latency_ci95_rel", "top1", "params", "flops", "size_bytes", "device"]:
+        assert f"baseline_{key}" in attrs
+    assert attrs["baseline_device"]["inference_precision"] == "f32"
+    trials = study.get_trials()
+    assert len(trials) == 3 and all(t.state.is_finished() for t in trials)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete, [t.user_attrs.get("failure") for t in trials]
+    for trial in complete:
+        missing = [k for k in CONTRACT if k not in trial.user_attrs]
+        assert not missing, missing
+        a = trial.user_attrs
+        assert trial.values == [a["latency_ms"], a["top1"]]
+        assert set(a["seconds"]) == set(PHASES)
+        assert a["device"]["name"] == "openvino:CPU" and a["device"]["runtime"].startswith("openvino")
+        assert a["latency_ci95_rel"] > 0 and a["latency_runs"] >= 30
+        assert (study_dir / "artifacts" / a["artifact_id"]).is_file()
+        sparse = any(v > 0 for v in a["sparsity_achieved"].values())
+        assert (a["params"] < attrs["baseline_params"]) == sparse
+    for trial in trials:
+        if trial.state != optuna.trial.TrialState.COMPLETE:
+            assert trial.user_attrs["failure"]  # a failed or collapsed trial says why
+
+
+@pytest.mark.slow
+def test_resuming_adds_trials_without_recomputing_the_baseline(study_dir):
+    before = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir}/tiny.db").user_attrs
+    output = _start(study_dir, "--trials", "4")
+    assert "baseline (cache)" in output
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir}/tiny.db")
+    assert len(study.get_trials()) == 4
+    assert study.user_attrs["baseline_latency_ms"] == before["baseline_latency_ms"]  # measured once
+    assert study.user_attrs["groups"] == before["groups"]
+    result = CliRunner().invoke(app, ["pareto", "tiny", "--storage", f"sqlite:///{study_dir}/tiny.db"])
+    assert result.exit_code == 0 and "Pareto front of 'tiny'" in result.output
+
+
+@pytest.mark.slow
+def test_resume_with_another_model_is_refused(study_dir):
+    result = CliRunner().invoke(app, ["start", "--spec", str(study_dir / "tiny.toml"), "--model", "resnet32"])
+    assert result.exit_code == 2
+    assert "study 'tiny' exists with model.name = 'resnet20', not 'resnet32'" in result.output
+
+
+def _tune(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "searcher.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["start", "--set", "finetune.epochs=-1"], "error: spec key 'finetune.epochs': must be an integer >= 0, got -1"),
+    (["start", "--model", "resnet57"], "error: unknown model 'resnet57'"),
+    (["start", "--data", "cifar10", "--data-dir", "/nonexistent/cifar"],
+     "error: no CIFAR-10 python batches in /nonexistent/cifar"),
+    (["start", "--device", "openvino:NPU"], "error: device 'openvino:NPU' is not available on this host"),
+    (["start", "--storage", "postgresql://u:secret@127.0.0.1:1/db"], "error: cannot open storage postgresql://u:***@127.0.0.1:1/db"),
+    (["pareto", "nosuch"], "error: no study 'nosuch' in the storage"),
+])
+def test_user_errors_are_one_line_and_exit_2(tmp_path, args, message):
+    result = _tune(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [lines[0]] and lines[0].startswith(message), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
