@@ -3,7 +3,7 @@
 A device adapter knows nothing of Optuna or of how a model was compressed: it receives a
 PyTorch module and a precision plan and hands back a :class:`Deployment`.
 """
-from .base import Deployment, Device, DeviceError, DeviceInfo, LatencyStats
+from .base import Deployment, Device, DeviceError, DeviceInfo, LatencyStats, PrecisionPlan
 from .registry import available_devices, create_device, list_device_kinds, register_device
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "DeviceError",
     "DeviceInfo",
     "LatencyStats",
+    "PrecisionPlan",
     "available_devices",
     "create_device",
     "list_device_kinds",

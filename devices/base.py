@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .protocol import LatencyProtocol
 
 
 class DeviceError(RuntimeError):
@@ -33,6 +36,24 @@ class DeviceInfo:
 
 
 @dataclass(frozen=True)
+class PrecisionPlan:
+    """How a model runs on a device: one float precision, and the modules that run in int8.
+
+    ``int8_modules`` are PyTorch module paths (``"layer2"``, ``"fc"``); everything under them is
+    quantized, everything else stays at ``float_precision``. ``calibration`` holds the images
+    (N, C, H, W) a post-training quantizer calibrates on.
+    """
+
+    float_precision: str = "f32"
+    int8_modules: tuple[str, ...] = ()
+    calibration: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def precisions(self) -> set[str]:
+        return {self.float_precision} | ({"int8"} if self.int8_modules else set())
+
+
+@dataclass(frozen=True)
 class LatencyStats:
     """One latency measurement by the protocol in :mod:`devices.protocol` (milliseconds)."""
 
@@ -46,10 +67,17 @@ class LatencyStats:
     converged: bool  # the interval reached the target before the time limit
     batch: int = 1
     device_median_ms: float | None = None  # device time from the runtime's counters, if any
+    # Paired with a reference model (runs alternated): the median of the candidate/reference
+    # ratios and its interval. Drift of the host cancels out of the ratio.
+    reference_median_ms: float | None = None
+    ratio: float | None = None
+    ratio_ci95_rel: float | None = None
 
     @property
     def ci95_rel(self) -> float:
-        """Half-width of the 95% interval of the median, relative to the median."""
+        """Half-width of the 95% interval, relative: of the ratio when paired, else of the median."""
+        if self.ratio_ci95_rel is not None:
+            return self.ratio_ci95_rel
         return (self.ci95_high_ms - self.ci95_low_ms) / 2.0 / self.median_ms
 
     def to_dict(self) -> dict:
@@ -59,20 +87,40 @@ class LatencyStats:
 
 
 class Deployment(abc.ABC):
-    """A model as it runs on a device: the artifact a user would ship."""
+    """A model as it runs on a device: the artifact a user would ship.
 
-    #: precision actually used by each kind of layer, read back from the runtime
+    Subclasses set ``protocol`` and ``batch`` and implement ``runner``; timing is shared.
+    """
+
+    #: compute layers (conv, matmul) counted by the precision they really run in, read back
     precision_used: Mapping[str, int]
     #: effective inference precision of the float parts (e.g. "f32")
     inference_precision: str
+    protocol: "LatencyProtocol"
+    batch: int = 1
 
     @abc.abstractmethod
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Logits for a batch of images (N, C, H, W) in float32."""
 
     @abc.abstractmethod
-    def measure_latency(self) -> LatencyStats:
-        """Time inference of one batch by the latency protocol."""
+    def runner(self) -> Callable[[], None]:
+        """A callable that runs one synchronous inference of one batch (input already bound)."""
+
+    def device_time_ms(self) -> float | None:
+        """Median time inside the runtime's graph (performance counters), where it can tell."""
+        return None
+
+    def measure_latency(self, reference: "Deployment | None" = None) -> LatencyStats:
+        """Time one batch by the latency protocol; paired with ``reference`` when given."""
+        from .protocol import measure, measure_paired
+
+        if reference is None:
+            stats = measure(self.runner(), self.protocol, self.batch)
+            return replace(stats, device_median_ms=self.device_time_ms())
+        candidate, ref, ratio, ratio_ci = measure_paired(reference.runner(), self.runner(), self.protocol, self.batch)
+        return replace(candidate, device_median_ms=self.device_time_ms(), reference_median_ms=ref.median_ms,
+                       ratio=ratio, ratio_ci95_rel=ratio_ci)
 
     @abc.abstractmethod
     def save(self, directory: Path) -> list[Path]:
@@ -83,8 +131,17 @@ class Deployment(abc.ABC):
     def size_bytes(self) -> int:
         """Size of the deployed artifact on disk."""
 
+    @property
+    def weights_bytes(self) -> int:
+        """Size of the weights alone (for OpenVINO IR: the .bin, without the graph's .xml)."""
+        return self.size_bytes
+
     def close(self) -> None:
         """Release the runtime's resources and temporary files."""
+
+    def precision_of(self, modules: list[str]) -> dict[str, int]:
+        """Compute layers under these PyTorch module paths, counted by the precision they run in."""
+        raise NotImplementedError
 
 
 class Device(abc.ABC):
@@ -93,7 +150,7 @@ class Device(abc.ABC):
     Example::
 
         device = create_device("openvino:CPU", threads=2)
-        deployment = device.deploy(model, example_input, {"stage1": "f32"})
+        deployment = device.deploy(model, example_input, PrecisionPlan("f32", int8_modules=("layer2",), calibration=x))
         top1 = (deployment.predict(x).argmax(1) == y).mean()
         print(deployment.measure_latency().median_ms)
     """
@@ -103,13 +160,17 @@ class Device(abc.ABC):
         """Describe the device (name, runtime, threads, precisions)."""
 
     @abc.abstractmethod
-    def deploy(
-        self,
-        model: torch.nn.Module,
-        example_input: torch.Tensor,
-        precision_plan: Mapping[str, str] | None = None,
-    ) -> Deployment:
-        """Compile ``model`` for this device at ``precision_plan`` (layer group -> precision)."""
+    def deploy(self, model: torch.nn.Module, example_input: torch.Tensor, plan: PrecisionPlan = PrecisionPlan()) -> Deployment:
+        """Compile ``model`` for this device at ``plan``."""
 
     def precisions(self) -> tuple[str, ...]:
+        """Every precision this device can execute ("int8" per module; float ones model-wide)."""
         return self.info().precisions
+
+    def check_plan(self, plan: PrecisionPlan) -> None:
+        unsupported = sorted(plan.precisions - set(self.precisions()))
+        if unsupported:
+            raise DeviceError(f"precision {unsupported[0]!r} is not supported by {self.info().name}; "
+                              f"supported: {', '.join(self.precisions())}")
+        if plan.int8_modules and plan.calibration is None:
+            raise DeviceError("an int8 plan needs calibration images")

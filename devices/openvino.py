@@ -1,39 +1,37 @@
-"""OpenVINO adapter: export to ONNX, read into OpenVINO, compile for a device, time it there.
+"""OpenVINO adapter: export to ONNX, quantize with NNCF, compile for a device, time it there.
 
 Why ONNX and not ``ov.convert_model(torch_module)``: the TorchScript ONNX exporter keeps the
-module paths in node names (``/layer2/layer2.0/conv1/Conv``), which the precision plan relies
-on to find a layer group after BatchNorm folding (see DESIGN.md).
+module paths in node names (``/layer2/layer2.0/conv1/Conv``), so an NNCF ignored scope can keep
+exactly the float layer groups float after BatchNorm folding (see DESIGN.md).
 
 On CPUs with AMX/AVX512-BF16, OpenVINO runs bf16 by default, so ``INFERENCE_PRECISION_HINT`` is
-always pinned and the precision actually used is read back from the compiled model.
+always pinned, and the precision each layer really runs in is read back from the compiled model.
 """
 from __future__ import annotations
 
 import collections
+import logging
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
+from torch import nn
 
-from .base import Deployment, Device, DeviceError, DeviceInfo, LatencyStats
-from .protocol import LatencyProtocol, measure
+from .base import Deployment, Device, DeviceError, DeviceInfo, PrecisionPlan
+from .protocol import LatencyProtocol
 
-_OV_PRECISION = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
 #: Layer types counted when reading back what really runs.
-_COMPUTE_LAYERS = {"Convolution", "GroupConvolution", "FullyConnected", "MatMul"}
+_COMPUTE_LAYERS = {"Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution"}
+_INT8 = {"i8", "u8"}
 _PERF_COUNT_RUNS = 50
+#: Float precisions by OpenVINO device; int8 comes from NNCF where the device lists INT8.
+_FLOAT_PRECISIONS = {"CPU": ("f32", "bf16"), "GPU": ("f16", "f32"), "NPU": ("f16",)}
 
 
-def _core():
-    import openvino as ov
-
-    return ov.Core()
-
-
-def export_onnx(model: torch.nn.Module, example_input: torch.Tensor, path: Path) -> Path:
+def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Path:
     """TorchScript-based ONNX export with a dynamic batch axis, module paths kept in names."""
     model = model.eval()
     with torch.no_grad():
@@ -50,6 +48,22 @@ def export_onnx(model: torch.nn.Module, example_input: torch.Tensor, path: Path)
     return path
 
 
+def onnx_scope(model: nn.Module, module_path: str) -> str:
+    """The node-name prefix the TorchScript exporter gives to everything inside ``module_path``.
+
+    Each level is named relative to its nearest ancestor that is not a container (Sequential,
+    ModuleList): ``layer1.0.conv1`` -> ``/layer1/layer1.0/conv1/``.
+    """
+    parts = module_path.split(".")
+    names, anchor, module = [], 0, model
+    for i, part in enumerate(parts):
+        if not isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+            anchor = i
+        names.append(".".join(parts[anchor : i + 1]))
+        module = getattr(module, part) if not part.isdigit() else module[int(part)]
+    return "/" + "/".join(names) + "/"
+
+
 def _rt_str(info, key: str) -> str:
     return info[key].astype(str) if key in info else ""
 
@@ -59,36 +73,44 @@ def precision_name(ov_type) -> str:
     return ov_type.get_type_name() if hasattr(ov_type, "get_type_name") else str(ov_type)
 
 
-def runtime_precisions(compiled) -> dict[str, int]:
-    """Count compute layers of a compiled model by the precision they really run in."""
-    counts: collections.Counter[str] = collections.Counter()
+def _short(precision: str) -> str:
+    precision = precision.lower()
+    return "int8" if precision in _INT8 else precision
+
+
+def layer_precisions(compiled) -> list[tuple[str, str]]:
+    """(original node names, runtime precision) of each compute layer of a compiled model."""
+    layers = []
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
-        layer_type = _rt_str(info, "layerType")
-        if layer_type in _COMPUTE_LAYERS:
-            counts[_rt_str(info, "runtimePrecision").lower() or "?"] += 1
-    return dict(counts)
+        if _rt_str(info, "layerType") in _COMPUTE_LAYERS:
+            layers.append((_rt_str(info, "originalLayersNames"), _short(_rt_str(info, "runtimePrecision")) or "?"))
+    return layers
 
 
 class OpenVINODeployment(Deployment):
-    def __init__(self, ov_model, device: "OpenVINODevice", input_shape: tuple[int, ...], workdir: Path):
+    def __init__(self, xml: Path, device: "OpenVINODevice", input_shape: tuple[int, ...], float_precision: str,
+                 scopes: dict[str, str]):
         self._device = device
-        self._workdir = workdir
+        self.protocol = device.protocol
+        self.batch = device.batch
+        self._xml = xml
+        self._workdir = xml.parent
         self._input_shape = input_shape  # (C, H, W)
-        self._ov_model = ov_model
-        self._xml = workdir / "model.xml"
-        import openvino as ov
-
-        # f32 weights on disk: save_model would otherwise compress them to f16.
-        ov.save_model(ov_model, str(self._xml), compress_to_fp16=False)
+        self._config = device.compile_config(float_precision)
+        self._scopes = scopes  # module path -> ONNX node-name prefix, for precision_of
         core = device.core
-        static = core.read_model(str(self._xml))
+        static = core.read_model(str(xml))
         static.reshape([device.batch, *input_shape])
-        self._latency_model = core.compile_model(static, device.target, device.compile_config())
-        self._eval_model = core.compile_model(core.read_model(str(self._xml)), device.target, device.compile_config())
-        self.precision_used = runtime_precisions(self._latency_model)
-        self.inference_precision = precision_name(self._latency_model.get_property("INFERENCE_PRECISION_HINT")) if device.target == "CPU" else device.precision_hint
-        self.threads = int(self._latency_model.get_property("INFERENCE_NUM_THREADS")) if device.target == "CPU" else 0
+        self._latency_model = core.compile_model(static, device.target, self._config)
+        self._eval_model = core.compile_model(core.read_model(str(xml)), device.target, self._config)
+        self._layers = layer_precisions(self._latency_model)
+        self.precision_used = dict(collections.Counter(p for _, p in self._layers))
+        if device.target == "CPU":
+            self.inference_precision = precision_name(self._latency_model.get_property("INFERENCE_PRECISION_HINT"))
+            self.threads = int(self._latency_model.get_property("INFERENCE_NUM_THREADS"))
+        else:
+            self.inference_precision, self.threads = float_precision, 0
 
     def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         request = self._eval_model.create_infer_request()
@@ -98,20 +120,21 @@ class OpenVINODeployment(Deployment):
             outputs.append(np.array(request.infer({0: chunk})[0]))
         return np.concatenate(outputs)
 
-    def measure_latency(self) -> LatencyStats:
-        request = self._latency_model.create_infer_request()
-        x = np.random.default_rng(0).standard_normal((self._device.batch, *self._input_shape)).astype(np.float32)
-        request.set_input_tensor(_tensor(x))
-        stats = measure(request.infer, self._device.protocol, batch=self._device.batch)
-        device_ms = self._device_time_ms(x)
-        return LatencyStats(**{**stats.__dict__, "device_median_ms": device_ms})
+    def _input(self) -> np.ndarray:
+        return np.random.default_rng(0).standard_normal((self.batch, *self._input_shape)).astype(np.float32)
 
-    def _device_time_ms(self, x: np.ndarray) -> float | None:
+    def runner(self):
+        request = self._latency_model.create_infer_request()
+        request.set_input_tensor(_tensor(self._input()))
+        return request.infer
+
+    def device_time_ms(self) -> float | None:
         """Median time the runtime spent in the graph itself (performance counters)."""
+        x = self._input()
         core = self._device.core
         model = core.read_model(str(self._xml))
         model.reshape([self._device.batch, *self._input_shape])
-        compiled = core.compile_model(model, self._device.target, {**self._device.compile_config(), "PERF_COUNT": True})
+        compiled = core.compile_model(model, self._device.target, {**self._config, "PERF_COUNT": True})
         request = compiled.create_infer_request()
         request.set_input_tensor(_tensor(x))
         totals = []
@@ -119,6 +142,14 @@ class OpenVINODeployment(Deployment):
             request.infer()
             totals.append(sum(p.real_time.total_seconds() for p in request.profiling_info) * 1000.0)
         return float(np.median(totals)) if totals else None
+
+    def precision_of(self, modules: list[str]) -> dict[str, int]:
+        prefixes = [self._scopes[m] for m in modules if m in self._scopes]
+        counts: collections.Counter[str] = collections.Counter()
+        for names, precision in self._layers:
+            if any(name.startswith(p) for name in names.split(",") for p in prefixes):
+                counts[precision] += 1
+        return dict(counts)
 
     def save(self, directory: Path) -> list[Path]:
         directory.mkdir(parents=True, exist_ok=True)
@@ -133,6 +164,10 @@ class OpenVINODeployment(Deployment):
     def size_bytes(self) -> int:
         return sum(self._xml.with_suffix(s).stat().st_size for s in (".xml", ".bin"))
 
+    @property
+    def weights_bytes(self) -> int:
+        return self._xml.with_suffix(".bin").stat().st_size
+
     def close(self) -> None:
         self._latency_model = self._eval_model = None
         shutil.rmtree(self._workdir, ignore_errors=True)
@@ -144,18 +179,24 @@ def _tensor(x: np.ndarray):
     return ov.Tensor(x)
 
 
+def quantize_int8(ov_model, int8_prefixes: list[str], calibration: np.ndarray):
+    """NNCF post-training int8 of the nodes under ``int8_prefixes``; everything else stays float."""
+    import nncf
+
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    keep_float = "(?!" + "|".join(re.escape(p) for p in int8_prefixes) + ").*"
+    dataset = nncf.Dataset(list(calibration.astype(np.float32)), lambda image: image[None])
+    return nncf.quantize(ov_model, dataset, subset_size=len(calibration), preset=nncf.QuantizationPreset.PERFORMANCE,
+                         ignored_scope=nncf.IgnoredScope(patterns=[keep_float], validate=False))
+
+
 class OpenVINODevice(Device):
     """``openvino:CPU``, ``openvino:GPU``, ``openvino:NPU``: synchronous latency-mode inference."""
 
-    def __init__(
-        self,
-        target: str = "CPU",
-        threads: int = 0,
-        protocol: LatencyProtocol = LatencyProtocol(),
-        batch: int = 1,
-        precision_hint: str = "f32",
-    ):
-        self.core = _core()
+    def __init__(self, target: str = "CPU", threads: int = 0, protocol: LatencyProtocol = LatencyProtocol(), batch: int = 1):
+        import openvino as ov
+
+        self.core = ov.Core()
         available = list(self.core.available_devices)
         if target not in available:
             choices = ", ".join(f"openvino:{d}" for d in available)
@@ -164,37 +205,44 @@ class OpenVINODevice(Device):
         self.threads = threads
         self.protocol = protocol
         self.batch = batch
-        if precision_hint not in _OV_PRECISION:
-            raise DeviceError(f"precision '{precision_hint}' is not supported by openvino:{target}; supported: {', '.join(self.info().precisions)}")
-        self.precision_hint = precision_hint
         self._workdir = Path(tempfile.mkdtemp(prefix="edgetune-ov-"))
 
-    def compile_config(self) -> dict:
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision_hint]}
+    def compile_config(self, float_precision: str = "f32") -> dict:
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": float_precision}
         if self.target == "CPU" and self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
         return config
 
+    def _capabilities(self) -> list[str]:
+        return [str(c) for c in self.core.get_property(self.target, "OPTIMIZATION_CAPABILITIES")]
+
     def info(self) -> DeviceInfo:
         import openvino as ov
 
-        full_name = str(self.core.get_property(self.target, "FULL_DEVICE_NAME"))
-        capabilities = [str(c) for c in self.core.get_property(self.target, "OPTIMIZATION_CAPABILITIES")]
+        capabilities = self._capabilities()
+        kind = self.target.split(".")[0]
+        floats = [p for p in _FLOAT_PRECISIONS.get(kind, ("f32",)) if p.upper() in capabilities or p == "f32"]
+        int8 = ["int8"] if "INT8" in capabilities else []
         return DeviceInfo(
             name=f"openvino:{self.target}",
-            full_name=full_name,
+            full_name=str(self.core.get_property(self.target, "FULL_DEVICE_NAME")),
             runtime=f"openvino {ov.get_version()}",
             threads=self.threads,
-            precisions=("f32",),
-            extra={"capabilities": ",".join(capabilities), "performance_hint": "LATENCY", "inference_precision": self.precision_hint},
+            precisions=tuple(floats + int8),
+            extra={"capabilities": ",".join(capabilities), "performance_hint": "LATENCY"},
         )
 
-    def deploy(self, model, example_input, precision_plan: Mapping[str, str] | None = None) -> OpenVINODeployment:
-        plan = dict(precision_plan or {})
-        unsupported = sorted({p for p in plan.values() if p not in self.precisions()})
-        if unsupported:
-            raise DeviceError(f"precision {unsupported[0]!r} is not supported by openvino:{self.target}; supported: {', '.join(self.precisions())}")
+    def deploy(self, model, example_input, plan: PrecisionPlan = PrecisionPlan()) -> OpenVINODeployment:
+        self.check_plan(plan)
         workdir = Path(tempfile.mkdtemp(prefix="deploy-", dir=self._workdir))
         onnx_path = export_onnx(model, example_input, workdir / "model.onnx")
         ov_model = self.core.read_model(str(onnx_path))
-        return OpenVINODeployment(ov_model, self, tuple(example_input.shape[1:]), workdir)
+        scopes = {name: onnx_scope(model, name) for name, m in model.named_modules() if name}
+        if plan.int8_modules:
+            ov_model = quantize_int8(ov_model, [scopes[m] for m in plan.int8_modules], plan.calibration)
+        import openvino as ov
+
+        xml = workdir / "model.xml"
+        ov.save_model(ov_model, str(xml), compress_to_fp16=False)  # f32 weights stay f32 on disk
+        onnx_path.unlink()
+        return OpenVINODeployment(xml, self, tuple(example_input.shape[1:]), plan.float_precision, scopes)

@@ -25,18 +25,45 @@ class GroupError(ValueError):
     """Layer-group patterns that select nothing or overlap."""
 
 
+OTHER = "other"  # the precision group of every layer outside the groups (stem, head, ...)
+
+
 @dataclass
 class LayerGroup:
+    """``layers`` are pruned at the group's sparsity; everything under ``scopes`` runs at its precision."""
+
     name: str
     layers: list[str]
     coupled: bool = False  # prune with NNI dependency groups (channels shared across layers)
+    scopes: list[str] = field(default_factory=list)  # module paths; default: the layers themselves
+
+    def __post_init__(self):
+        if not self.scopes:
+            self.scopes = list(self.layers)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "layers": list(self.layers), "coupled": self.coupled}
+        return {"name": self.name, "layers": list(self.layers), "coupled": self.coupled, "scopes": list(self.scopes)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "LayerGroup":
-        return cls(data["name"], list(data["layers"]), bool(data.get("coupled", False)))
+        return cls(data["name"], list(data["layers"]), bool(data.get("coupled", False)), list(data.get("scopes", [])))
+
+
+def _under(name: str, scope: str) -> bool:
+    return name == scope or name.startswith(scope + ".")
+
+
+def compute_layers(model: nn.Module, scopes: list[str]) -> list[str]:
+    """Conv2d and Linear modules under any of ``scopes`` (the layers a precision applies to)."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and any(_under(name, s) for s in scopes)]
+
+
+def other_layers(model: nn.Module, groups: list[LayerGroup]) -> list[str]:
+    """Conv2d and Linear modules outside every group's scopes: the ``other`` precision group."""
+    scopes = [s for g in groups for s in g.scopes]
+    return [name for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and not any(_under(name, s) for s in scopes)]
 
 
 @dataclass
@@ -57,7 +84,7 @@ def derive_groups(model: nn.Module, rules: GroupRules | None = None) -> list[Lay
     for group in groups:
         layers = [name for name in group.layers if not any(p.match(name) for p in excluded)]
         if layers:
-            kept.append(LayerGroup(group.name, layers, group.coupled))
+            kept.append(LayerGroup(group.name, layers, group.coupled, group.scopes))
     if not kept:
         raise GroupError("no prunable layer is left in any group (check search.groups and search.exclude)")
     return kept
@@ -93,7 +120,7 @@ def _residual_groups(model: nn.Module) -> list[LayerGroup]:
         inner = [(n, m) for n, m in module.named_children() if isinstance(m, nn.Conv2d)]
         stage = name.rsplit(".", 1)[0] if "." in name else name
         stages.setdefault(stage, []).extend(f"{name}.{n}" for n, m in inner[:-1] if m.groups == 1)
-    return [LayerGroup(stage, layers) for stage, layers in stages.items() if layers]
+    return [LayerGroup(stage, layers, scopes=[stage]) for stage, layers in stages.items() if layers]
 
 
 def _inverted_residual_groups(model: nn.Module) -> list[LayerGroup]:
@@ -105,8 +132,9 @@ def _inverted_residual_groups(model: nn.Module) -> list[LayerGroup]:
         out_width = convs[-1][1].out_channels
         expansion = convs[0] if len(convs) >= 3 and convs[0][1].groups == 1 and convs[0][1].kernel_size == (1, 1) else None
         if out_width != last_width:
-            groups.append(LayerGroup(f"stage{len(groups) + 1}", []))
+            groups.append(LayerGroup(f"stage{len(groups) + 1}", [], scopes=[]))
             last_width = out_width
+        groups[-1].scopes.append(name)
         if expansion is not None:
             groups[-1].layers.append(expansion[0])
     return [g for g in groups if g.layers]
@@ -128,7 +156,7 @@ def _vgg_groups(model: nn.Module) -> list[LayerGroup]:
     if len(all_convs) < 2:
         return []
     last = all_convs[-1]
-    return [LayerGroup(f"block{i + 1}", [n for n in block if n != last])
+    return [LayerGroup(f"block{i + 1}", [n for n in block if n != last], scopes=block)
             for i, block in enumerate(blocks) if [n for n in block if n != last]]
 
 
@@ -139,7 +167,7 @@ def _top_level_groups(model: nn.Module) -> list[LayerGroup]:
     for child_name, child in model.named_children():
         layers = [n for n, m in _convs(child, f"{child_name}.") if m.groups == 1 and n != last]
         if layers:
-            groups.append(LayerGroup(child_name, layers, coupled=True))
+            groups.append(LayerGroup(child_name, layers, coupled=True, scopes=[child_name]))
     return groups
 
 

@@ -8,21 +8,22 @@ from __future__ import annotations
 import copy
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from devices import Deployment, Device
+from devices import Deployment, Device, PrecisionPlan
 
 from . import prune as pruning
 from .data import DataSplits
 from .evaluate import collapsed, topk_accuracy, torch_logits
 from .finetune import TrainSettings, train
-from .groups import LayerGroup
+from .groups import OTHER, LayerGroup, compute_layers, other_layers
 from .models import count_params, flops_and_params
+from .quantize import qat_finetune
 
 PHASES = ("prune", "speedup", "fine_tune", "deploy", "evaluate", "measure")
 
@@ -42,14 +43,36 @@ class TrialContext:
     groups: list[LayerGroup]
     device: Device
     collapse_margin: float = 1.5
+    calibration_size: int = 300
+    # The deployed baseline and its recorded latency: every trial is timed paired with it, so
+    # drift of the host between trials cancels out (see devices.protocol.measure_paired).
+    reference: Deployment | None = None
+    reference_latency_ms: float | None = None
 
 
 @dataclass
 class TrialPlan:
+    """What the searcher proposed. ``int8_groups`` may include ``"other"`` (stem, head, ...)."""
+
     sparsity: dict[str, float]
     pruner: str = "l1"
-    precision: dict[str, str] = field(default_factory=dict)
+    float_precision: str = "f32"
+    int8_groups: frozenset[str] = frozenset()
+    quantization: str = "qat"  # "qat": NNI QAT while fine-tuning int8 groups; "ptq": calibration only
     finetune: TrainSettings = TrainSettings(epochs=2, lr=0.01)
+
+    def precision_plan(self, groups: list[LayerGroup]) -> dict[str, str]:
+        """Group -> precision, as recorded on the trial."""
+        names = [g.name for g in groups] + [OTHER]
+        return {name: "int8" if name in self.int8_groups else self.float_precision for name in names}
+
+
+def int8_modules(model: nn.Module, groups: list[LayerGroup], int8_groups: frozenset[str]) -> list[str]:
+    """Module paths that run in int8 for this plan (group scopes, and the loose layers of "other")."""
+    modules = [scope for g in groups if g.name in int8_groups for scope in g.scopes]
+    if OTHER in int8_groups:
+        modules += other_layers(model, groups)
+    return modules
 
 
 @dataclass
@@ -89,48 +112,71 @@ def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None
         if masks:
             pruning.speedup(model, masks, example)
     achieved = pruning.achieved_sparsity(before, pruning.out_channels(model, ctx.groups), ctx.groups)
+    quantized = int8_modules(model, ctx.groups, plan.int8_groups)
     with clock.phase("fine_tune"):
         torch.manual_seed(plan.finetune.seed)
-        train(model, ctx.data.x_train, ctx.data.y_train, plan.finetune)
+        if quantized and plan.quantization == "qat":
+            qat_finetune(model, compute_layers(model, quantized), ctx.data.x_train, ctx.data.y_train, plan.finetune)
+        else:
+            train(model, ctx.data.x_train, ctx.data.y_train, plan.finetune)
         check = topk_accuracy(torch_logits(model, ctx.data.x_val), ctx.data.y_val.numpy())
         if collapsed(check, ctx.data.num_classes, ctx.collapse_margin):
             raise CollapsedError(check, ctx.data.num_classes)
-    attributes = deploy_and_measure(model, ctx, plan.precision, clock)
+    device_plan = PrecisionPlan(plan.float_precision, tuple(quantized),
+                                ctx.data.calibration_subset(ctx.calibration_size).numpy() if quantized else None)
+    attributes = deploy_and_measure(model, ctx, device_plan, clock)
     attributes.update(sparsity_achieved=achieved, fine_tune_epochs=plan.finetune.epochs, pruner=plan.pruner,
-                      seconds=clock.seconds)
-    return TrialOutcome(attributes, attributes.pop("_deployment"))
+                      precision_plan=plan.precision_plan(ctx.groups), quantization=plan.quantization if quantized else None,
+                      calibration_size=len(device_plan.calibration) if quantized else 0, seconds=clock.seconds)
+    deployment = attributes.pop("_deployment")
+    attributes["precision_used_by_group"] = precision_by_group(deployment, model, ctx.groups)
+    return TrialOutcome(attributes, deployment)
 
 
-def deploy_and_measure(model: nn.Module, ctx: TrialContext, precision: dict[str, str],
+def precision_by_group(deployment: Deployment, model: nn.Module, groups: list[LayerGroup]) -> dict[str, dict[str, int]]:
+    """What each group really runs in, read back from the deployed model."""
+    result = {g.name: deployment.precision_of(list(g.scopes)) for g in groups}
+    result[OTHER] = deployment.precision_of(other_layers(model, groups))
+    return result
+
+
+def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan = PrecisionPlan(),
                        clock: _Clock | None = None) -> dict:
     """Deploy ``model`` on the device; Top-1 on the deployed artifact; latency by the protocol."""
     clock = clock or _Clock(None)
     example = ctx.data.example_input(2)
     flops, _ = flops_and_params(model, example)
     with clock.phase("deploy"):
-        deployment = ctx.device.deploy(model, example, precision)
+        deployment = ctx.device.deploy(model, example, plan)
     with clock.phase("evaluate"):
         logits = deployment.predict(ctx.data.x_val.numpy())
         labels = ctx.data.y_val.numpy()
         top1, top5 = topk_accuracy(logits, labels, 1), topk_accuracy(logits, labels, 5)
     with clock.phase("measure"):
-        stats = deployment.measure_latency()
+        paired = ctx.reference is not None and ctx.reference_latency_ms
+        stats = deployment.measure_latency(ctx.reference if paired else None)
+    # Paired: express the candidate on the scale of the baseline as first measured.
+    drift = stats.reference_median_ms / ctx.reference_latency_ms if paired else 1.0
     info = ctx.device.info().to_dict()
     info.update(inference_precision=deployment.inference_precision, threads_used=getattr(deployment, "threads", info["threads"]))
     return {
-        "latency_ms": stats.median_ms,
-        "latency_p90_ms": stats.p90_ms,
-        "latency_mean_ms": stats.mean_ms,
+        "latency_ms": ctx.reference_latency_ms * stats.ratio if paired else stats.median_ms,
+        "latency_p90_ms": stats.p90_ms / drift,
+        "latency_mean_ms": stats.mean_ms / drift,
         "latency_ci95_rel": stats.ci95_rel,
         "latency_runs": stats.runs,
         "latency_converged": stats.converged,
+        "latency_raw_ms": stats.median_ms,
+        "latency_vs_baseline": stats.ratio,
+        "latency_drift": drift,
         "latency_device_ms": stats.device_median_ms,
         "top1": top1,
         "top5": top5,
         "params": count_params(model),
         "flops": flops,
         "size_bytes": deployment.size_bytes,
-        "precision_plan": dict(precision) or {"*": "f32"},
+        "weights_bytes": deployment.weights_bytes,
+        "precision_plan": {"*": plan.float_precision} if not plan.int8_modules else {},
         "precision_used": dict(deployment.precision_used),
         "device": info,
         "seconds": clock.seconds,
@@ -138,8 +184,13 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, precision: dict[str,
     }
 
 
-def evaluate_baseline(ctx: TrialContext) -> dict:
-    """The baseline's record, under the same names as a trial's."""
-    attributes = deploy_and_measure(copy.deepcopy(ctx.baseline).eval(), ctx, {})
-    attributes.pop("_deployment").close()
-    return attributes
+def evaluate_baseline(ctx: TrialContext) -> tuple[dict, Deployment]:
+    """The baseline's record, under the same names as a trial's, and its deployment."""
+    unpaired = TrialContext(ctx.baseline, ctx.data, ctx.groups, ctx.device)
+    attributes = deploy_and_measure(copy.deepcopy(ctx.baseline).eval(), unpaired, PrecisionPlan("f32"))
+    return attributes, attributes.pop("_deployment")
+
+
+def deploy_baseline(ctx: TrialContext) -> Deployment:
+    """The baseline on the device at f32, to pair trials with (a resumed study: not re-measured)."""
+    return ctx.device.deploy(copy.deepcopy(ctx.baseline).eval(), ctx.data.example_input(2), PrecisionPlan("f32"))

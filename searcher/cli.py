@@ -99,9 +99,10 @@ def start(
         console.print(f"baseline ({prepared.baseline_source}): latency {base['latency_ms']:.3f} ms "
                       f"(±{base['latency_ci95_rel'] * 100:.1f}%, {base['latency_runs']} runs), Top-1 {base['top1']:.2f}%, "
                       f"params {base['params']:,}, FLOPs {base['flops']:,}; groups: "
-                      + ", ".join(f"{g.name} ({len(g.layers)} layers)" for g in prepared.context.groups))
+                      + ", ".join(f"{g.name} ({len(g.layers)} layers)" for g in prepared.context.groups)
+                      + f"; precisions: {', '.join(prepared.precisions)}")
         remaining = total - len(finished)
-        objective = Objective(spec, prepared.context, base, on_phase=progress.on_phase)
+        objective = Objective(spec, prepared.context, base, prepared.precisions, on_phase=progress.on_phase)
         try:
             if remaining > 0:
                 study.optimize(objective, n_trials=remaining, callbacks=[progress.on_trial_end],

@@ -70,11 +70,14 @@ def settings_short(row_params: dict, attrs: dict, groups: list[str] | None = Non
     groups = groups or [k.split(".", 1)[1] for k in sorted(row_params) if k.startswith("sparsity.")]
     sparsity = "/".join(f"{row_params.get(f'sparsity.{g}', 0.0):.2f}".lstrip("0") for g in groups)
     pruner = row_params.get("pruner", attrs.get("pruner", ""))
-    precisions = [str(row_params[f"precision.{g}"]) for g in groups if f"precision.{g}" in row_params]
+    plan = attrs.get("precision_plan") or {}
     text = f"{pruner} {sparsity}".strip()
-    if precisions:
-        text += " " + "/".join(precisions)
+    if any(p == "int8" for p in plan.values()) or len(set(plan.values())) > 1 or "bf16" in plan.values():
+        text += " " + "/".join(_PRECISION_SHORT.get(plan.get(g, "?"), plan.get(g, "?")) for g in [*groups, "other"])
     return text
+
+
+_PRECISION_SHORT = {"int8": "i8", "f32": "f32", "bf16": "bf16", "f16": "f16"}
 
 
 def _group_names(study: optuna.Study) -> list[str]:
@@ -86,7 +89,8 @@ def front_table(study: optuna.Study, title: str | None = None) -> Table:
     stats = counts(study)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=title or f"Pareto front of '{study.study_name}' "
                   f"({stats.get('complete', 0)} complete, {stats.get('pruned', 0)} collapsed, {stats.get('fail', 0)} failed)")
-    settings = f"pruner, sparsity {'/'.join(_group_names(study))}"
+    groups = _group_names(study)
+    settings = f"pruner, sparsity {'/'.join(groups)}, precision {'/'.join([*groups, 'other'])}"
     for column in ("trial", "latency ms", "Top-1 %", "params", "FLOPs", "size", settings):
         if column == settings:
             table.add_column(column, justify="left", overflow="fold", min_width=20)

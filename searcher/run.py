@@ -43,15 +43,16 @@ def store_deployment(trial: optuna.Trial, deployment, artifacts_dir: str) -> str
 class Objective:
     """Callable for ``study.optimize``; ``on_phase(trial_number, phase)`` reports progress."""
 
-    def __init__(self, spec: Spec, context: TrialContext, baseline: dict,
+    def __init__(self, spec: Spec, context: TrialContext, baseline: dict, precisions: list[str],
                  on_phase: Callable[[int, str], None] | None = None):
         self.spec = spec
         self.context = context
+        self.precisions = precisions
         self.baseline = baseline
         self.on_phase = on_phase or (lambda n, p: None)
 
     def __call__(self, trial: optuna.Trial):
-        plan = suggest_plan(trial, self.spec, self.context.groups)
+        plan = suggest_plan(trial, self.spec, self.context.groups, self.precisions)
         try:
             outcome = run_trial(self.context, plan, on_phase=lambda phase: self.on_phase(trial.number, phase))
         except CollapsedError as error:

@@ -18,6 +18,8 @@ TARGETS = {"latency": "minimize", "top1": "maximize", "size": "minimize", "param
 TARGET_UNITS = {"latency": "latency_ms", "top1": "top1", "size": "size_bytes", "params": "params", "flops": "flops"}
 SAMPLERS = ("auto", "tpe", "nsga2", "random")
 PRUNERS = ("l1", "l2", "fpgm")
+PRECISIONS = ("f32", "bf16", "f16", "int8")
+QUANTIZATION = ("qat", "ptq")
 DATASETS = ("digits", "cifar10", "imagefolder")
 
 
@@ -46,6 +48,14 @@ def _regex_list_ok(v) -> bool:
         return False
 
 
+def _precisions_ok(v) -> bool:
+    return v == "auto" or (isinstance(v, list) and bool(v) and all(p in PRECISIONS for p in v) and len(set(v)) == len(v))
+
+
+def _fixed_precisions_ok(v) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and p in PRECISIONS for k, p in v.items())
+
+
 def _groups_ok(v) -> bool:
     return isinstance(v, dict) and all(isinstance(k, str) and _regex_list_ok(p) and p for k, p in v.items())
 
@@ -65,6 +75,7 @@ KEYS: dict[str, Key] = {
     "data.dir": Key(str, "a directory path", optional=True),
     "data.image_size": Key(int, "an integer >= 8", lambda v: v >= 8, optional=True),
     "data.download": Key(bool, "true or false"),
+    "data.calibration_size": Key(int, "an integer >= 1 (training images for int8 calibration)", lambda v: v >= 1),
     "data.val_fraction": Key((int, float), "a number in (0, 0.5]", lambda v: 0 < v <= 0.5),
     "baseline.epochs": Key(int, "an integer >= 0", lambda v: v >= 0),
     "baseline.lr": Key((int, float), "a number > 0", lambda v: v > 0),
@@ -83,6 +94,11 @@ KEYS: dict[str, Key] = {
                           lambda v: bool(v) and all(p in PRUNERS for p in v)),
     "search.exclude": Key(list, "a list of regular expressions (layer names to keep unpruned)", _regex_list_ok),
     "search.groups": Key(dict, "a table of group name = [regular expressions of Conv2d names]", _groups_ok, optional=True),
+    "search.precisions": Key((str, list), f'"auto" (all the device runs) or a list from: {", ".join(PRECISIONS)}',
+                             _precisions_ok),
+    "search.fixed_precisions": Key(dict, f"a table of group name = precision ({', '.join(PRECISIONS)})",
+                                   _fixed_precisions_ok, optional=True),
+    "search.quantization": Key(str, f"one of: {', '.join(QUANTIZATION)}", lambda v: v in QUANTIZATION),
     "search.collapse_margin": Key((int, float), "a multiple of chance-level Top-1 >= 1", lambda v: v >= 1),
 }
 

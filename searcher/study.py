@@ -17,10 +17,11 @@ from devices.protocol import LatencyProtocol
 from objectives.baseline import get_baseline
 from objectives.data import DataSplits, load_data
 from objectives.finetune import TrainSettings
-from objectives.models import create_model
 from objectives.groups import GroupRules, LayerGroup, derive_groups, describe_groups
-from objectives.pipeline import TrialContext, evaluate_baseline
+from objectives.models import create_model
+from objectives.pipeline import TrialContext, deploy_baseline, evaluate_baseline
 
+from .space import allowed_precisions, check_fixed_precisions
 from .spec import TARGET_UNITS, Spec, SpecError
 from .storage import open_storage
 
@@ -30,7 +31,8 @@ logging.getLogger("nncf").setLevel(logging.ERROR)
 
 #: keys whose change would make a resumed study's trials incomparable
 FIXED_ON_RESUME = ("model.name", "model.checkpoint", "data.name", "data.dir", "data.image_size", "baseline.epochs",
-                   "baseline.lr", "device.name", "device.batch", "study.targets", "search.groups", "search.exclude")
+                   "baseline.lr", "baseline.batch_size", "device.name", "device.batch", "study.targets", "search.groups",
+                   "search.exclude", "search.precisions", "search.sparsity_max", "search.pruners")
 
 
 def make_sampler(spec: Spec) -> optuna.samplers.BaseSampler:
@@ -103,12 +105,14 @@ class Prepared:
     context: TrialContext
     baseline: dict  # the baseline's record (without the prefix)
     baseline_source: str
+    precisions: list[str]  # what trials may use: the spec's choice within what the device runs
 
 
 def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> Prepared:
     """Open or create the study; on first use, derive groups and measure the baseline."""
     # Everything a user can get wrong fails here, before a study is created or a model trained.
     device = make_device(spec)
+    precisions = allowed_precisions(spec, device.info())
     storage = open_storage(spec["study.storage"])
     on_status("loading data")
     data = load_spec_data(spec)
@@ -123,10 +127,12 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> Pr
         groups = [LayerGroup.from_dict(g) for g in attrs["groups"]]
     else:
         groups = derive_groups(model, group_rules(spec))
-    context = TrialContext(model, data, groups, device, collapse_margin=spec["search.collapse_margin"])
+    check_fixed_precisions(spec, groups)
+    context = TrialContext(model, data, groups, device, collapse_margin=spec["search.collapse_margin"],
+                           calibration_size=spec["data.calibration_size"])
     if "baseline_top1" not in attrs:
         on_status("baseline: deploying and measuring on the device")
-        record = evaluate_baseline(context)
+        record, context.reference = evaluate_baseline(context)
         study.set_user_attr("spec", spec.to_dict())
         study.set_user_attr("groups", [g.to_dict() for g in groups])
         study.set_user_attr("groups_described", [
@@ -134,5 +140,9 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> Pr
         study.set_user_attr("baseline_source", source)
         for key, value in record.items():
             study.set_user_attr(f"baseline_{key}", value)
+    else:
+        on_status("baseline: deploying (recorded latency reused)")
+        context.reference = deploy_baseline(context)
     baseline = {k[len("baseline_"):]: v for k, v in study.user_attrs.items() if k.startswith("baseline_")}
-    return Prepared(study, context, baseline, source)
+    context.reference_latency_ms = baseline["latency_ms"]
+    return Prepared(study, context, baseline, source, precisions)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from devices import DeviceError, available_devices, create_device
+from devices import DeviceError, PrecisionPlan, available_devices, create_device
 from devices.protocol import LatencyProtocol, measure, median_ci95
 from objectives.models import create_model
 
@@ -22,7 +22,7 @@ def test_device_strings():
 def test_openvino_cpu_measures_a_tiny_model_at_pinned_f32():
     device = create_device("openvino:CPU", threads=1, protocol=FAST)
     info = device.info()
-    assert info.runtime.startswith("openvino ") and info.full_name and info.precisions == ("f32",)
+    assert info.runtime.startswith("openvino ") and info.full_name and info.precisions[0] == "f32"
     model = create_model("resnet20", 10).eval()
     x = torch.rand(8, 3, 32, 32)
     deployment = device.deploy(model, x[:2])
@@ -42,8 +42,19 @@ def test_openvino_cpu_measures_a_tiny_model_at_pinned_f32():
 
 def test_unsupported_precision_is_refused():
     device = create_device("openvino:CPU")
-    with pytest.raises(DeviceError, match="precision 'int4' is not supported by openvino:CPU; supported: f32"):
-        device.deploy(create_model("resnet20", 10), torch.rand(2, 3, 32, 32), {"layer1": "int4"})
+    with pytest.raises(DeviceError, match="precision 'f64' is not supported by openvino:CPU; supported: f32"):
+        device.deploy(create_model("resnet20", 10), torch.rand(2, 3, 32, 32), PrecisionPlan("f64"))
+
+
+def test_onnx_scopes_follow_the_exporters_names():
+    from devices.openvino import onnx_scope
+
+    resnet = create_model("resnet20", 10)
+    assert onnx_scope(resnet, "layer1") == "/layer1/"
+    assert onnx_scope(resnet, "layer1.0.conv1") == "/layer1/layer1.0/conv1/"
+    assert onnx_scope(resnet, "fc") == "/fc/"
+    mobilenet = create_model("mobilenet_v2", 10)
+    assert onnx_scope(mobilenet, "features.1.conv.0.0") == "/features/features.1/conv/conv.0/conv.0.0/"
 
 
 def test_median_interval_is_distribution_free_order_statistics():
@@ -63,3 +74,29 @@ def test_protocol_stops_at_the_time_limit_when_noise_never_settles():
     stats = measure(lambda: time.sleep(rng.choice([0.0001, 0.004])),
                     LatencyProtocol(warmup_runs=1, warmup_seconds=0.0, min_runs=20, target_ci_rel=0.001, max_seconds=0.5))
     assert not stats.converged and stats.runs >= 20 and stats.seconds >= 0.5
+
+
+def test_paired_measurement_gives_the_ratio_to_a_reference():
+    device = create_device("openvino:CPU", threads=1, protocol=FAST)
+    x = torch.rand(2, 3, 32, 32)
+    small = device.deploy(create_model("resnet20", 10).eval(), x)
+    large = device.deploy(create_model("resnet56", 10).eval(), x)
+    try:
+        stats = large.measure_latency(reference=small)
+        assert stats.reference_median_ms and stats.ratio_ci95_rel is not None
+        assert 1.8 < stats.ratio < 4.5  # 56 layers against 20, same widths
+        assert stats.ci95_rel == stats.ratio_ci95_rel
+        same = small.measure_latency(reference=small)
+        assert abs(same.ratio - 1.0) < 0.1
+    finally:
+        small.close()
+        large.close()
+
+
+def test_paired_protocol_alternates_and_converges():
+    from devices.protocol import measure_paired
+
+    candidate, reference, ratio, ci = measure_paired(lambda: time.sleep(0.001), lambda: time.sleep(0.002),
+                                                     LatencyProtocol(warmup_runs=2, warmup_seconds=0.0, min_runs=20,
+                                                                     target_ci_rel=0.2, max_seconds=3))
+    assert 1.5 < ratio < 2.5 and ci <= 0.2 and candidate.runs == reference.runs >= 20

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from searcher.cli import app
 
 CONTRACT = ["latency_ms", "latency_p90_ms", "latency_ci95_rel", "latency_runs", "top1", "top5", "params", "flops",
-            "size_bytes", "sparsity_achieved", "precision_plan", "device", "fine_tune_epochs", "seconds", "artifact_id"]
+            "size_bytes", "sparsity_achieved", "precision_plan", "precision_used", "precision_used_by_group",
+            "calibration_size", "device", "fine_tune_epochs", "seconds", "artifact_id"]
 PHASES = ["prune", "speedup", "fine_tune", "deploy", "evaluate", "measure"]
 
 
@@ -73,6 +74,9 @@ def test_a_study_of_three_trials_end_to_end(study_dir):
         assert (study_dir / "artifacts" / a["artifact_id"]).is_file()
         sparse = any(v > 0 for v in a["sparsity_achieved"].values())
         assert (a["params"] < attrs["baseline_params"]) == sparse
+        assert set(a["precision_plan"]) == {"layer1", "layer2", "layer3", "other"}
+        for group, precision in a["precision_plan"].items():  # the plan, read back from the deployed model
+            assert set(a["precision_used_by_group"][group]) == {precision}, (group, a["precision_used_by_group"])
     for trial in trials:
         if trial.state != optuna.trial.TrialState.COMPLETE:
             assert trial.user_attrs["failure"]  # a failed or collapsed trial says why

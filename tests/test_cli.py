@@ -1,0 +1,43 @@
+"""The small read-only commands, through typer's runner."""
+import optuna
+from typer.testing import CliRunner
+
+from searcher.cli import app
+from searcher.spec import load_spec
+from searcher.study import make_sampler
+
+runner = CliRunner()
+
+
+def test_groups_lists_layers_and_shares():
+    result = runner.invoke(app, ["groups", "--model", "resnet20"])
+    assert result.exit_code == 0, result.output
+    for text in ("layer1", "layer1.0.conv1", "layer3.2.conv1", "%"):
+        assert text in result.output
+
+
+def test_groups_with_an_override():
+    result = runner.invoke(app, ["groups", "--model", "resnet20", "--set", r"search.groups={early=['layer1\..*conv1']}"])
+    assert result.exit_code == 0, result.output
+    assert "early" in result.output and "layer2" not in result.output
+
+
+def test_devices_lists_openvino_cpu_with_its_facts():
+    result = runner.invoke(app, ["devices"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "openvino:CPU" in result.output and "openvino 20" in result.output and "f32" in result.output
+
+
+def test_models_lists_cifar_resnets_and_torchvision():
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0
+    for name in ("resnet20", "resnet56", "resnet18", "mobilenet_v2", "vgg11_bn"):
+        assert name in result.output.split()
+
+
+def test_samplers_follow_the_targets():
+    assert isinstance(make_sampler(load_spec(overrides={"study.targets": ["latency"]})), optuna.samplers.TPESampler)
+    assert isinstance(make_sampler(load_spec()), optuna.samplers.NSGAIISampler)
+    assert isinstance(make_sampler(load_spec(overrides={"study.sampler": "random"})), optuna.samplers.RandomSampler)
+    nsga = make_sampler(load_spec(overrides={"study.targets": ["latency", "top1", "size"], "study.sampler": "nsga2"}))
+    assert isinstance(nsga, optuna.samplers.NSGAIISampler)

@@ -1,0 +1,129 @@
+"""Per-group quantization: search space from the device, NNI QAT, real int8 on OpenVINO CPU."""
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from devices import DeviceInfo, PrecisionPlan, create_device
+from devices.protocol import LatencyProtocol
+from objectives.finetune import TrainSettings, train
+from objectives.groups import OTHER, compute_layers, derive_groups
+from objectives.models import create_model
+from objectives.pipeline import int8_modules
+from objectives.quantize import qat_finetune
+from searcher.space import allowed_precisions, check_fixed_precisions, suggest_plan
+from searcher.spec import SpecError, load_spec
+
+FAST = LatencyProtocol(warmup_runs=3, warmup_seconds=0.1, min_runs=20, max_seconds=1.0)
+
+
+def _info(*precisions):
+    return DeviceInfo("test:dev", "a device", "none", 1, tuple(precisions))
+
+
+def _space(spec, precisions, groups=("layer1", "layer2")):
+    from objectives.groups import LayerGroup
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    layer_groups = [LayerGroup(g, [f"{g}.0.conv1"], scopes=[g]) for g in groups]
+    plans = []
+    for _ in range(20):
+        trial = study.ask()
+        plans.append(suggest_plan(trial, spec, layer_groups, precisions))
+        study.tell(trial, 0.0)
+    return study, plans
+
+
+def test_the_devices_precision_list_shapes_the_search_space():
+    spec = load_spec(overrides={"study.targets": ["latency"]})
+    study, plans = _space(spec, allowed_precisions(spec, _info("f32", "bf16", "int8")))
+    distributions = study.trials[0].distributions
+    assert distributions["precision.float"].choices == ("f32", "bf16")
+    assert distributions["precision.layer1"].choices == ("float", "int8")
+    assert distributions["precision.other"].choices == ("float", "int8")
+    assert {p.float_precision for p in plans} == {"f32", "bf16"}
+    assert any(p.int8_groups for p in plans) and any(not p.int8_groups for p in plans)
+
+    study, plans = _space(spec, allowed_precisions(spec, _info("f32")))
+    assert not any(k.startswith("precision.") for k in study.trials[0].distributions)
+    assert all(p.float_precision == "f32" and not p.int8_groups for p in plans)
+
+
+def test_the_spec_narrows_or_fixes_precisions():
+    spec = load_spec(overrides={"search.precisions": ["f32", "int8"], "search.fixed_precisions": {"other": "f32"}})
+    study, plans = _space(spec, allowed_precisions(spec, _info("f32", "bf16", "int8")))
+    assert "precision.float" not in study.trials[0].distributions
+    assert "precision.other" not in study.trials[0].distributions
+    assert all(OTHER not in p.int8_groups and p.float_precision == "f32" for p in plans)
+
+
+def test_a_precision_the_device_cannot_run_is_a_clear_error():
+    spec = load_spec(overrides={"search.precisions": ["f16", "int8"]})
+    with pytest.raises(SpecError, match="spec key 'search.precisions': precision 'f16' is not supported by "
+                                        "test:dev; supported: f32, bf16, int8"):
+        allowed_precisions(spec, _info("f32", "bf16", "int8"))
+    spec = load_spec(overrides={"search.fixed_precisions": {"layer1": "int8"}})
+    with pytest.raises(SpecError, match="'search.fixed_precisions': precision 'int8' is not supported by test:dev"):
+        allowed_precisions(spec, _info("f32"))
+    with pytest.raises(SpecError, match="'search.fixed_precisions.stage9': no such group"):
+        check_fixed_precisions(load_spec(overrides={"search.fixed_precisions": {"stage9": "f32"}}),
+                               derive_groups(create_model("resnet20", 10)))
+
+
+def test_nni_qat_fine_tune_runs_on_a_tiny_model(digits):
+    model = create_model("resnet20", 10)
+    layers = compute_layers(model, ["layer2", "layer3"])
+    losses = qat_finetune(model, layers, digits.x_train[:128], digits.y_train[:128], TrainSettings(1, 0.01, 64))
+    assert len(losses) == 1 and np.isfinite(losses[0])
+    assert type(model.layer2[0].conv1) is torch.nn.Conv2d  # NNI's wrappers are gone
+    assert model(digits.x_val[:2]).shape == (2, 10)
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10)
+    train(model, digits.x_train, digits.y_train, TrainSettings(epochs=3, lr=0.05, batch_size=32))
+    return model.eval()
+
+
+def _deploy(model, digits, plan):
+    device = create_device("openvino:CPU", threads=1, protocol=FAST)
+    return device.deploy(model, digits.example_input(2), plan)
+
+
+@pytest.mark.slow
+def test_int8_on_openvino_cpu_is_real_smaller_and_as_accurate(trained, digits):
+    calibration = digits.calibration_subset(200).numpy()
+    f32 = _deploy(trained, digits, PrecisionPlan("f32"))
+    everything = int8_modules(trained, derive_groups(trained), frozenset(["layer1", "layer2", "layer3", OTHER]))
+    int8 = _deploy(trained, digits, PrecisionPlan("f32", tuple(everything), calibration))
+    try:
+        assert set(f32.precision_used) == {"f32"}
+        assert set(int8.precision_used) == {"int8"}, int8.precision_used  # read back from the compiled model
+        assert int8.weights_bytes < f32.weights_bytes / 3.8  # int8 weights: ~4x smaller on disk
+        assert int8.size_bytes < f32.size_bytes / 2  # the graph (.xml) grows with the quantize nodes
+        labels = digits.y_val.numpy()
+        top1_f32 = (f32.predict(digits.x_val.numpy()).argmax(1) == labels).mean() * 100
+        top1_int8 = (int8.predict(digits.x_val.numpy()).argmax(1) == labels).mean() * 100
+        assert top1_f32 > 80
+        assert abs(top1_f32 - top1_int8) <= 1.0
+        assert int8.measure_latency().median_ms > 0
+    finally:
+        f32.close()
+        int8.close()
+
+
+@pytest.mark.slow
+def test_mixed_plans_keep_the_float_groups_float(trained, digits):
+    groups = derive_groups(trained)
+    modules = int8_modules(trained, groups, frozenset(["layer2"]))
+    assert modules == ["layer2"]
+    deployment = _deploy(trained, digits, PrecisionPlan("f32", tuple(modules), digits.calibration_subset(100).numpy()))
+    try:
+        assert set(deployment.precision_of(["layer2"])) == {"int8"}
+        assert set(deployment.precision_of(["layer1"])) == {"f32"}
+        assert set(deployment.precision_of(["layer3"])) == {"f32"}
+        assert set(deployment.precision_of(["conv1", "fc"])) == {"f32"}
+    finally:
+        deployment.close()
