@@ -9,6 +9,7 @@ always pinned, and the precision each layer really runs in is read back from the
 """
 from __future__ import annotations
 
+import atexit
 import collections
 import logging
 import re
@@ -206,6 +207,7 @@ class OpenVINODevice(Device):
         self.protocol = protocol
         self.batch = batch
         self._workdir = Path(tempfile.mkdtemp(prefix="edgetune-ov-"))
+        atexit.register(shutil.rmtree, self._workdir, True)  # deployments not closed by their owner
 
     def compile_config(self, float_precision: str = "f32") -> dict:
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": float_precision}

@@ -40,7 +40,7 @@ def create_device(device: str, **options) -> Device:
 
 def available_devices() -> list[str]:
     """Device strings that can be used on this host."""
-    names = []
+    names = ["cpu"]
     try:
         import openvino as ov
 
@@ -48,6 +48,15 @@ def available_devices() -> list[str]:
     except Exception:  # openvino missing or broken: just not available
         pass
     return names
+
+
+@register_device("cpu")
+def _cpu(target: str | None, **options) -> Device:
+    from .cpu import CPUDevice
+
+    if target:
+        raise DeviceError(f"device 'cpu' takes no target, got 'cpu:{target}'")
+    return CPUDevice(**options)
 
 
 @register_device("openvino")

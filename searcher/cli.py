@@ -78,11 +78,8 @@ def start(
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any spec key: --set finetune.epochs=3"),
 ):
     """Run (or resume) a compression study and print its Pareto front."""
-    import optuna
-
     from .progress import StudyProgress
-    from .run import Objective, TrialFailed
-    from .study import prepare
+    from .storage import redact
 
     spec = load_spec(spec_file, _overrides(target=target, model=model, checkpoint=checkpoint, data=data, data_dir=data_dir,
                                            device=device, trials=trials, sampler=sampler, storage=storage,
@@ -90,30 +87,37 @@ def start(
     total = spec["study.trials"]
     console.print(f"study [bold]{spec['study.name']}[/]: {spec['model.name']} on {spec['data.name']}, "
                   f"device {spec['device.name']}, targets {','.join(spec.targets)}, sampler {spec.sampler}, {total} trials")
-    with StudyProgress(console, total, 0) as progress:
-        prepared = prepare(spec, on_status=progress.status)
-        study = prepared.study
-        finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-        progress.progress.update(progress.task, completed=len(finished))
-        base = prepared.baseline
-        console.print(f"baseline ({prepared.baseline_source}): latency {base['latency_ms']:.3f} ms "
-                      f"(±{base['latency_ci95_rel'] * 100:.1f}%, {base['latency_runs']} runs), Top-1 {base['top1']:.2f}%, "
-                      f"params {base['params']:,}, FLOPs {base['flops']:,}; groups: "
-                      + ", ".join(f"{g.name} ({len(g.layers)} layers)" for g in prepared.context.groups)
-                      + f"; precisions: {', '.join(prepared.precisions)}")
-        remaining = total - len(finished)
-        objective = Objective(spec, prepared.context, base, prepared.precisions, on_phase=progress.on_phase)
-        try:
-            if remaining > 0:
-                study.optimize(objective, n_trials=remaining, callbacks=[progress.on_trial_end],
-                               catch=(TrialFailed,), gc_after_trial=True)
-        except KeyboardInterrupt:
-            progress.status("interrupted")
-            console.print(f"[yellow]interrupted[/]: finished trials are stored in {spec['study.storage']}; "
-                          "run the same command to resume")
-            raise typer.Exit(130) from None
-        progress.status("done")
+    try:
+        with StudyProgress(console, total, 0) as progress:
+            study = _run_study(spec, progress)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/]: finished trials are stored in {redact(spec['study.storage'])}; "
+                      "run the same command to resume")
+        raise typer.Exit(130) from None
     _print_front(study)
+
+
+def _run_study(spec, progress):
+    from .run import Objective, TrialFailed
+    from .study import prepare
+
+    prepared = prepare(spec, on_status=progress.status)
+    study = prepared.study
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    progress.progress.update(progress.task, completed=len(finished))
+    base = prepared.baseline
+    console.print(f"baseline ({prepared.baseline_source}): latency {base['latency_ms']:.3f} ms "
+                  f"(±{base['latency_ci95_rel'] * 100:.1f}%, {base['latency_runs']} runs), Top-1 {base['top1']:.2f}%, "
+                  f"params {base['params']:,}, FLOPs {base['flops']:,}; groups: "
+                  + ", ".join(f"{g.name} ({len(g.layers)} layers)" for g in prepared.context.groups)
+                  + f"; precisions: {', '.join(prepared.precisions)}")
+    remaining = spec["study.trials"] - len(finished)
+    objective = Objective(spec, prepared.context, base, prepared.precisions, on_phase=progress.on_phase)
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, callbacks=[progress.on_trial_end], catch=(TrialFailed,),
+                       gc_after_trial=True)
+    progress.status("done")
+    return study
 
 
 def _print_front(study) -> None:

@@ -116,18 +116,16 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> Pr
     storage = open_storage(spec["study.storage"])
     on_status("loading data")
     data = load_spec_data(spec)
-    create_model(spec["model.name"], data.num_classes)
+    groups = derive_groups(create_model(spec["model.name"], data.num_classes), group_rules(spec))
+    check_fixed_precisions(spec, groups)
     study = open_study(spec, storage)
     on_status("baseline: loading or training")
     epochs = spec["baseline.epochs"]
     model, source = get_baseline(spec["model.name"], data, data_id(spec), baseline_settings(spec), spec["model.checkpoint"],
                                  on_epoch=lambda e, loss: on_status(f"baseline: training epoch {e + 1}/{epochs} (loss {loss:.3f})"))
     attrs = study.user_attrs
-    if "groups" in attrs:
+    if "groups" in attrs:  # a resumed study keeps the groups it started with
         groups = [LayerGroup.from_dict(g) for g in attrs["groups"]]
-    else:
-        groups = derive_groups(model, group_rules(spec))
-    check_fixed_precisions(spec, groups)
     context = TrialContext(model, data, groups, device, collapse_margin=spec["search.collapse_margin"],
                            calibration_size=spec["data.calibration_size"])
     if "baseline_top1" not in attrs:

@@ -13,7 +13,7 @@ FAST = LatencyProtocol(warmup_runs=5, warmup_seconds=0.2, min_runs=20, max_secon
 
 def test_device_strings():
     assert "openvino:CPU" in available_devices()
-    with pytest.raises(DeviceError, match="unknown device 'tpu:0'; device kinds: openvino"):
+    with pytest.raises(DeviceError, match="unknown device .tpu:0.; device kinds: cpu, openvino"):
         create_device("tpu:0")
     with pytest.raises(DeviceError, match="device 'openvino:NPU' is not available on this host; available: openvino:CPU"):
         create_device("openvino:NPU")
@@ -100,3 +100,22 @@ def test_paired_protocol_alternates_and_converges():
                                                      LatencyProtocol(warmup_runs=2, warmup_seconds=0.0, min_runs=20,
                                                                      target_ci_rel=0.2, max_seconds=3))
     assert 1.5 < ratio < 2.5 and ci <= 0.2 and candidate.runs == reference.runs >= 20
+
+
+def test_plain_cpu_measures_a_tiny_model_with_threads_recorded():
+    device = create_device("cpu", threads=1, protocol=FAST)
+    info = device.info()
+    assert info.name == "cpu" and info.runtime.startswith("torch ") and info.threads == 1
+    model = create_model("resnet20", 10).eval()
+    x = torch.rand(4, 3, 32, 32)
+    deployment = device.deploy(model, x[:2])
+    try:
+        assert np.allclose(deployment.predict(x.numpy()), model(x).detach().numpy(), atol=1e-5)
+        assert deployment.threads == 1 and deployment.precision_used == {"f32": 22}
+        stats = deployment.measure_latency()
+        assert stats.runs >= 20 and stats.median_ms > 0
+        assert deployment.size_bytes > 0
+    finally:
+        deployment.close()
+    with pytest.raises(DeviceError, match="device 'cpu' takes no target"):
+        create_device("cpu:1")

@@ -127,3 +127,22 @@ def test_mixed_plans_keep_the_float_groups_float(trained, digits):
         assert set(deployment.precision_of(["conv1", "fc"])) == {"f32"}
     finally:
         deployment.close()
+
+
+@pytest.mark.slow
+def test_plain_cpu_int8_uses_pytorch_quantized_kernels_for_the_int8_groups_only(trained, digits):
+    groups = derive_groups(trained)
+    device = create_device("cpu", threads=1, protocol=FAST)
+    assert "int8" in device.precisions()
+    calibration = digits.calibration_subset(100).numpy()
+    mixed = device.deploy(trained, digits.example_input(2),
+                          PrecisionPlan("f32", tuple(int8_modules(trained, groups, frozenset(["layer3"]))), calibration))
+    try:
+        assert set(mixed.precision_of(["layer3"])) == {"int8"}
+        assert set(mixed.precision_of(["layer1", "layer2"])) == {"f32"}
+        labels = digits.y_val.numpy()
+        top1 = (mixed.predict(digits.x_val.numpy()).argmax(1) == labels).mean() * 100
+        reference = (trained(digits.x_val).argmax(1).numpy() == labels).mean() * 100
+        assert abs(top1 - reference) <= 1.5
+    finally:
+        mixed.close()

@@ -122,3 +122,20 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, args, message):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [lines[0]] and lines[0].startswith(message), result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.slow
+def test_three_targets_latency_top1_size(study_dir):
+    output = _start(study_dir, "--study-name", "three", "--target", "latency,top1,size", "--trials", "2",
+                    "--set", "search.fixed_precisions={layer3='int8'}")
+    assert "Pareto front of 'three'" in output
+    study = optuna.load_study(study_name="three", storage=f"sqlite:///{study_dir}/tiny.db")
+    assert study.metric_names == ["latency_ms", "top1", "size_bytes"]
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE", "MINIMIZE"]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete
+    for trial in complete:
+        assert trial.values[2] == trial.user_attrs["size_bytes"]
+        assert trial.user_attrs["precision_plan"]["layer3"] == "int8"
+        assert trial.user_attrs["precision_used_by_group"]["layer3"] == {"int8": 7}
+        assert trial.user_attrs["calibration_size"] == 300

@@ -1,0 +1,149 @@
+"""Plain PyTorch on the host CPU: the reference a user would otherwise ship.
+
+f32 runs the eager module; int8 uses PyTorch's own quantization (FX graph mode, x86 backend,
+post-training static quantization calibrated on the plan's images) on the plan's int8 modules
+only. The deployable artifact is TorchScript (``model.pt``).
+"""
+from __future__ import annotations
+
+import collections
+import copy
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import Deployment, Device, DeviceError, DeviceInfo, PrecisionPlan
+from .protocol import LatencyProtocol
+
+_INT8_TYPES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized")
+
+
+def _is_int8(module: nn.Module) -> bool:
+    return type(module).__module__.startswith(_INT8_TYPES) and hasattr(module, "weight")
+
+
+def _is_float_compute(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Conv2d, nn.Linear)) and not _is_int8(module)
+
+
+def quantize_fx(model: nn.Module, modules: tuple[str, ...], calibration: np.ndarray, example: torch.Tensor) -> nn.Module:
+    """Post-training static int8 of ``modules`` (and everything under them) with PyTorch's FX flow."""
+    from torch.ao.quantization import QConfigMapping, get_default_qconfig
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    qconfig = get_default_qconfig("x86")
+    mapping = QConfigMapping()
+    for name in modules:
+        mapping = mapping.set_module_name(name, qconfig)
+    prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, (example,))
+    with torch.no_grad():
+        for start in range(0, len(calibration), 32):
+            prepared(torch.from_numpy(calibration[start : start + 32]))
+    return convert_fx(prepared)
+
+
+class CPUDeployment(Deployment):
+    def __init__(self, module: nn.Module, device: "CPUDevice", example: torch.Tensor, plan: PrecisionPlan):
+        self.protocol = device.protocol
+        self.batch = device.batch
+        self._device = device
+        self._module = module.eval()
+        self._workdir = Path(tempfile.mkdtemp(prefix="edgetune-cpu-"))
+        self._input = torch.randn(device.batch, *example.shape[1:], generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            scripted = torch.jit.trace(self._module, example)
+        self._path = self._workdir / "model.pt"
+        scripted.save(str(self._path))
+        self._modules = dict(self._module.named_modules())
+        self.precision_used = self._count(self._modules.values())
+        self.inference_precision = plan.float_precision
+        self.threads = torch.get_num_threads()
+
+    @staticmethod
+    def _count(modules) -> dict[str, int]:
+        counts: collections.Counter[str] = collections.Counter()
+        for module in modules:
+            if _is_int8(module):
+                counts["int8"] += 1
+            elif _is_float_compute(module):
+                counts["f32"] += 1
+        return dict(counts)
+
+    def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+            return torch.cat([self._module(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).numpy()
+
+    def runner(self):
+        module, x = self._module, self._input
+
+        def run_once() -> None:
+            with torch.no_grad():
+                module(x)
+
+        return run_once
+
+    def precision_of(self, modules: list[str]) -> dict[str, int]:
+        chosen = [m for name, m in self._modules.items()
+                  if any(name == p or name.startswith(p + ".") for p in modules)]
+        return self._count(chosen)
+
+    def save(self, directory: Path) -> list[Path]:
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / "model.pt"
+        shutil.copyfile(self._path, target)
+        return [target]
+
+    @property
+    def size_bytes(self) -> int:
+        return self._path.stat().st_size
+
+    def close(self) -> None:
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+class CPUDevice(Device):
+    """``cpu``: PyTorch eager on the host CPU, f32 or int8 (x86 quantized kernels)."""
+
+    def __init__(self, threads: int = 0, protocol: LatencyProtocol = LatencyProtocol(), batch: int = 1):
+        self.threads = threads or os.cpu_count() or 1
+        self.protocol = protocol
+        self.batch = batch
+
+    def info(self) -> DeviceInfo:
+        int8 = ["int8"] if "x86" in torch.backends.quantized.supported_engines else []
+        return DeviceInfo(
+            name="cpu",
+            full_name=_cpu_name(),
+            runtime=f"torch {torch.__version__}",
+            threads=self.threads,
+            precisions=tuple(["f32"] + int8),
+            extra={"engine": "eager", "quantized_engine": "x86" if int8 else ""},
+        )
+
+    def deploy(self, model, example_input, plan: PrecisionPlan = PrecisionPlan()) -> CPUDeployment:
+        self.check_plan(plan)
+        torch.set_num_threads(self.threads)
+        module = copy.deepcopy(model).eval()
+        if plan.int8_modules:
+            try:
+                module = quantize_fx(module, plan.int8_modules, plan.calibration, example_input)
+            except Exception as error:  # FX cannot trace every model
+                raise DeviceError(f"PyTorch int8 quantization failed: {type(error).__name__}: {error}") from error
+        return CPUDeployment(module, self, example_input, plan)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
