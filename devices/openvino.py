@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
+import io
 import logging
 import re
 import shutil
@@ -187,8 +189,10 @@ def quantize_int8(ov_model, int8_prefixes: list[str], calibration: np.ndarray):
     logging.getLogger("nncf").setLevel(logging.ERROR)
     keep_float = "(?!" + "|".join(re.escape(p) for p in int8_prefixes) + ").*"
     dataset = nncf.Dataset(list(calibration.astype(np.float32)), lambda image: image[None])
-    return nncf.quantize(ov_model, dataset, subset_size=len(calibration), preset=nncf.QuantizationPreset.PERFORMANCE,
-                         ignored_scope=nncf.IgnoredScope(patterns=[keep_float], validate=False))
+    with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws its own progress bars
+        return nncf.quantize(ov_model, dataset, subset_size=len(calibration),
+                             preset=nncf.QuantizationPreset.PERFORMANCE,
+                             ignored_scope=nncf.IgnoredScope(patterns=[keep_float], validate=False))
 
 
 class OpenVINODevice(Device):

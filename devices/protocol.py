@@ -64,6 +64,28 @@ def _stats(samples: list[float], seconds: float, converged: bool, batch: int) ->
                         batch=batch)
 
 
+def _sample_until_tight(step: Callable[[], float], protocol: LatencyProtocol) -> tuple[list[float], float, bool]:
+    """Call ``step`` (which returns one sample) until the median's interval is tight or time is up."""
+    clock = time.perf_counter
+    samples: list[float] = []
+    start = clock()
+    while True:
+        samples.append(step())
+        n = len(samples)
+        if n >= protocol.min_runs and n % protocol.check_every == 0:
+            med, low, high = median_ci95(np.asarray(samples))
+            if (high - low) / 2.0 <= protocol.target_ci_rel * med:
+                return samples, clock() - start, True
+        if clock() - start >= protocol.max_seconds and n >= protocol.min_runs:
+            return samples, clock() - start, False
+
+
+def _timed(run: Callable[[], None]) -> float:
+    t0 = time.perf_counter()
+    run()
+    return (time.perf_counter() - t0) * 1000.0
+
+
 def measure_paired(run_reference: Callable[[], None], run_candidate: Callable[[], None],
                    protocol: LatencyProtocol = LatencyProtocol(), batch: int = 1) -> tuple[LatencyStats, LatencyStats, float, float]:
     """Alternate reference and candidate runs until the ratio's interval is tight.
@@ -71,31 +93,21 @@ def measure_paired(run_reference: Callable[[], None], run_candidate: Callable[[]
     Returns the candidate's stats, the reference's stats, the median of the per-pair ratios
     candidate/reference, and the relative half-width of its 95% interval.
     """
-    clock = time.perf_counter
     _warm_up(run_reference, protocol)
     _warm_up(run_candidate, protocol)
-    reference, candidate, ratios = [], [], []
-    start = clock()
-    converged = False
-    while True:
-        order = (run_reference, run_candidate) if len(ratios) % 2 == 0 else (run_candidate, run_reference)
-        times = {}
-        for run in order:
-            t0 = clock()
-            run()
-            times[run] = (clock() - t0) * 1000.0
-        reference.append(times[run_reference])
-        candidate.append(times[run_candidate])
-        ratios.append(times[run_candidate] / times[run_reference])
-        n = len(ratios)
-        if n >= protocol.min_runs and n % protocol.check_every == 0:
-            med, low, high = median_ci95(np.asarray(ratios))
-            if (high - low) / 2.0 <= protocol.target_ci_rel * med:
-                converged = True
-                break
-        if clock() - start >= 2 * protocol.max_seconds and n >= protocol.min_runs:
-            break
-    seconds = clock() - start
+    reference: list[float] = []
+    candidate: list[float] = []
+
+    def pair() -> float:
+        if len(reference) % 2 == 0:  # alternate which goes first, so neither always follows the other
+            reference.append(_timed(run_reference))
+            candidate.append(_timed(run_candidate))
+        else:
+            candidate.append(_timed(run_candidate))
+            reference.append(_timed(run_reference))
+        return candidate[-1] / reference[-1]
+
+    ratios, seconds, converged = _sample_until_tight(pair, protocol)
     med, low, high = median_ci95(np.asarray(ratios))
     return (_stats(candidate, seconds, converged, batch), _stats(reference, seconds, converged, batch),
             med, (high - low) / 2.0 / med)
@@ -103,21 +115,6 @@ def measure_paired(run_reference: Callable[[], None], run_candidate: Callable[[]
 
 def measure(run_once: Callable[[], None], protocol: LatencyProtocol = LatencyProtocol(), batch: int = 1) -> LatencyStats:
     """Time ``run_once`` (one synchronous inference) by ``protocol``."""
-    clock = time.perf_counter
     _warm_up(run_once, protocol)
-    samples: list[float] = []
-    start = clock()
-    converged = False
-    while True:
-        t0 = clock()
-        run_once()
-        samples.append((clock() - t0) * 1000.0)
-        n = len(samples)
-        if n >= protocol.min_runs and n % protocol.check_every == 0:
-            med, low, high = median_ci95(np.asarray(samples))
-            if (high - low) / 2.0 <= protocol.target_ci_rel * med:
-                converged = True
-                break
-        if clock() - start >= protocol.max_seconds and n >= protocol.min_runs:
-            break
-    return _stats(samples, clock() - start, converged, batch)
+    samples, seconds, converged = _sample_until_tight(lambda: _timed(run_once), protocol)
+    return _stats(samples, seconds, converged, batch)

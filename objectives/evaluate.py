@@ -22,3 +22,12 @@ def torch_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256) 
 def collapsed(top1: float, num_classes: int, margin: float = 1.5) -> bool:
     """Near chance level: the network has stopped telling classes apart."""
     return top1 <= margin * 100.0 / num_classes
+
+
+def per_class_accuracy(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> list[float]:
+    """Accuracy within each true class (the class's recall), in percent; NaN for an absent class."""
+    result = []
+    for c in range(num_classes):
+        members = labels == c
+        result.append(float((predictions[members] == c).mean() * 100.0) if members.any() else float("nan"))
+    return result

@@ -19,7 +19,7 @@ from devices import Deployment, Device, PrecisionPlan
 
 from . import prune as pruning
 from .data import DataSplits
-from .evaluate import collapsed, topk_accuracy, torch_logits
+from .evaluate import collapsed, per_class_accuracy, topk_accuracy, torch_logits
 from .finetune import TrainSettings, train
 from .groups import OTHER, LayerGroup, compute_layers, other_layers
 from .models import count_params, flops_and_params
@@ -79,6 +79,8 @@ def int8_modules(model: nn.Module, groups: list[LayerGroup], int8_groups: frozen
 class TrialOutcome:
     attributes: dict  # the contract of DESIGN.md, minus artifact_id (the searcher stores it)
     deployment: Deployment
+    model: nn.Module  # the pruned, fine-tuned PyTorch model that was deployed
+    predictions: np.ndarray  # the deployed model's class for each validation image
 
     def __getitem__(self, key: str):
         return self.attributes[key]
@@ -129,8 +131,9 @@ def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None
                       precision_plan=plan.precision_plan(ctx.groups), quantization=plan.quantization if quantized else None,
                       calibration_size=len(device_plan.calibration) if quantized else 0, seconds=clock.seconds)
     deployment = attributes.pop("_deployment")
+    predictions = attributes.pop("_predictions")
     attributes["precision_used_by_group"] = precision_by_group(deployment, model, ctx.groups)
-    return TrialOutcome(attributes, deployment)
+    return TrialOutcome(attributes, deployment, model, predictions)
 
 
 def precision_by_group(deployment: Deployment, model: nn.Module, groups: list[LayerGroup]) -> dict[str, dict[str, int]]:
@@ -152,6 +155,7 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
         logits = deployment.predict(ctx.data.x_val.numpy())
         labels = ctx.data.y_val.numpy()
         top1, top5 = topk_accuracy(logits, labels, 1), topk_accuracy(logits, labels, 5)
+        class_top1 = per_class_accuracy(logits.argmax(axis=1), labels, ctx.data.num_classes)
     with clock.phase("measure"):
         paired = ctx.reference is not None and ctx.reference_latency_ms
         stats = deployment.measure_latency(ctx.reference if paired else None)
@@ -172,6 +176,7 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
         "latency_device_ms": stats.device_median_ms,
         "top1": top1,
         "top5": top5,
+        "class_top1": [round(v, 3) for v in class_top1],
         "params": count_params(model),
         "flops": flops,
         "size_bytes": deployment.size_bytes,
@@ -181,14 +186,16 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
         "device": info,
         "seconds": clock.seconds,
         "_deployment": deployment,
+        "_predictions": logits.argmax(axis=1).astype(np.int16),
     }
 
 
-def evaluate_baseline(ctx: TrialContext) -> tuple[dict, Deployment]:
-    """The baseline's record, under the same names as a trial's, and its deployment."""
+def evaluate_baseline(ctx: TrialContext) -> TrialOutcome:
+    """The baseline's record, under the same names as a trial's, with its deployment."""
     unpaired = TrialContext(ctx.baseline, ctx.data, ctx.groups, ctx.device)
-    attributes = deploy_and_measure(copy.deepcopy(ctx.baseline).eval(), unpaired, PrecisionPlan("f32"))
-    return attributes, attributes.pop("_deployment")
+    model = copy.deepcopy(ctx.baseline).eval()
+    attributes = deploy_and_measure(model, unpaired, PrecisionPlan("f32"))
+    return TrialOutcome(attributes, attributes.pop("_deployment"), model, attributes.pop("_predictions"))
 
 
 def deploy_baseline(ctx: TrialContext) -> Deployment:

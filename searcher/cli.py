@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -28,7 +29,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from .storage import StorageError
 
-    return (SpecError, DataError, ModelError, DeviceError, GroupError, CheckpointError, StorageError)
+    from .export import ExportError
+
+    return (SpecError, DataError, ModelError, DeviceError, GroupError, CheckpointError, StorageError, ExportError)
 
 
 def user_errors_are_one_line(command):
@@ -49,7 +52,7 @@ def _overrides(**named) -> dict:
     mapping = {"target": "study.targets", "model": "model.name", "checkpoint": "model.checkpoint", "data": "data.name",
                "data_dir": "data.dir", "device": "device.name", "trials": "study.trials", "sampler": "study.sampler",
                "storage": "study.storage", "study_name": "study.name", "seed": "study.seed",
-               "max_top1_drop": "study.max_top1_drop"}
+               "max_top1_drop": "study.max_top1_drop", "max_class_drop": "study.max_class_drop"}
     result = {mapping[k]: v for k, v in named.items() if k in mapping and v is not None}
     if "study.targets" in result:
         result["study.targets"] = [t.strip() for t in result["study.targets"].split(",") if t.strip()]
@@ -75,6 +78,7 @@ def start(
     study_name: Optional[str] = typer.Option(None, help="Study name; an existing study is resumed."),
     seed: Optional[int] = typer.Option(None, help="Seed of the sampler and of training."),
     max_top1_drop: Optional[float] = typer.Option(None, help="Trials losing more Top-1 points are infeasible."),
+    max_class_drop: Optional[float] = typer.Option(None, help="Trials losing more points on any class are infeasible."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any spec key: --set finetune.epochs=3"),
 ):
     """Run (or resume) a compression study and print its Pareto front."""
@@ -83,7 +87,8 @@ def start(
 
     spec = load_spec(spec_file, _overrides(target=target, model=model, checkpoint=checkpoint, data=data, data_dir=data_dir,
                                            device=device, trials=trials, sampler=sampler, storage=storage,
-                                           study_name=study_name, seed=seed, max_top1_drop=max_top1_drop, set=set_))
+                                           study_name=study_name, seed=seed, max_top1_drop=max_top1_drop,
+                                           max_class_drop=max_class_drop, set=set_))
     total = spec["study.trials"]
     console.print(f"study [bold]{spec['study.name']}[/]: {spec['model.name']} on {spec['data.name']}, "
                   f"device {spec['device.name']}, targets {','.join(spec.targets)}, sampler {spec.sampler}, {total} trials")
@@ -139,6 +144,84 @@ def pareto(
 
 
 app.command("status", help="Same as `tune pareto`.")(pareto)
+
+
+def _artifacts_dir(study, given: Optional[str]) -> str:
+    return given or study.user_attrs.get("spec", {}).get("study.artifacts", "edgetune-artifacts")
+
+
+@app.command()
+@user_errors_are_one_line
+def export(
+    study_name: Optional[str] = typer.Argument(None, help="Study name (optional if the storage holds one)."),
+    pareto: bool = typer.Option(False, "--pareto", help="Export every model on the Pareto front."),
+    trial: Optional[list[int]] = typer.Option(None, "--trial", help="Export this trial (repeatable)."),
+    out: Path = typer.Option(Path("exports"), "--out", help="Folder to write trial-N/ folders into."),
+    storage: str = typer.Option(DEFAULT_STORAGE, help="SQLAlchemy URL of the study database."),
+    artifacts: Optional[str] = typer.Option(None, help="Artifact store folder (default: the study's)."),
+):
+    """Write the deployable models of chosen trials, with a manifest (metrics, versions, checksums)."""
+    from .export import choose_trials, export_trial
+    from .study import load_study
+
+    study = load_study(storage, study_name)
+    for chosen in choose_trials(study, trial, pareto):
+        folder = export_trial(study, chosen, _artifacts_dir(study, artifacts), out)
+        a = chosen.user_attrs
+        console.print(f"trial {chosen.number}: latency {a['latency_ms']:.3f} ms, Top-1 {a['top1']:.2f}% -> {folder}")
+
+
+@app.command()
+@user_errors_are_one_line
+def report(
+    study_name: Optional[str] = typer.Argument(None, help="Study name (optional if the storage holds one)."),
+    out: Path = typer.Option(Path("reports"), "--out", help="Folder of the report (a subfolder per study)."),
+    storage: str = typer.Option(DEFAULT_STORAGE, help="SQLAlchemy URL of the study database."),
+    artifacts: Optional[str] = typer.Option(None, help="Artifact store folder (default: the study's)."),
+    classes: bool = typer.Option(True, help="Class-level harm of the front (loads the data set)."),
+):
+    """Write the study's report: front plots (PNG, HTML), tables, hypervolume, importances, class harm."""
+    from objectives.data import DataError
+
+    from .report import write_report
+    from .spec import Spec
+    from .study import load_spec_data, load_study
+
+    study = load_study(storage, study_name)
+    splits = None
+    stored = study.user_attrs.get("spec")
+    if classes and stored:
+        try:
+            splits = load_spec_data(Spec(stored, "stored"))
+        except DataError as error:
+            console.print(f"[yellow]class-level harm skipped[/]: {error}")
+    folder = out / study.study_name
+    with console.status("writing the report"):
+        files = write_report(study, folder, _artifacts_dir(study, artifacts), splits)
+    console.print(f"report: {files[0]} ({len(files)} files in {folder})")
+
+
+@app.command()
+@user_errors_are_one_line
+def dashboard(
+    storage: str = typer.Option(DEFAULT_STORAGE, help="SQLAlchemy URL of the study database."),
+    artifacts: str = typer.Option("edgetune-artifacts", help="Artifact store folder (trial models show in the UI)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps it on this machine."),
+    port: int = typer.Option(8080, help="Port."),
+):
+    """Serve optuna-dashboard on the study database, with the artifact store."""
+    import optuna_dashboard
+
+    from .storage import artifact_store, open_storage, redact
+
+    store = open_storage(storage)
+    console.print(f"optuna-dashboard on http://{host}:{port} for {redact(storage)} (Ctrl-C stops it)")
+    try:
+        optuna_dashboard.run_server(store, host=host, port=port, artifact_store=artifact_store(artifacts))
+    except OSError as error:
+        raise SpecError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()
@@ -198,6 +281,7 @@ def main() -> None:  # console script entry point
     # Deprecation chatter from NNI/torch/OpenVINO is not the user's business; errors still show.
     for category in (DeprecationWarning, FutureWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU hosts
     app(prog_name="tune")
 
 

@@ -6,18 +6,22 @@ network is recorded as PRUNED with its reason.
 from __future__ import annotations
 
 import json
-import tempfile
-import zipfile
-from pathlib import Path
 from typing import Callable
 
 import optuna
 
 from objectives.pipeline import CollapsedError, TrialContext, run_trial
 
+from .artifacts import store_outcome
 from .space import suggest_plan
 from .spec import TARGET_UNITS, Spec
 from .storage import artifact_store
+
+
+def worst_class_drop(baseline: list[float], trial: list[float]) -> float:
+    """The largest per-class Top-1 loss against the baseline, in points (classes absent in val ignored)."""
+    drops = [b - t for b, t in zip(baseline, trial) if b == b and t == t]
+    return max(drops) if drops else 0.0
 
 
 class TrialFailed(RuntimeError):
@@ -28,16 +32,6 @@ def _json_safe(value):
     return json.loads(json.dumps(value, default=str))
 
 
-def store_deployment(trial: optuna.Trial, deployment, artifacts_dir: str) -> str:
-    """Zip the deployed files and put them in Optuna's artifact store; returns the artifact id."""
-    with tempfile.TemporaryDirectory() as tmp:
-        files = deployment.save(Path(tmp) / "model")
-        archive = Path(tmp) / f"trial-{trial.number}-model.zip"
-        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-            for path in files:
-                zf.write(path, path.name)
-        return optuna.artifacts.upload_artifact(artifact_store=artifact_store(artifacts_dir), file_path=str(archive),
-                                                study_or_trial=trial, mimetype="application/zip")
 
 
 class Objective:
@@ -65,12 +59,15 @@ class Objective:
             raise TrialFailed(reason) from error
         self.on_phase(trial.number, "store")
         attributes = outcome.attributes
-        attributes["artifact_id"] = store_deployment(trial, outcome.deployment, self.spec["study.artifacts"])
+        attributes["artifact_id"] = store_outcome(trial, outcome, self.spec, self.context.data, f"trial-{trial.number}")
         outcome.deployment.close()
         for key, value in attributes.items():
             trial.set_user_attr(key, _json_safe(value))
+        # Optuna constraints: <= 0 is feasible.
         drop_limit = self.spec["study.max_top1_drop"]
         if drop_limit is not None:
-            # Optuna constraint: <= 0 is feasible.
             trial.set_constraint("top1_drop", (self.baseline["top1"] - attributes["top1"]) - drop_limit)
+        class_limit = self.spec["study.max_class_drop"]
+        if class_limit is not None:
+            trial.set_constraint("class_drop", worst_class_drop(self.baseline["class_top1"], attributes["class_top1"]) - class_limit)
         return tuple(float(attributes[TARGET_UNITS[t]]) for t in self.spec.targets)

@@ -69,6 +69,8 @@ KEYS: dict[str, Key] = {
     "study.trials": Key(int, "an integer >= 1", lambda v: v >= 1),
     "study.seed": Key(int, "an integer >= 0", lambda v: v >= 0),
     "study.max_top1_drop": Key((int, float), "a number of points >= 0", lambda v: v >= 0, optional=True),
+    "study.max_class_drop": Key((int, float), "a number of points >= 0 (worst per-class Top-1 drop)",
+                                lambda v: v >= 0, optional=True),
     "model.name": Key(str, "a model name (`tune models` lists them)", lambda v: bool(v)),
     "model.checkpoint": Key(str, "a path to a state-dict checkpoint", optional=True),
     "data.name": Key(str, f"one of: {', '.join(DATASETS)}", lambda v: v in DATASETS),

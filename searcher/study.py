@@ -21,6 +21,7 @@ from objectives.groups import GroupRules, LayerGroup, derive_groups, describe_gr
 from objectives.models import create_model
 from objectives.pipeline import TrialContext, deploy_baseline, evaluate_baseline
 
+from .artifacts import store_outcome
 from .space import allowed_precisions, check_fixed_precisions
 from .spec import TARGET_UNITS, Spec, SpecError
 from .storage import open_storage
@@ -130,12 +131,17 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> Pr
                            calibration_size=spec["data.calibration_size"])
     if "baseline_top1" not in attrs:
         on_status("baseline: deploying and measuring on the device")
-        record, context.reference = evaluate_baseline(context)
+        outcome = evaluate_baseline(context)
+        context.reference = outcome.deployment
+        record = dict(outcome.attributes)
+        record["artifact_id"] = store_outcome(study, outcome, spec, data, "baseline")
         study.set_user_attr("spec", spec.to_dict())
         study.set_user_attr("groups", [g.to_dict() for g in groups])
         study.set_user_attr("groups_described", [
             {k: v for k, v in d.items() if k != "layers"} for d in describe_groups(model, groups, data.example_input(2))])
         study.set_user_attr("baseline_source", source)
+        study.set_user_attr("data", {"name": data.name, "classes": data.classes, "mean": list(data.mean),
+                                     "std": list(data.std), "input_shape": list(data.image_shape)})
         for key, value in record.items():
             study.set_user_attr(f"baseline_{key}", value)
     else:

@@ -20,3 +20,59 @@ def digits():
     from objectives.data import load_data
 
     return load_data("digits")
+
+
+TINY_STUDY = """
+[study]
+name = "tiny"
+storage = "sqlite:///{folder}/tiny.db"
+artifacts = "{folder}/artifacts"
+trials = 3
+[model]
+name = "resnet20"
+[baseline]
+epochs = 2
+[finetune]
+epochs = 1
+[device]
+threads = 1
+latency_max_seconds = 1
+[search]
+sparsity_max = 0.6
+pruners = ["l1", "fpgm"]
+"""
+
+
+def start_tiny(folder, *args):
+    """``tune start`` on the tiny study (ResNet-20 on digits) in ``folder``; returns the output."""
+    from typer.testing import CliRunner
+
+    from searcher.cli import app
+
+    result = CliRunner().invoke(app, ["start", "--spec", str(folder / "tiny.toml"), *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="session")
+def study_dir(tmp_path_factory):
+    """A folder with the tiny study's spec; the first test that runs it creates the study."""
+    folder = tmp_path_factory.mktemp("study")
+    (folder / "tiny.toml").write_text(TINY_STUDY.format(folder=folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_study(study_dir):
+    """The tiny study with at least its first 3 trials run."""
+    import optuna
+
+    storage = f"sqlite:///{study_dir}/tiny.db"
+    try:
+        study = optuna.load_study(study_name="tiny", storage=storage)
+        if len(study.trials) >= 3:
+            return study_dir
+    except KeyError:
+        pass
+    start_tiny(study_dir)
+    return study_dir

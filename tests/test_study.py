@@ -15,35 +15,7 @@ CONTRACT = ["latency_ms", "latency_p90_ms", "latency_ci95_rel", "latency_runs", 
 PHASES = ["prune", "speedup", "fine_tune", "deploy", "evaluate", "measure"]
 
 
-@pytest.fixture(scope="module")
-def study_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("study")
-    (folder / "tiny.toml").write_text(f"""
-[study]
-name = "tiny"
-storage = "sqlite:///{folder}/tiny.db"
-artifacts = "{folder}/artifacts"
-trials = 3
-[model]
-name = "resnet20"
-[baseline]
-epochs = 2
-[finetune]
-epochs = 1
-[device]
-threads = 1
-latency_max_seconds = 1
-[search]
-sparsity_max = 0.6
-pruners = ["l1", "fpgm"]
-""")
-    return folder
-
-
-def _start(folder, *args):
-    result = CliRunner().invoke(app, ["start", "--spec", str(folder / "tiny.toml"), *args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
+from conftest import start_tiny as _start  # noqa: E402
 
 
 @pytest.mark.slow
@@ -138,4 +110,4 @@ def test_three_targets_latency_top1_size(study_dir):
         assert trial.values[2] == trial.user_attrs["size_bytes"]
         assert trial.user_attrs["precision_plan"]["layer3"] == "int8"
         assert trial.user_attrs["precision_used_by_group"]["layer3"] == {"int8": 7}
-        assert trial.user_attrs["calibration_size"] == 300
+        assert trial.user_attrs["calibration_size"] == 128

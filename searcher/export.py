@@ -1,0 +1,100 @@
+"""``tune export``: the deployable files of chosen trials, with a manifest a user can trust.
+
+For each trial: ``deployed/`` (OpenVINO IR or TorchScript, as measured), ``model.onnx``,
+``weights.safetensors`` + ``widths.json``, and ``manifest.json`` with the trial's parameters,
+every recorded metric, the device facts, the input normalisation, library versions and the
+SHA-256 of each file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+import optuna
+
+from . import artifacts
+from .pareto import front
+
+LIBRARIES = ("edgetune", "torch", "torchvision", "nni", "optuna", "openvino", "nncf", "onnx")
+
+
+class ExportError(ValueError):
+    """Trials that cannot be exported (unknown number, not complete, artifact missing)."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def choose_trials(study: optuna.Study, numbers: list[int] | None, pareto: bool) -> list[optuna.trial.FrozenTrial]:
+    if pareto:
+        by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+        chosen = [by_number[row.number] for row in front(study)]
+        if not chosen:
+            raise ExportError(f"study '{study.study_name}' has no complete trial yet")
+        return chosen
+    if not numbers:
+        raise ExportError("choose trials: --pareto or --trial N (repeatable)")
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    chosen = []
+    for number in numbers:
+        trial = trials.get(number)
+        if trial is None:
+            raise ExportError(f"study '{study.study_name}' has no trial {number}")
+        if trial.state != optuna.trial.TrialState.COMPLETE or "artifact_id" not in trial.user_attrs:
+            raise ExportError(f"trial {number} is {trial.state.name.lower()}: only complete trials have a model")
+        chosen.append(trial)
+    return chosen
+
+
+def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, artifacts_dir: str, out: Path) -> Path:
+    folder = out / f"trial-{trial.number}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    try:
+        artifacts.fetch(artifacts_dir, trial.user_attrs["artifact_id"], folder)
+    except Exception as error:  # missing file in the store, unreadable zip
+        raise ExportError(f"trial {trial.number}: artifact {trial.user_attrs['artifact_id']} cannot be read from "
+                          f"{artifacts_dir}: {error}") from None
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    attrs = dict(trial.user_attrs)
+    manifest = {
+        "study": study.study_name,
+        "trial": trial.number,
+        "values": dict(zip(study.metric_names or [], trial.values)),
+        "params": trial.params,
+        "metrics": {k: v for k, v in attrs.items() if k not in ("device", "seconds")},
+        "device": attrs.get("device"),
+        "seconds": attrs.get("seconds"),
+        "baseline": {k[len("baseline_"):]: v for k, v in study.user_attrs.items()
+                     if k.startswith("baseline_") and k not in ("baseline_device",)},
+        "input": study.user_attrs.get("data", {}),
+        "libraries": library_versions(),
+        "files": {str(p.relative_to(folder)): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    return folder
+
+
+def verify(folder: Path) -> list[str]:
+    """Files whose checksum does not match the manifest (empty when all match)."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return [name for name, entry in manifest["files"].items()
+            if not (folder / name).is_file() or sha256(folder / name) != entry["sha256"]]

@@ -1,0 +1,247 @@
+"""``tune report``: a self-contained folder a user can act on.
+
+``front.png`` (matplotlib) and ``front.html`` (plotly, offline) of latency against Top-1 with the
+baseline marked and dominated trials faded; ``hypervolume.png``; ``report.md`` with the front and
+its deltas, hypervolume over trials, parameter importances per objective (Optuna's PED-ANOVA,
+fast on large studies), the correlation of each group's sparsity with each objective, time per
+phase, and the classes that compression hurts (``classes.md``/``flips-*.png`` via
+:mod:`searcher.harm`). Everything is computed from the stored study with Optuna's own Pareto
+and importance functions.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from . import pareto
+from .spec import TARGET_UNITS, TARGETS
+
+LABELS = {"latency_ms": "latency (ms)", "top1": "Top-1 (%)", "size_bytes": "size (bytes)", "params": "parameters",
+          "flops": "FLOPs"}
+
+
+@dataclass
+class ReportData:
+    study: optuna.Study
+    trials: list[optuna.trial.FrozenTrial]  # complete ones, by number
+    targets: list[str]
+    baseline: dict
+    front_numbers: set[int]
+
+
+def collect(study: optuna.Study) -> ReportData:
+    trials = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    targets = list(study.user_attrs.get("spec", {}).get("study.targets") or
+                   [next(k for k, v in TARGET_UNITS.items() if v == m) for m in (study.metric_names or [])])
+    front_numbers = {t.number for t in study.best_trials} if trials else set()
+    return ReportData(study, trials, targets, pareto.baseline(study), front_numbers)
+
+
+def _values(data: ReportData, metric: str) -> np.ndarray:
+    return np.array([t.user_attrs.get(metric, np.nan) for t in data.trials], dtype=float)
+
+
+def plot_front_png(data: ReportData, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    latency, top1 = _values(data, "latency_ms"), _values(data, "top1")
+    on_front = np.array([t.number in data.front_numbers for t in data.trials], dtype=bool)
+    counts = pareto.counts(data.study)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ax.scatter(latency[~on_front], top1[~on_front], s=18, color="tab:blue", alpha=0.25, label="dominated trials")
+    order = np.argsort(latency[on_front])
+    ax.plot(latency[on_front][order], top1[on_front][order], "-o", color="tab:red", ms=5, label="Pareto front")
+    if data.baseline:
+        ax.scatter([data.baseline["latency_ms"]], [data.baseline["top1"]], marker="*", s=180, color="black",
+                   label="baseline (uncompressed)", zorder=5)
+    ax.set_xlabel(LABELS["latency_ms"])
+    ax.set_ylabel(LABELS["top1"])
+    ax.set_title(f"{data.study.study_name}: {counts.get('complete', 0)} complete, "
+                 f"{counts.get('pruned', 0)} collapsed, {counts.get('fail', 0)} failed")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_front_html(data: ReportData, path: Path) -> Path:
+    import plotly.graph_objects as go
+
+    figure = optuna.visualization.plot_pareto_front(
+        data.study, targets=lambda t: (t.user_attrs["latency_ms"], t.user_attrs["top1"]),
+        target_names=[LABELS["latency_ms"], LABELS["top1"]])
+    if data.baseline:
+        figure.add_trace(go.Scatter(x=[data.baseline["latency_ms"]], y=[data.baseline["top1"]], mode="markers",
+                                    marker={"symbol": "star", "size": 16, "color": "black"}, name="baseline"))
+    figure.write_html(str(path), include_plotlyjs="directory")  # plotly.min.js beside it: works offline
+    return path
+
+
+def reference_point(data: ReportData) -> np.ndarray:
+    """Hypervolume reference in minimisation form: the baseline's values, made 10% worse."""
+    point = []
+    for target in data.targets:
+        value = data.baseline.get(TARGET_UNITS[target])
+        if value is None:
+            value = float(np.nanmax(_values(data, TARGET_UNITS[target])))
+        point.append(value * 1.1 if TARGETS[target] == "minimize" else -(value - abs(value) * 0.1 - 1.0))
+    return np.array(point, dtype=float)
+
+
+def hypervolume_history(data: ReportData) -> list[tuple[int, float]]:
+    """Hypervolume of the front after each complete trial (Optuna's own computation)."""
+    from optuna._hypervolume import compute_hypervolume
+
+    if len(data.targets) < 2 or not data.trials:
+        return []
+    reference = reference_point(data)
+    signs = np.array([1.0 if TARGETS[t] == "minimize" else -1.0 for t in data.targets])
+    points = np.array([[t.user_attrs[TARGET_UNITS[k]] for k in data.targets] for t in data.trials], dtype=float) * signs
+    history, front = [], np.empty((0, len(data.targets)))
+    for trial, point in zip(data.trials, points):
+        # Keep the running front only, so 10,000 trials cost 10,000 small computations.
+        if np.all(point < reference) and not np.any(np.all(front <= point, axis=1)):
+            front = np.vstack([front[~np.all(point <= front, axis=1)], point])
+        volume = compute_hypervolume(front, reference, assume_pareto=True) if len(front) else 0.0
+        history.append((trial.number, float(volume)))
+    return history
+
+
+def importances(data: ReportData) -> dict[str, dict[str, float]]:
+    """Parameter importance for each objective (PED-ANOVA: seconds even on 10,000 trials)."""
+    if len(data.trials) < 4:
+        return {}
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+    result = {}
+    for index, target in enumerate(data.targets):
+        try:
+            result[target] = optuna.importance.get_param_importances(
+                data.study, evaluator=evaluator, target=lambda t, i=index: t.values[i])
+        except (ValueError, RuntimeError):  # too few distinct values to rank anything
+            result[target] = {}
+    return result
+
+
+def correlations(data: ReportData) -> dict[str, dict[str, float]]:
+    """Spearman correlation of each group's sparsity with each objective."""
+    from scipy.stats import spearmanr
+
+    params = sorted({p for t in data.trials for p in t.params if p.startswith("sparsity.")})
+    result: dict[str, dict[str, float]] = {}
+    for param in params:
+        x = np.array([t.params.get(param, np.nan) for t in data.trials], dtype=float)
+        result[param] = {}
+        for target in data.targets:
+            y = _values(data, TARGET_UNITS[target])
+            ok = ~(np.isnan(x) | np.isnan(y))
+            rho = spearmanr(x[ok], y[ok]).statistic if ok.sum() > 2 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0 else float("nan")
+            result[param][target] = float(rho)
+    return result
+
+
+def phase_seconds(data: ReportData) -> dict[str, float]:
+    phases: dict[str, list[float]] = {}
+    for trial in data.trials:
+        for phase, seconds in (trial.user_attrs.get("seconds") or {}).items():
+            phases.setdefault(phase, []).append(seconds)
+    return {phase: float(np.median(values)) for phase, values in phases.items()}
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def front_markdown(data: ReportData) -> list[str]:
+    groups = pareto._group_names(data.study)
+    base = data.baseline
+    lines = ["| trial | latency ms | Δ latency | Top-1 % | Δ Top-1 | params | FLOPs | size | settings |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    if base:
+        lines.append(f"| baseline | {base['latency_ms']:.3f} | | {base['top1']:.2f} | | {base['params']:,} | "
+                     f"{base['flops']:,} | {base['size_bytes']:,} | uncompressed |")
+    for row in pareto.front(data.study):
+        a = row.attrs
+        lines.append(f"| {row.number} | {a['latency_ms']:.3f} | {pareto._rel(a['latency_ms'], base.get('latency_ms'))} | "
+                     f"{a['top1']:.2f} | {a['top1'] - base.get('top1', a['top1']):+.2f} | {a['params']:,} | {a['flops']:,} | "
+                     f"{a['size_bytes']:,} | {pareto.settings_short(row.params, a, groups)} |")
+    return lines
+
+
+def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = None, data_splits=None) -> list[Path]:
+    """Write the report folder; returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = collect(study)
+    written = []
+    lines = [f"# edgetune report: {study.study_name}", ""]
+    counts = pareto.counts(study)
+    lines += [f"{counts.get('complete', 0)} complete trials, {counts.get('pruned', 0)} collapsed, "
+              f"{counts.get('fail', 0)} failed; targets: {', '.join(data.targets)}.", ""]
+    if not data.trials:
+        lines.append("No complete trial yet.")
+    else:
+        if {"latency", "top1"} <= set(data.targets) or "latency_ms" in data.trials[0].user_attrs:
+            written.append(plot_front_png(data, out / "front.png"))
+            written.append(plot_front_html(data, out / "front.html"))
+            lines += ["![Pareto front](front.png) — interactive: [front.html](front.html)", ""]
+        lines += ["## Pareto front", ""] + front_markdown(data) + [""]
+        history = hypervolume_history(data)
+        if history:
+            written.append(_plot_hypervolume(history, out / "hypervolume.png"))
+            marks = sorted({max(1, len(history) * k // 4) for k in range(1, 5)})
+            lines += ["## Hypervolume over trials", "",
+                      f"Reference point: the baseline's values, 10% worse ({', '.join(data.targets)}).", "",
+                      "| complete trials | hypervolume |", "|---|---|"]
+            lines += [f"| {m} | {history[m - 1][1]:.4g} |" for m in marks] + ["", "![hypervolume](hypervolume.png)", ""]
+        ranking = importances(data)
+        if ranking:
+            lines += ["## Parameter importances (PED-ANOVA)", "", "| parameter | " + " | ".join(ranking) + " |",
+                      "|---|" + "---|" * len(ranking)]
+            params = sorted({p for r in ranking.values() for p in r})
+            lines += [f"| {p} | " + " | ".join(_fmt(ranking[t].get(p), 2) for t in ranking) + " |" for p in params]
+            lines.append("")
+        corr = correlations(data)
+        if corr:
+            lines += ["## Sparsity of each group against each objective (Spearman ρ)", "",
+                      "| group | " + " | ".join(data.targets) + " |", "|---|" + "---|" * len(data.targets)]
+            lines += [f"| {p.split('.', 1)[1]} | " + " | ".join(_fmt(corr[p][t], 2) for t in data.targets) + " |" for p in corr]
+            lines.append("")
+        phases = phase_seconds(data)
+        if phases:
+            total = sum(phases.values())
+            lines += ["## Time per phase (median seconds per trial)", "", "| phase | seconds | share |", "|---|---|---|"]
+            lines += [f"| {p} | {s:.2f} | {s / total:.0%} |" for p, s in phases.items()] + [""]
+        if artifacts_dir is not None and data_splits is not None:
+            from .harm import class_harm_section
+
+            section, files = class_harm_section(data, artifacts_dir, data_splits, out)
+            lines += section
+            written += files
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return [report] + written
+
+
+def _plot_hypervolume(history: list[tuple[int, float]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    ax.plot(range(1, len(history) + 1), [v for _, v in history], color="tab:green")
+    ax.set_xlabel("complete trials")
+    ax.set_ylabel("hypervolume")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,67 @@
+"""`tune report` and the class-level harm computations."""
+import numpy as np
+import optuna
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from searcher.cli import app
+from searcher.harm import class_metrics, flagged_classes, flips
+
+
+@pytest.mark.slow
+def test_report_folder_has_real_plots_and_tables(tiny_study, tmp_path):
+    storage = f"sqlite:///{tiny_study}/tiny.db"
+    result = CliRunner().invoke(app, ["report", "tiny", "--storage", storage, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "tiny"
+    with Image.open(folder / "front.png") as image:
+        assert image.format == "PNG" and image.size[0] > 400
+    assert (folder / "front.html").stat().st_size > 1000 and (folder / "plotly.min.js").is_file()
+    report = (folder / "report.md").read_text()
+    for heading in ("## Pareto front", "## Hypervolume over trials", "## Sparsity of each group",
+                    "## Time per phase", "## Class-level harm"):
+        assert heading in report, heading
+    assert "| baseline |" in report
+
+
+def test_per_class_metrics_and_flags():
+    labels = np.array([0] * 40 + [1] * 40 + [2] * 40)
+    base = labels.copy()
+    trial = labels.copy()
+    trial[:12] = 1  # class 0 loses 12 of 40 (30 points); the others are intact
+    trial[45] = 2
+    accuracy, precision = class_metrics(trial, labels, 3)
+    assert accuracy.tolist() == [70.0, 97.5, 100.0]
+    assert precision[1] == pytest.approx(39 / 51 * 100)
+    base_acc, _ = class_metrics(base, labels, 3)
+    top1_change = ((trial == labels).mean() - 1) * 100
+    assert flagged_classes(base_acc, accuracy, np.bincount(labels), top1_change) == [0]
+    worse, better = flips(base, trial, labels)
+    assert worse.tolist() == list(range(12)) + [45] and better.size == 0
+
+
+@pytest.mark.slow
+def test_report_on_a_stored_study_of_ten_thousand_trials(tmp_path):
+    from searcher.report import write_report
+
+    storage = f"sqlite:///{tmp_path}/big.db"
+    study = optuna.create_study(study_name="big", storage=storage, directions=["minimize", "maximize"])
+    rng = np.random.default_rng(0)
+    distributions = {f"sparsity.layer{i}": optuna.distributions.FloatDistribution(0, 0.8, step=0.05) for i in (1, 2, 3)}
+    trials = []
+    for _ in range(10_000):
+        params = {k: float(np.round(rng.uniform(0, 0.8) / 0.05) * 0.05) for k in distributions}
+        latency = 2.0 - sum(params.values()) / 2 + rng.normal(0, 0.02)
+        top1 = 99 - max(params.values()) ** 3 * 5 + rng.normal(0, 0.2)
+        trials.append(optuna.trial.create_trial(params=params, distributions=distributions, values=[latency, top1],
+                                                user_attrs={"latency_ms": latency, "top1": top1, "params": 1000,
+                                                            "flops": 2000, "size_bytes": 3000,
+                                                            "seconds": {"fine_tune": 20.0, "measure": 2.0}}))
+    study.add_trials(trials)
+    study.set_user_attr("spec", {"study.targets": ["latency", "top1"]})
+    for key, value in {"latency_ms": 2.0, "top1": 99.0, "params": 2000, "flops": 4000, "size_bytes": 6000}.items():
+        study.set_user_attr(f"baseline_{key}", value)
+    files = write_report(optuna.load_study(study_name="big", storage=storage), tmp_path / "out")
+    report = files[0].read_text()
+    assert "10000 complete trials" in report and "## Parameter importances" in report
