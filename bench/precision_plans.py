@@ -31,16 +31,21 @@ from searcher.spec import load_spec  # noqa: E402
 from searcher.study import baseline_settings, data_id, derive_groups, get_baseline, group_rules, load_spec_data, make_device  # noqa: E402
 
 
-def mixed_from_study(storage: str, name: str) -> frozenset[str]:
-    from searcher.pareto import front
+def mixed_from_study(storage: str, name: str) -> tuple[frozenset[str], str]:
+    """The fastest mixed-precision model on the study's front within 1 point of the baseline's Top-1."""
+    from searcher.pareto import baseline, front
     from searcher.study import load_study
 
-    rows = [r for r in front(load_study(storage, name)) if len(set((r.attrs.get("precision_plan") or {}).values())) > 1]
+    study = load_study(storage, name)
+    rows = [r for r in front(study) if len(set((r.attrs.get("precision_plan") or {}).values())) > 1
+            and r.attrs["top1"] >= baseline(study)["top1"] - 1.0]
     if not rows:
-        raise SystemExit(f"no mixed-precision model on the front of study {name!r}")
-    best = max(rows, key=lambda r: r.attrs["top1"])
-    print(f"mixed plan from trial {best.number}: {best.attrs['precision_plan']}")
-    return frozenset(g for g, p in best.attrs["precision_plan"].items() if p == "int8")
+        raise SystemExit(f"no mixed-precision model within 1 point of the baseline on the front of study {name!r}")
+    best = min(rows, key=lambda r: r.attrs["latency_ms"])
+    plan = best.attrs["precision_plan"]
+    print(f"mixed plan from trial {best.number}: {plan}")
+    floats = [p for p in plan.values() if p != "int8"]
+    return frozenset(g for g, p in plan.items() if p == "int8"), (floats[0] if floats else "f32")
 
 
 def main() -> None:
@@ -48,6 +53,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet56")
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--mixed", default="layer2,layer3", help="int8 groups of the mixed plan (comma-separated)")
+    parser.add_argument("--mixed-float", default="f32", help="float precision of the mixed plan")
     parser.add_argument("--study", help="take the mixed plan from this study's front instead")
     parser.add_argument("--storage", default="sqlite:///edgetune.db")
     parser.add_argument("--rounds", type=int, default=3)
@@ -63,13 +69,15 @@ def main() -> None:
     prune.speedup(model, prune.compute_masks(model, configs, "l1"), example)
     train(model, data.x_train, data.y_train, TrainSettings(spec["finetune.epochs"], spec["finetune.lr"], spec["finetune.batch_size"]))
 
-    mixed = mixed_from_study(args.storage, args.study) if args.study else frozenset(args.mixed.split(","))
+    mixed, mixed_float = (mixed_from_study(args.storage, args.study) if args.study
+                          else (frozenset(args.mixed.split(",")), args.mixed_float))
     every = frozenset([g.name for g in groups] + [OTHER])
     calibration = data.calibration_subset(spec["data.calibration_size"]).numpy()
     plans = {
         "all f32": PrecisionPlan("f32"),
         "all int8": PrecisionPlan("f32", tuple(int8_modules(model, groups, every)), calibration),
-        f"mixed (int8: {', '.join(sorted(mixed))})": PrecisionPlan("f32", tuple(int8_modules(model, groups, mixed)), calibration),
+        f"mixed ({mixed_float}, int8: {', '.join(sorted(mixed))})":
+            PrecisionPlan(mixed_float, tuple(int8_modules(model, groups, mixed)), calibration),
     }
     device = make_device(spec)
     deployments = {name: device.deploy(model, example, plan) for name, plan in plans.items()}
@@ -83,13 +91,13 @@ def main() -> None:
     reference = float(np.median(medians["all f32"]))
     print(f"\n{args.model} on {spec['data.name']}, every group pruned {args.sparsity:.0%} (l1) and fine-tuned "
           f"{spec['finetune.epochs']} epochs; baseline {source}; {device.info().full_name}, {device.info().runtime}\n")
-    print("| plan | latency ms (median of rounds) | speed-up vs all f32 | Top-1 % | size KiB | layers f32/int8 |")
+    print("| plan | latency ms (median of rounds) | speed-up vs all f32 | Top-1 % | size KiB | compute layers by precision |")
     print("|---|---|---|---|---|---|")
     for name, deployment in deployments.items():
         median = float(np.median(medians[name]))
         used = deployment.precision_used
         print(f"| {name} | {median:.3f} | {reference / median:.2f}x | {top1[name]:.2f} | "
-              f"{deployment.size_bytes / 1024:.0f} | {used.get('f32', 0)}/{used.get('int8', 0)} |")
+              f"{deployment.size_bytes / 1024:.0f} | {', '.join(f'{k} {v}' for k, v in sorted(used.items()))} |")
     for deployment in deployments.values():
         deployment.close()
 

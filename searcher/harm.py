@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import artifacts, pareto
+from . import artifacts
 
 MAX_THUMBNAILS = 32
 
@@ -85,7 +85,7 @@ def class_harm_section(data, artifacts_dir: str, splits, out: Path) -> tuple[lis
              "Flagged: classes whose accuracy change is worse than the model's Top-1 change by more than "
              "twice the class's binomial standard error.", ""]
     files = []
-    for row in pareto.front(data.study):
+    for row in data.front:
         trial_pred = artifacts.predictions(artifacts_dir, row.attrs["artifact_id"])
         acc, prec = class_metrics(trial_pred, labels, len(classes))
         change = row.attrs["top1"] - data.baseline["top1"]

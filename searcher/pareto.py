@@ -20,15 +20,21 @@ class FrontRow:
     params: dict
 
 
-def front(study: optuna.Study) -> list[FrontRow]:
-    trials = study.best_trials if _has_complete(study) else []
+def front(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> list[FrontRow]:
+    """The feasible non-dominated complete trials (Optuna's own rule), sorted by the first target."""
+    from optuna.study._constrained_optimization import _get_feasible_trials
+    from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
+
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    complete = _get_feasible_trials([t for t in trials if t.state == optuna.trial.TrialState.COMPLETE])
+    if len(study.directions) == 1:
+        sign = 1 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1
+        complete = sorted(complete, key=lambda t: sign * t.value)[:1]
+    else:
+        complete = _get_pareto_front_trials_by_trials(complete, study.directions)
     first = TARGET_UNITS.get(_targets(study)[0], "latency_ms") if _targets(study) else "latency_ms"
-    rows = [FrontRow(t.number, t.user_attrs, t.params) for t in trials]
+    rows = [FrontRow(t.number, t.user_attrs, t.params) for t in complete]
     return sorted(rows, key=lambda r: (r.attrs.get(first) is None, r.attrs.get(first, 0)))
-
-
-def _has_complete(study: optuna.Study) -> bool:
-    return any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
 
 
 def _targets(study: optuna.Study) -> list[str]:

@@ -20,6 +20,10 @@ import optuna
 from . import pareto
 from .spec import TARGET_UNITS, TARGETS
 
+#: Importances and the interactive plot use at most this many trials (all front trials plus a fixed
+#: random sample of the rest): on 10,000 trials each full pass costs seconds and adds nothing.
+SAMPLE = 2000
+
 LABELS = {"latency_ms": "latency (ms)", "top1": "Top-1 (%)", "size_bytes": "size (bytes)", "params": "parameters",
           "flops": "FLOPs"}
 
@@ -30,15 +34,38 @@ class ReportData:
     trials: list[optuna.trial.FrozenTrial]  # complete ones, by number
     targets: list[str]
     baseline: dict
-    front_numbers: set[int]
+    front: list[pareto.FrontRow]
+    counts: dict[str, int]
+    sample: optuna.Study | None = None  # in memory: the front and a sample of the other trials
+
+    @property
+    def front_numbers(self) -> set[int]:
+        return {row.number for row in self.front}
 
 
 def collect(study: optuna.Study) -> ReportData:
-    trials = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    """Load the study's trials once (on 10,000 trials the load is most of the report's time)."""
+    every = study.get_trials(deepcopy=False)
+    trials = [t for t in every if t.state == optuna.trial.TrialState.COMPLETE]
     targets = list(study.user_attrs.get("spec", {}).get("study.targets") or
                    [next(k for k, v in TARGET_UNITS.items() if v == m) for m in (study.metric_names or [])])
-    front_numbers = {t.number for t in study.best_trials} if trials else set()
-    return ReportData(study, trials, targets, pareto.baseline(study), front_numbers)
+    counts: dict[str, int] = {}
+    for trial in every:
+        counts[trial.state.name.lower()] = counts.get(trial.state.name.lower(), 0) + 1
+    data = ReportData(study, trials, targets, pareto.baseline(study), pareto.front(study, every), counts)
+    data.sample = _in_memory_sample(data)
+    return data
+
+
+def _in_memory_sample(data: ReportData) -> optuna.Study:
+    on_front = data.front_numbers
+    rest = [t for t in data.trials if t.number not in on_front]
+    if len(rest) > SAMPLE:
+        rng = np.random.default_rng(0)
+        rest = [rest[i] for i in sorted(rng.choice(len(rest), SAMPLE, replace=False))]
+    sample = optuna.create_study(directions=data.study.directions)
+    sample.add_trials(sorted([t for t in data.trials if t.number in on_front] + rest, key=lambda t: t.number))
+    return sample
 
 
 def _values(data: ReportData, metric: str) -> np.ndarray:
@@ -53,7 +80,7 @@ def plot_front_png(data: ReportData, path: Path) -> Path:
 
     latency, top1 = _values(data, "latency_ms"), _values(data, "top1")
     on_front = np.array([t.number in data.front_numbers for t in data.trials], dtype=bool)
-    counts = pareto.counts(data.study)
+    counts = data.counts
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     ax.scatter(latency[~on_front], top1[~on_front], s=18, color="tab:blue", alpha=0.25, label="dominated trials")
     order = np.argsort(latency[on_front])
@@ -77,7 +104,7 @@ def plot_front_html(data: ReportData, path: Path) -> Path:
     import plotly.graph_objects as go
 
     figure = optuna.visualization.plot_pareto_front(
-        data.study, targets=lambda t: (t.user_attrs["latency_ms"], t.user_attrs["top1"]),
+        data.sample, targets=lambda t: (t.user_attrs["latency_ms"], t.user_attrs["top1"]),
         target_names=[LABELS["latency_ms"], LABELS["top1"]])
     if data.baseline:
         figure.add_trace(go.Scatter(x=[data.baseline["latency_ms"]], y=[data.baseline["top1"]], mode="markers",
@@ -125,7 +152,7 @@ def importances(data: ReportData) -> dict[str, dict[str, float]]:
     for index, target in enumerate(data.targets):
         try:
             result[target] = optuna.importance.get_param_importances(
-                data.study, evaluator=evaluator, target=lambda t, i=index: t.values[i])
+                data.sample, evaluator=evaluator, target=lambda t, i=index: t.values[i])
         except (ValueError, RuntimeError):  # too few distinct values to rank anything
             result[target] = {}
     return result
@@ -168,7 +195,7 @@ def front_markdown(data: ReportData) -> list[str]:
     if base:
         lines.append(f"| baseline | {base['latency_ms']:.3f} | | {base['top1']:.2f} | | {base['params']:,} | "
                      f"{base['flops']:,} | {base['size_bytes']:,} | uncompressed |")
-    for row in pareto.front(data.study):
+    for row in data.front:
         a = row.attrs
         lines.append(f"| {row.number} | {a['latency_ms']:.3f} | {pareto._rel(a['latency_ms'], base.get('latency_ms'))} | "
                      f"{a['top1']:.2f} | {a['top1'] - base.get('top1', a['top1']):+.2f} | {a['params']:,} | {a['flops']:,} | "
@@ -182,7 +209,7 @@ def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = Non
     data = collect(study)
     written = []
     lines = [f"# edgetune report: {study.study_name}", ""]
-    counts = pareto.counts(study)
+    counts = data.counts
     lines += [f"{counts.get('complete', 0)} complete trials, {counts.get('pruned', 0)} collapsed, "
               f"{counts.get('fail', 0)} failed; targets: {', '.join(data.targets)}.", ""]
     if not data.trials:
@@ -203,7 +230,8 @@ def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = Non
             lines += [f"| {m} | {history[m - 1][1]:.4g} |" for m in marks] + ["", "![hypervolume](hypervolume.png)", ""]
         ranking = importances(data)
         if ranking:
-            lines += ["## Parameter importances (PED-ANOVA)", "", "| parameter | " + " | ".join(ranking) + " |",
+            sampled = f" on {len(data.sample.trials)} of {len(data.trials)} trials" if len(data.sample.trials) < len(data.trials) else ""
+            lines += [f"## Parameter importances (PED-ANOVA{sampled})", "", "| parameter | " + " | ".join(ranking) + " |",
                       "|---|" + "---|" * len(ranking)]
             params = sorted({p for r in ranking.values() for p in r})
             lines += [f"| {p} | " + " | ".join(_fmt(ranking[t].get(p), 2) for t in ranking) + " |" for p in params]
