@@ -82,9 +82,6 @@ class TrialOutcome:
     model: nn.Module  # the pruned, fine-tuned PyTorch model that was deployed
     predictions: np.ndarray  # the deployed model's class for each validation image
 
-    def __getitem__(self, key: str):
-        return self.attributes[key]
-
 
 class _Clock:
     def __init__(self, on_phase: Callable[[str], None] | None):

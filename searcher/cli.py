@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sys
 import warnings
 from pathlib import Path
 from typing import Optional

@@ -15,7 +15,6 @@ from objectives.pipeline import CollapsedError, TrialContext, run_trial
 from .artifacts import store_outcome
 from .space import suggest_plan
 from .spec import TARGET_UNITS, Spec
-from .storage import artifact_store
 
 
 def worst_class_drop(baseline: list[float], trial: list[float]) -> float:
