@@ -111,6 +111,10 @@ class Deployment(abc.ABC):
         """Median time inside the runtime's graph (performance counters), where it can tell."""
         return None
 
+    def measure_throughput(self, seconds: float = 2.0, requests: int = 0) -> float | None:
+        """Images per second with several requests in flight, where the runtime supports it."""
+        return None
+
     def measure_latency(self, reference: "Deployment | None" = None) -> LatencyStats:
         """Time one batch by the latency protocol; paired with ``reference`` when given."""
         from .protocol import measure, measure_paired

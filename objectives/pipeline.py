@@ -48,6 +48,7 @@ class TrialContext:
     # drift of the host between trials cancels out (see devices.protocol.measure_paired).
     reference: Deployment | None = None
     reference_latency_ms: float | None = None
+    throughput: bool = False  # also measure images/s with asynchronous requests
 
 
 @dataclass
@@ -156,6 +157,7 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
     with clock.phase("measure"):
         paired = ctx.reference is not None and ctx.reference_latency_ms
         stats = deployment.measure_latency(ctx.reference if paired else None)
+        throughput = deployment.measure_throughput() if ctx.throughput else None
     # Paired: express the candidate on the scale of the baseline as first measured.
     drift = stats.reference_median_ms / ctx.reference_latency_ms if paired else 1.0
     info = ctx.device.info().to_dict()
@@ -171,6 +173,7 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
         "latency_vs_baseline": stats.ratio,
         "latency_drift": drift,
         "latency_device_ms": stats.device_median_ms,
+        "throughput_fps": throughput,
         "top1": top1,
         "top5": top5,
         "class_top1": [round(v, 3) for v in class_top1],
@@ -189,7 +192,7 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
 
 def evaluate_baseline(ctx: TrialContext) -> TrialOutcome:
     """The baseline's record, under the same names as a trial's, with its deployment."""
-    unpaired = TrialContext(ctx.baseline, ctx.data, ctx.groups, ctx.device)
+    unpaired = TrialContext(ctx.baseline, ctx.data, ctx.groups, ctx.device, throughput=ctx.throughput)
     model = copy.deepcopy(ctx.baseline).eval()
     attributes = deploy_and_measure(model, unpaired, PrecisionPlan("f32"))
     return TrialOutcome(attributes, attributes.pop("_deployment"), model, attributes.pop("_predictions"))

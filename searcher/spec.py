@@ -90,6 +90,7 @@ KEYS: dict[str, Key] = {
     "device.batch": Key(int, "an integer >= 1", lambda v: v >= 1),
     "device.latency_ci": Key((int, float), "a relative half-width in (0, 0.5]", lambda v: 0 < v <= 0.5),
     "device.latency_max_seconds": Key((int, float), "a number of seconds > 0", lambda v: v > 0),
+    "device.throughput": Key(bool, "true or false (also measure throughput with asynchronous requests)"),
     "search.sparsity_max": Key((int, float), "a number in [0, 0.95]", lambda v: 0 <= v <= 0.95),
     "search.sparsity_step": Key((int, float), "a number in (0, 0.5]", lambda v: 0 < v <= 0.5),
     "search.pruners": Key(list, f"a non-empty list from: {', '.join(PRUNERS)}",

@@ -128,7 +128,7 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> Pr
     if "groups" in attrs:  # a resumed study keeps the groups it started with
         groups = [LayerGroup.from_dict(g) for g in attrs["groups"]]
     context = TrialContext(model, data, groups, device, collapse_margin=spec["search.collapse_margin"],
-                           calibration_size=spec["data.calibration_size"])
+                           calibration_size=spec["data.calibration_size"], throughput=spec["device.throughput"])
     if "baseline_top1" not in attrs:
         on_status("baseline: deploying and measuring on the device")
         outcome = evaluate_baseline(context)

@@ -17,6 +17,9 @@ def test_device_strings():
         create_device("tpu:0")
     with pytest.raises(DeviceError, match="device 'openvino:NPU' is not available on this host; available: openvino:CPU"):
         create_device("openvino:NPU")
+    with pytest.raises(DeviceError, match=r"device 'openvino:VPU' \(the NPU today, MYRIAD on runtimes before 2023.0\) "
+                                          "is not available on this host; available: openvino:CPU"):
+        create_device("openvino:VPU")
 
 
 def test_openvino_cpu_measures_a_tiny_model_at_pinned_f32():
@@ -119,3 +122,13 @@ def test_plain_cpu_measures_a_tiny_model_with_threads_recorded():
         deployment.close()
     with pytest.raises(DeviceError, match="device 'cpu' takes no target"):
         create_device("cpu:1")
+
+
+def test_openvino_throughput_is_its_own_figure():
+    device = create_device("openvino:CPU", protocol=FAST)
+    deployment = device.deploy(create_model("resnet20", 10).eval(), torch.rand(2, 3, 32, 32))
+    try:
+        fps = deployment.measure_throughput(seconds=0.5)
+        assert fps > 100  # a ResNet-20 at 32 px on two cores: well over a hundred images a second
+    finally:
+        deployment.close()

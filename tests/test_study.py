@@ -99,7 +99,8 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, args, message):
 @pytest.mark.slow
 def test_three_targets_latency_top1_size(study_dir):
     output = _start(study_dir, "--study-name", "three", "--target", "latency,top1,size", "--trials", "2",
-                    "--set", "search.fixed_precisions={layer3='int8'}", "--max-class-drop", "100", "--max-top1-drop", "100")
+                    "--set", "search.fixed_precisions={layer3='int8'}", "--max-class-drop", "100", "--max-top1-drop", "100",
+                    "--set", "device.throughput=true")
     assert "Pareto front of 'three'" in output
     study = optuna.load_study(study_name="three", storage=f"sqlite:///{study_dir}/tiny.db")
     assert study.metric_names == ["latency_ms", "top1", "size_bytes"]
@@ -113,3 +114,4 @@ def test_three_targets_latency_top1_size(study_dir):
         assert trial.user_attrs["calibration_size"] == 128
         assert set(trial.constraints) == {"top1_drop", "class_drop"}  # Optuna constraints, <= 0 feasible
         assert all(v <= 0 for v in trial.constraints.values())
+        assert trial.user_attrs["throughput_fps"] > 0
