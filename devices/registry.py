@@ -42,6 +42,12 @@ def available_devices() -> list[str]:
     """Device strings that can be used on this host."""
     names = ["cpu"]
     try:
+        import torch
+
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    except Exception:  # a broken CUDA install: just not available
+        pass
+    try:
         import openvino as ov
 
         names += [f"openvino:{d}" for d in ov.Core().available_devices]
@@ -57,6 +63,15 @@ def _cpu(target: str | None, **options) -> Device:
     if target:
         raise DeviceError(f"device 'cpu' takes no target, got 'cpu:{target}'")
     return CPUDevice(**options)
+
+
+@register_device("cuda")
+def _cuda(target: str | None, **options) -> Device:
+    from .cuda import CUDADevice
+
+    if target is not None and not target.isdigit():
+        raise DeviceError(f"device 'cuda:{target}': the target is a GPU index, e.g. cuda:0")
+    return CUDADevice(int(target or 0), **options)
 
 
 @register_device("openvino")

@@ -1,0 +1,130 @@
+"""CUDA adapter: PyTorch on an NVIDIA GPU, f32 or f16, channels-last, cuDNN benchmark mode.
+
+Latency is end-to-end for one batch (the run synchronises the GPU, so the host clock sees the
+whole inference); ``device_time_ms`` times the same runs with CUDA events. No int8 here: PyTorch
+has no real int8 convolution path on CUDA (TensorRT would be one), so the device does not claim it.
+"""
+from __future__ import annotations
+
+import collections
+import copy
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import Deployment, Device, DeviceError, DeviceInfo, PrecisionPlan
+from .protocol import LatencyProtocol
+
+_DTYPES = {"f32": torch.float32, "f16": torch.float16}
+_EVENT_RUNS = 50
+
+
+class CUDADeployment(Deployment):
+    def __init__(self, module: nn.Module, device: "CUDADevice", example: torch.Tensor, plan: PrecisionPlan):
+        self.protocol = device.protocol
+        self.batch = device.batch
+        self._device = device
+        self._dtype = _DTYPES[plan.float_precision]
+        self._module = module
+        shape = (device.batch, *example.shape[1:])
+        self._input = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(
+            device.torch_device, self._dtype).contiguous(memory_format=torch.channels_last)
+        self._workdir = Path(tempfile.mkdtemp(prefix="edgetune-cuda-"))
+        self._path = self._workdir / "model.pt"
+        with torch.no_grad():
+            torch.jit.trace(module, self._input).save(str(self._path))
+        precision = plan.float_precision
+        self.precision_used = dict(collections.Counter(
+            precision for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))))
+        self.inference_precision = precision
+        self.threads = 0
+
+    def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        outputs = []
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32))
+                x = x.to(self._device.torch_device, self._dtype).contiguous(memory_format=torch.channels_last)
+                outputs.append(self._module(x).float().cpu())
+        return torch.cat(outputs).numpy()
+
+    def runner(self):
+        module, x, sync = self._module, self._input, torch.cuda.synchronize
+
+        def run_once() -> None:
+            with torch.no_grad():
+                module(x)
+            sync()
+
+        return run_once
+
+    def device_time_ms(self) -> float | None:
+        times = []
+        with torch.no_grad():
+            for _ in range(_EVENT_RUNS):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                self._module(self._input)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+        return float(np.median(times))
+
+    def precision_of(self, modules: list[str]) -> dict[str, int]:
+        chosen = [m for name, m in self._module.named_modules()
+                  if isinstance(m, (nn.Conv2d, nn.Linear)) and any(name == p or name.startswith(p + ".") for p in modules)]
+        return {self.inference_precision: len(chosen)} if chosen else {}
+
+    def save(self, directory: Path) -> list[Path]:
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / "model.pt"
+        shutil.copyfile(self._path, target)
+        return [target]
+
+    @property
+    def size_bytes(self) -> int:
+        return self._path.stat().st_size
+
+    def close(self) -> None:
+        self._module = None
+        shutil.rmtree(self._workdir, ignore_errors=True)
+        torch.cuda.empty_cache()
+
+
+class CUDADevice(Device):
+    """``cuda`` or ``cuda:N``: PyTorch eager on an NVIDIA GPU."""
+
+    def __init__(self, index: int = 0, threads: int = 0, protocol: LatencyProtocol = LatencyProtocol(), batch: int = 1):
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            from .registry import available_devices
+
+            raise DeviceError(f"device 'cuda:{index}' is not available on this host (no such CUDA GPU); "
+                              f"available: {', '.join(available_devices())}")
+        self.index = index
+        self.torch_device = torch.device("cuda", index)
+        self.threads = threads
+        self.protocol = protocol
+        self.batch = batch
+        torch.backends.cudnn.benchmark = True  # picks the fastest kernels for the fixed input shape
+
+    def info(self) -> DeviceInfo:
+        props = torch.cuda.get_device_properties(self.index)
+        return DeviceInfo(
+            name=f"cuda:{self.index}",
+            full_name=props.name,
+            runtime=f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}",
+            threads=self.threads,
+            precisions=("f32", "f16"),
+            extra={"capability": f"{props.major}.{props.minor}", "memory_gib": f"{props.total_memory / 2**30:.1f}",
+                   "cudnn_benchmark": "true", "memory_format": "channels_last"},
+        )
+
+    def deploy(self, model, example_input, plan: PrecisionPlan = PrecisionPlan()) -> CUDADeployment:
+        self.check_plan(plan)
+        module = copy.deepcopy(model).eval().to(self.torch_device, _DTYPES[plan.float_precision])
+        module = module.to(memory_format=torch.channels_last)
+        return CUDADeployment(module, self, example_input, plan)
