@@ -272,13 +272,23 @@ class OpenVINODevice(Device):
         self.check_plan(plan)
         workdir = Path(tempfile.mkdtemp(prefix="deploy-", dir=self._workdir))
         onnx_path = export_onnx(model, example_input, workdir / "model.onnx")
-        ov_model = self.core.read_model(str(onnx_path))
         scopes = {name: onnx_scope(model, name) for name, m in model.named_modules() if name}
-        if plan.int8_modules:
-            ov_model = quantize_int8(ov_model, [scopes[m] for m in plan.int8_modules], plan.calibration)
+        prefixes = [scopes[m] for m in plan.int8_modules]
+        try:
+            return self.deploy_onnx(onnx_path, tuple(example_input.shape[1:]), plan, prefixes, scopes)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def deploy_onnx(self, onnx_path: Path, input_shape: tuple[int, ...], plan: PrecisionPlan,
+                    int8_prefixes: list[str], scopes: dict[str, str] | None = None) -> OpenVINODeployment:
+        """Deploy an ONNX file; ``int8_prefixes`` are node-name prefixes to quantize (the rest stays float)."""
         import openvino as ov
 
+        self.check_plan(PrecisionPlan(plan.float_precision, tuple(int8_prefixes), plan.calibration))
+        workdir = Path(tempfile.mkdtemp(prefix="deploy-", dir=self._workdir))
+        ov_model = self.core.read_model(str(onnx_path))
+        if int8_prefixes:
+            ov_model = quantize_int8(ov_model, int8_prefixes, plan.calibration)
         xml = workdir / "model.xml"
         ov.save_model(ov_model, str(xml), compress_to_fp16=False)  # f32 weights stay f32 on disk
-        onnx_path.unlink()
-        return OpenVINODeployment(xml, self, tuple(example_input.shape[1:]), plan.float_precision, scopes)
+        return OpenVINODeployment(xml, self, tuple(input_shape), plan.float_precision, scopes or {})

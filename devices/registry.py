@@ -26,7 +26,7 @@ def list_device_kinds() -> list[str]:
 
 
 def parse_device_string(device: str) -> tuple[str, str | None]:
-    kind, _, target = device.partition(":")
+    kind, _, target = device.partition(":")  # remote:http://host:port/openvino:NPU keeps its URL whole
     if not kind or kind not in _FACTORIES:
         raise DeviceError(f"unknown device {device!r}; device kinds: {', '.join(list_device_kinds())} (e.g. openvino:CPU)")
     return kind, (target or None)
@@ -72,6 +72,13 @@ def _cuda(target: str | None, **options) -> Device:
     if target is not None and not target.isdigit():
         raise DeviceError(f"device 'cuda:{target}': the target is a GPU index, e.g. cuda:0")
     return CUDADevice(int(target or 0), **options)
+
+
+@register_device("remote")
+def _remote(target: str | None, **options) -> Device:
+    from .remote import RemoteDevice
+
+    return RemoteDevice(target or "", **options)
 
 
 @register_device("openvino")

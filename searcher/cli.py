@@ -267,6 +267,38 @@ def devices():
     console.print(table)
 
 
+@app.command("device-agent")
+@user_errors_are_one_line
+def device_agent(
+    device: str = typer.Option("openvino:CPU", help="The local device to serve."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 unless other hosts must reach it."),
+    port: int = typer.Option(8765, help="Port."),
+    threads: int = typer.Option(0, help="Inference threads (0: the runtime's default)."),
+    max_upload_mb: int = typer.Option(256, help="Largest model or array accepted, in MiB."),
+    latency_ci: float = typer.Option(0.02, help="Stop timing once the 95% CI of the median is this tight."),
+    latency_max_seconds: float = typer.Option(5.0, help="Time limit of one measurement."),
+):
+    """Serve a device over HTTP for studies on other hosts (token: $EDGETUNE_AGENT_TOKEN)."""
+    import os
+
+    import uvicorn
+
+    from devices import create_device
+    from devices.agent import create_app
+    from devices.protocol import LatencyProtocol
+    from devices.remote import TOKEN_ENV
+
+    token = os.environ.get(TOKEN_ENV, "")
+    if not token:
+        raise SpecError(f"set ${TOKEN_ENV} to the token clients must present")
+    served = create_device(device, threads=threads,
+                           protocol=LatencyProtocol(target_ci_rel=latency_ci, max_seconds=latency_max_seconds))
+    if not hasattr(served, "deploy_onnx"):
+        raise SpecError(f"device {device!r} cannot be served: the agent deploys ONNX, which only OpenVINO devices take")
+    console.print(f"serving {served.info().name} on http://{host}:{port} (ONNX only, uploads up to {max_upload_mb} MiB)")
+    uvicorn.run(create_app(served, token, max_upload_mb * 2**20), host=host, port=port, log_level="warning")
+
+
 @app.command()
 def models(contains: Optional[str] = typer.Argument(None, help="Only names containing this text.")):
     """List the model names `--model` accepts."""

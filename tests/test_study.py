@@ -75,8 +75,9 @@ def test_resume_with_another_model_is_refused(study_dir):
 
 
 def _tune(*args, cwd):
+    env = {k: v for k, v in __import__("os").environ.items() if k != "EDGETUNE_AGENT_TOKEN"}
     return subprocess.run([sys.executable, "-m", "searcher.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+                          timeout=300, env={**env, "PYTHONPATH": str(Path(__file__).parents[1])})
 
 
 @pytest.mark.parametrize("args, message", [
@@ -87,6 +88,8 @@ def _tune(*args, cwd):
     (["start", "--device", "openvino:NPU"], "error: device 'openvino:NPU' is not available on this host"),
     (["start", "--storage", "postgresql://u:secret@127.0.0.1:1/db"], "error: cannot open storage postgresql://u:***@127.0.0.1:1/db"),
     (["pareto", "nosuch"], "error: no study 'nosuch' in the storage"),
+    (["device-agent"], "error: set $EDGETUNE_AGENT_TOKEN to the token clients must present"),
+    (["start", "--device", "remote:nohost"], "error: remote device 'nohost': expected remote:http://host:port/DEVICE"),
 ])
 def test_user_errors_are_one_line_and_exit_2(tmp_path, args, message):
     result = _tune(*args, cwd=tmp_path)

@@ -1,0 +1,149 @@
+"""``tune device-agent``: serve one device over HTTP so studies on other hosts can measure on it.
+
+The original study measured on a Neural Compute Stick attached to another host, because the
+training and benchmarking toolchains conflicted. The agent accepts **only ONNX** (a protobuf,
+parsed without running code; never a pickle), requires a shared token, binds to 127.0.0.1 unless
+told otherwise, limits upload size, and serialises measurements so that several training workers
+sharing one device do not disturb each other's timings.
+
+    POST   /deployments                 body: ONNX bytes; query: input_shape, float_precision, int8
+                                        (node-name prefixes, comma-separated); header X-Calibration
+                                        names an uploaded calibration array (see /arrays)
+    POST   /arrays                      body: .npy bytes (allow_pickle=False) -> id
+    POST   /deployments/{id}/latency    query: reference (another deployment id)
+    POST   /deployments/{id}/predict    query: array (an uploaded array id) -> .npy logits
+    GET    /deployments/{id}/files      -> zip of the deployed files
+    DELETE /deployments/{id}
+    GET    /info
+"""
+from __future__ import annotations
+
+import hmac
+import io
+import tempfile
+import threading
+import uuid
+import zipfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+
+from .base import Device, PrecisionPlan
+
+ONNX_FIRST_BYTES = (b"\x08",)  # an ONNX ModelProto starts with field 1 (ir_version), varint
+
+
+def _looks_like_pickle(data: bytes) -> bool:
+    return data[:1] == b"\x80" or data[:2] == b"PK" and b"data.pkl" in data[:4096]
+
+
+def create_app(device: Device, token: str, max_upload_bytes: int = 256 * 2**20):
+    """The agent's FastAPI application for ``device`` (an adapter with ``deploy_onnx``)."""
+    import onnx
+
+    if not token:
+        raise ValueError("the agent needs a token")
+    app = FastAPI(title="edgetune device agent", docs_url=None, redoc_url=None)
+    deployments: dict[str, object] = {}
+    arrays: dict[str, np.ndarray] = {}
+    measuring = threading.Lock()
+    workdir = Path(tempfile.mkdtemp(prefix="edgetune-agent-"))
+
+    def authorised(authorization: str = Header(default="")) -> None:
+        if not hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
+            raise HTTPException(401, "missing or wrong token")
+
+    async def body(request: Request) -> bytes:
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > max_upload_bytes:
+            raise HTTPException(413, f"upload of {declared} bytes is over the limit of {max_upload_bytes}")
+        data = b""
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > max_upload_bytes:
+                raise HTTPException(413, f"upload is over the limit of {max_upload_bytes} bytes")
+        return data
+
+    def deployment(deployment_id: str):
+        if deployment_id not in deployments:
+            raise HTTPException(404, f"no deployment {deployment_id}")
+        return deployments[deployment_id]
+
+    @app.get("/info", dependencies=[Depends(authorised)])
+    def info():
+        return device.info().to_dict()
+
+    @app.post("/arrays", dependencies=[Depends(authorised)])
+    async def upload_array(request: Request):
+        data = await body(request)
+        try:
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+        except ValueError as error:
+            raise HTTPException(400, f"not a .npy array without pickles: {error}") from None
+        array_id = uuid.uuid4().hex
+        arrays[array_id] = np.ascontiguousarray(array, dtype=np.float32)
+        return {"id": array_id, "shape": list(array.shape)}
+
+    @app.post("/deployments", dependencies=[Depends(authorised)])
+    async def deploy(request: Request, input_shape: str, float_precision: str = "f32", int8: str = "",
+                     calibration: str = ""):
+        data = await body(request)
+        if _looks_like_pickle(data) or not data.startswith(ONNX_FIRST_BYTES):
+            raise HTTPException(400, "only ONNX models are accepted (this looks like a pickle or another format)")
+        try:
+            onnx.load_model_from_string(data)
+        except Exception as error:  # noqa: BLE001 - any parse failure is the client's input
+            raise HTTPException(400, f"not a valid ONNX model: {error}") from None
+        prefixes = [p for p in int8.split(",") if p]
+        if prefixes and calibration not in arrays:
+            raise HTTPException(400, "int8 needs a calibration array (upload it to /arrays first)")
+        path = workdir / f"{uuid.uuid4().hex}.onnx"
+        path.write_bytes(data)
+        plan = PrecisionPlan(float_precision, tuple(prefixes), arrays.get(calibration))
+        try:
+            with measuring:
+                deployed = device.deploy_onnx(path, tuple(int(v) for v in input_shape.split(",")), plan, prefixes)
+        except Exception as error:  # noqa: BLE001 - DeviceError and runtime errors go back as one line
+            raise HTTPException(422, f"{type(error).__name__}: {error}") from None
+        finally:
+            path.unlink(missing_ok=True)
+        deployment_id = uuid.uuid4().hex
+        deployments[deployment_id] = deployed
+        return {"id": deployment_id, "size_bytes": deployed.size_bytes, "weights_bytes": deployed.weights_bytes,
+                "precision_used": deployed.precision_used, "inference_precision": deployed.inference_precision,
+                "threads": getattr(deployed, "threads", 0), "layers": getattr(deployed, "_layers", [])}
+
+    @app.post("/deployments/{deployment_id}/latency", dependencies=[Depends(authorised)])
+    def latency(deployment_id: str, reference: str = ""):
+        candidate = deployment(deployment_id)
+        with measuring:  # one measurement at a time on this device
+            stats = candidate.measure_latency(deployment(reference) if reference else None)
+        return {**asdict(stats), "ci95_rel": stats.ci95_rel}
+
+    @app.post("/deployments/{deployment_id}/predict", dependencies=[Depends(authorised)])
+    def predict(deployment_id: str, array: str):
+        if array not in arrays:
+            raise HTTPException(404, f"no array {array}")
+        out = io.BytesIO()
+        np.save(out, deployment(deployment_id).predict(arrays.pop(array)), allow_pickle=False)
+        return Response(out.getvalue(), media_type="application/octet-stream")
+
+    @app.get("/deployments/{deployment_id}/files", dependencies=[Depends(authorised)])
+    def files(deployment_id: str):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = io.BytesIO()
+            with zipfile.ZipFile(out, "w") as zf:
+                for path in deployment(deployment_id).save(Path(tmp)):
+                    zf.write(path, path.name)
+        return Response(out.getvalue(), media_type="application/zip")
+
+    @app.delete("/deployments/{deployment_id}", dependencies=[Depends(authorised)])
+    def delete(deployment_id: str):
+        removed = deployments.pop(deployment_id, None)
+        if removed is not None:
+            removed.close()
+        return {"deleted": deployment_id}
+
+    return app
