@@ -17,7 +17,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .base import Deployment, Device, DeviceError, DeviceInfo, LatencyStats, PrecisionPlan
 
