@@ -33,7 +33,7 @@ MEDIAN = re.compile(r"Median:\s+([0-9.]+)\s*ms")
 def benchmark_app(xml: Path, seconds: int) -> float:
     tool = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
     output = subprocess.run([tool, "-m", str(xml), "-d", "CPU", "-hint", "latency", "-api", "sync",
-                             "-infer_precision", "f32", "-t", str(seconds)], capture_output=True, text=True, check=True).stdout
+                             "-infer_precision", "f32", "-shape", "[1,3,32,32]", "-t", str(seconds)], capture_output=True, text=True, check=True).stdout
     match = MEDIAN.search(output)
     if not match:
         raise SystemExit("benchmark_app printed no median:\n" + output[-2000:])
