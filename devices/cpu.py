@@ -10,16 +10,15 @@ import collections
 import copy
 import os
 import platform
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .base import Deployment, Device, DeviceError, DeviceInfo, PrecisionPlan
+from .base import Device, DeviceError, DeviceInfo, PrecisionPlan
 from .protocol import LatencyProtocol
+from .torchscript import TorchScriptDeployment, under
 
 _INT8_TYPES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized")
 
@@ -48,18 +47,14 @@ def quantize_fx(model: nn.Module, modules: tuple[str, ...], calibration: np.ndar
     return convert_fx(prepared)
 
 
-class CPUDeployment(Deployment):
+class CPUDeployment(TorchScriptDeployment):
     def __init__(self, module: nn.Module, device: "CPUDevice", example: torch.Tensor, plan: PrecisionPlan):
         self.protocol = device.protocol
         self.batch = device.batch
         self._device = device
         self._module = module.eval()
-        self._workdir = Path(tempfile.mkdtemp(prefix="edgetune-cpu-"))
         self._input = torch.randn(device.batch, *example.shape[1:], generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            scripted = torch.jit.trace(self._module, example)
-        self._path = self._workdir / "model.pt"
-        scripted.save(str(self._path))
+        self._write_artifact(self._module, example, "edgetune-cpu-")
         self._modules = dict(self._module.named_modules())
         self.precision_used = self._count(self._modules.values())
         self.inference_precision = plan.float_precision
@@ -90,22 +85,7 @@ class CPUDeployment(Deployment):
         return run_once
 
     def precision_of(self, modules: list[str]) -> dict[str, int]:
-        chosen = [m for name, m in self._modules.items()
-                  if any(name == p or name.startswith(p + ".") for p in modules)]
-        return self._count(chosen)
-
-    def save(self, directory: Path) -> list[Path]:
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / "model.pt"
-        shutil.copyfile(self._path, target)
-        return [target]
-
-    @property
-    def size_bytes(self) -> int:
-        return self._path.stat().st_size
-
-    def close(self) -> None:
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        return self._count([m for name, m in self._modules.items() if under(name, modules)])
 
 
 class CPUDevice(Device):

@@ -8,22 +8,20 @@ from __future__ import annotations
 
 import collections
 import copy
-import shutil
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .base import Deployment, Device, DeviceError, DeviceInfo, PrecisionPlan
+from .base import Device, DeviceError, DeviceInfo, PrecisionPlan
 from .protocol import LatencyProtocol
+from .torchscript import TorchScriptDeployment, under
 
 _DTYPES = {"f32": torch.float32, "f16": torch.float16}
 _EVENT_RUNS = 50
 
 
-class CUDADeployment(Deployment):
+class CUDADeployment(TorchScriptDeployment):
     def __init__(self, module: nn.Module, device: "CUDADevice", example: torch.Tensor, plan: PrecisionPlan):
         self.protocol = device.protocol
         self.batch = device.batch
@@ -33,10 +31,7 @@ class CUDADeployment(Deployment):
         shape = (device.batch, *example.shape[1:])
         self._input = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(
             device.torch_device, self._dtype).contiguous(memory_format=torch.channels_last)
-        self._workdir = Path(tempfile.mkdtemp(prefix="edgetune-cuda-"))
-        self._path = self._workdir / "model.pt"
-        with torch.no_grad():
-            torch.jit.trace(module, self._input).save(str(self._path))
+        self._write_artifact(module, self._input, "edgetune-cuda-")
         precision = plan.float_precision
         self.precision_used = dict(collections.Counter(
             precision for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))))
@@ -76,22 +71,12 @@ class CUDADeployment(Deployment):
 
     def precision_of(self, modules: list[str]) -> dict[str, int]:
         chosen = [m for name, m in self._module.named_modules()
-                  if isinstance(m, (nn.Conv2d, nn.Linear)) and any(name == p or name.startswith(p + ".") for p in modules)]
+                  if isinstance(m, (nn.Conv2d, nn.Linear)) and under(name, modules)]
         return {self.inference_precision: len(chosen)} if chosen else {}
-
-    def save(self, directory: Path) -> list[Path]:
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / "model.pt"
-        shutil.copyfile(self._path, target)
-        return [target]
-
-    @property
-    def size_bytes(self) -> int:
-        return self._path.stat().st_size
 
     def close(self) -> None:
         self._module = None
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        super().close()
         torch.cuda.empty_cache()
 
 
