@@ -92,6 +92,12 @@ def layer_precisions(compiled) -> list[tuple[str, str]]:
     return layers
 
 
+def count_layers_under(layers: list[tuple[str, str]], prefixes: list[str]) -> dict[str, int]:
+    """Compute layers (from :func:`layer_precisions`) whose original nodes lie under ``prefixes``, by precision."""
+    return dict(collections.Counter(precision for names, precision in layers
+                                    if any(name.startswith(p) for name in names.split(",") for p in prefixes)))
+
+
 class OpenVINODeployment(Deployment):
     def __init__(self, xml: Path, device: "OpenVINODevice", input_shape: tuple[int, ...], float_precision: str,
                  scopes: dict[str, str]):
@@ -170,12 +176,7 @@ class OpenVINODeployment(Deployment):
         return float(np.median(totals)) if totals else None
 
     def precision_of(self, modules: list[str]) -> dict[str, int]:
-        prefixes = [self._scopes[m] for m in modules if m in self._scopes]
-        counts: collections.Counter[str] = collections.Counter()
-        for names, precision in self._layers:
-            if any(name.startswith(p) for name in names.split(",") for p in prefixes):
-                counts[precision] += 1
-        return dict(counts)
+        return count_layers_under(self._layers, [self._scopes[m] for m in modules if m in self._scopes])
 
     def save(self, directory: Path) -> list[Path]:
         directory.mkdir(parents=True, exist_ok=True)

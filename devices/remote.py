@@ -89,12 +89,9 @@ class RemoteDeployment(Deployment):
         return LatencyStats(**record)
 
     def precision_of(self, modules: list[str]) -> dict[str, int]:
-        prefixes = [self._scopes[m] for m in modules if m in self._scopes]
-        counts: dict[str, int] = {}
-        for names, precision in self._layers:
-            if any(name.startswith(p) for name in names.split(",") for p in prefixes):
-                counts[precision] = counts.get(precision, 0) + 1
-        return counts
+        from .openvino import count_layers_under
+
+        return count_layers_under(self._layers, [self._scopes[m] for m in modules if m in self._scopes])
 
     def save(self, directory: Path) -> list[Path]:
         directory.mkdir(parents=True, exist_ok=True)
