@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from objectives.evaluate import per_class_accuracy
+
 from . import artifacts
 
 MAX_THUMBNAILS = 32
@@ -19,11 +21,10 @@ MAX_THUMBNAILS = 32
 
 def class_metrics(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-class accuracy (recall) and precision, in percent."""
-    accuracy, precision = np.full(num_classes, np.nan), np.full(num_classes, np.nan)
+    accuracy = np.array(per_class_accuracy(predictions, labels, num_classes))
+    precision = np.full(num_classes, np.nan)
     for c in range(num_classes):
-        members, chosen = labels == c, predictions == c
-        if members.any():
-            accuracy[c] = (predictions[members] == c).mean() * 100
+        chosen = predictions == c
         if chosen.any():
             precision[c] = (labels[chosen] == c).mean() * 100
     return accuracy, precision

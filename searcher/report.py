@@ -49,10 +49,8 @@ def collect(study: optuna.Study) -> ReportData:
     trials = [t for t in every if t.state == optuna.trial.TrialState.COMPLETE]
     targets = list(study.user_attrs.get("spec", {}).get("study.targets") or
                    [next(k for k, v in TARGET_UNITS.items() if v == m) for m in (study.metric_names or [])])
-    counts: dict[str, int] = {}
-    for trial in every:
-        counts[trial.state.name.lower()] = counts.get(trial.state.name.lower(), 0) + 1
-    data = ReportData(study, trials, targets, pareto.baseline(study), pareto.front(study, every), counts)
+    data = ReportData(study, trials, targets, pareto.baseline(study), pareto.front(study, every),
+                      pareto.counts(study, every))
     data.sample = _in_memory_sample(data)
     return data
 
