@@ -14,9 +14,14 @@ measured minutes apart stay comparable.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import math
+import re
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -118,3 +123,18 @@ def measure(run_once: Callable[[], None], protocol: LatencyProtocol = LatencyPro
     _warm_up(run_once, protocol)
     samples, seconds, converged = _sample_until_tight(lambda: _timed(run_once), protocol)
     return _stats(samples, seconds, converged, batch)
+
+
+@contextlib.contextmanager
+def exclusive(device_name: str):
+    """Hold the device for one measurement, host-wide: workers of a study (or several studies) on
+    this host sharing a device would otherwise time each other's load."""
+    folder = Path(tempfile.gettempdir()) / "edgetune-locks"
+    folder.mkdir(exist_ok=True)
+    path = folder / (re.sub(r"[^A-Za-z0-9_.-]+", "_", device_name) + ".lock")
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from devices import Deployment, Device, PrecisionPlan
+from devices.protocol import exclusive
 
 from . import prune as pruning
 from .data import DataSplits
@@ -154,7 +155,7 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
         labels = ctx.data.y_val.numpy()
         top1, top5 = topk_accuracy(logits, labels, 1), topk_accuracy(logits, labels, 5)
         class_top1 = per_class_accuracy(logits.argmax(axis=1), labels, ctx.data.num_classes)
-    with clock.phase("measure"):
+    with clock.phase("measure"), exclusive(ctx.device.info().name):
         paired = ctx.reference is not None and ctx.reference_latency_ms
         stats = deployment.measure_latency(ctx.reference if paired else None)
         throughput = deployment.measure_throughput() if ctx.throughput else None

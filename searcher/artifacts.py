@@ -6,6 +6,8 @@ Layout of the zip: ``deployed/`` (what runs on the device: OpenVINO IR or TorchS
 """
 from __future__ import annotations
 
+import hashlib
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -21,32 +23,57 @@ from .spec import Spec
 from .storage import artifact_store
 
 
-def store_outcome(study_or_trial, outcome: TrialOutcome, spec: Spec, data: DataSplits, name: str) -> str:
-    """Zip the outcome's files, upload them next to the trial (or study); returns the artifact id."""
+class ArtifactError(RuntimeError):
+    """An artifact is missing from the store or does not match its recorded checksum."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pack_outcome(outcome: TrialOutcome, spec: Spec, data: DataSplits, name: str, into: Path) -> Path:
+    """Zip the outcome's files into ``into/<name>.zip`` (no storage is touched)."""
+    folder = into / name
+    outcome.deployment.save(folder / "deployed")
+    write_model_files(outcome.model, spec["model.name"], data.num_classes, data.example_input(2), folder)
+    np.save(folder / "predictions.npy", outcome.predictions)
+    archive = into / f"{name}.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(folder))
+    shutil.rmtree(folder)
+    return archive
+
+
+def upload(study_or_trial, archive: Path, artifacts_dir: str) -> dict[str, str]:
+    """Store the zip next to the trial (or study); the attributes that find and check it later."""
+    artifact_id = optuna.artifacts.upload_artifact(artifact_store=artifact_store(artifacts_dir), file_path=str(archive),
+                                                   study_or_trial=study_or_trial, mimetype="application/zip")
+    return {"artifact_id": artifact_id, "artifact_sha256": sha256(archive)}
+
+
+def store_outcome(study_or_trial, outcome: TrialOutcome, spec: Spec, data: DataSplits, name: str) -> dict[str, str]:
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / name
-        outcome.deployment.save(folder / "deployed")
-        write_model_files(outcome.model, spec["model.name"], data.num_classes, data.example_input(2), folder)
-        np.save(folder / "predictions.npy", outcome.predictions)
-        archive = Path(tmp) / f"{name}.zip"
-        partial = archive.with_suffix(".partial")
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
-            for path in sorted(folder.rglob("*")):
-                if path.is_file():
-                    zf.write(path, path.relative_to(folder))
-        partial.replace(archive)
-        return optuna.artifacts.upload_artifact(artifact_store=artifact_store(spec["study.artifacts"]),
-                                                file_path=str(archive), study_or_trial=study_or_trial,
-                                                mimetype="application/zip")
+        return upload(study_or_trial, pack_outcome(outcome, spec, data, name, Path(tmp)), spec["study.artifacts"])
 
 
-def fetch(artifacts_dir: str, artifact_id: str, destination: Path) -> Path:
-    """Download and unpack an artifact zip into ``destination``."""
+def fetch(artifacts_dir: str, artifact_id: str, destination: Path, expected_sha256: str | None = None) -> Path:
+    """Download, check and unpack an artifact zip into ``destination``."""
     destination.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "artifact.zip"
-        optuna.artifacts.download_artifact(artifact_store=artifact_store(artifacts_dir), file_path=str(archive),
-                                           artifact_id=artifact_id)
+        try:
+            optuna.artifacts.download_artifact(artifact_store=artifact_store(artifacts_dir), file_path=str(archive),
+                                               artifact_id=artifact_id)
+        except Exception as error:  # noqa: BLE001 - the store's own error types differ by backend
+            raise ArtifactError(f"artifact {artifact_id} cannot be read from {artifacts_dir}: {error}") from None
+        if expected_sha256 and sha256(archive) != expected_sha256:
+            raise ArtifactError(f"artifact {artifact_id} in {artifacts_dir} does not match its recorded SHA-256")
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(destination)
     return destination

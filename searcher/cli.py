@@ -12,11 +12,13 @@ from rich.console import Console
 from rich.table import Table
 
 from .spec import SpecError, load_spec, parse_override
+from .storage import DEFAULT_STORAGE, STORAGE_ENV
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="edgetune: search per-layer-group compression settings, measured on the real device.")
 console = Console()
-DEFAULT_STORAGE = "sqlite:///edgetune.db"
+STORAGE_OPTION = typer.Option(DEFAULT_STORAGE, "--storage", envvar=STORAGE_ENV, show_default=False,
+                              help=f"SQLAlchemy URL of the study database (default: ${STORAGE_ENV}, else {DEFAULT_STORAGE}).")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -29,8 +31,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .storage import StorageError
 
     from .export import ExportError
+    from .local_workers import WorkerFailed
 
-    return (SpecError, DataError, ModelError, DeviceError, GroupError, CheckpointError, StorageError, ExportError)
+    return (SpecError, DataError, ModelError, DeviceError, GroupError, CheckpointError, StorageError, ExportError,
+            WorkerFailed)
 
 
 def user_errors_are_one_line(command):
@@ -51,7 +55,7 @@ def _overrides(**named) -> dict:
     mapping = {"target": "study.targets", "model": "model.name", "checkpoint": "model.checkpoint", "data": "data.name",
                "data_dir": "data.dir", "device": "device.name", "trials": "study.trials", "sampler": "study.sampler",
                "storage": "study.storage", "study_name": "study.name", "seed": "study.seed",
-               "max_top1_drop": "study.max_top1_drop", "max_class_drop": "study.max_class_drop"}
+               "max_top1_drop": "study.max_top1_drop", "max_class_drop": "study.max_class_drop", "workers": "study.workers"}
     result = {mapping[k]: v for k, v in named.items() if k in mapping and v is not None}
     if "study.targets" in result:
         result["study.targets"] = [t.strip() for t in result["study.targets"].split(",") if t.strip()]
@@ -71,55 +75,116 @@ def start(
     data: Optional[str] = typer.Option(None, help="Data set: digits, cifar10 or imagefolder."),
     data_dir: Optional[str] = typer.Option(None, help="Folder of the data set (cifar10, imagefolder)."),
     device: Optional[str] = typer.Option(None, help="Target device, e.g. openvino:CPU (`tune devices`)."),
-    trials: Optional[int] = typer.Option(None, help="Run until the study has this many finished trials."),
+    trials: Optional[int] = typer.Option(None, help="Run until the study has this many trials."),
     sampler: Optional[str] = typer.Option(None, help="auto, tpe, nsga2 or random."),
-    storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the study database."),
+    storage: Optional[str] = typer.Option(None, help=f"SQLAlchemy URL of the study database (default: ${STORAGE_ENV}, "
+                                                     "else the spec's)."),
     study_name: Optional[str] = typer.Option(None, help="Study name; an existing study is resumed."),
     seed: Optional[int] = typer.Option(None, help="Seed of the sampler and of training."),
+    workers: Optional[int] = typer.Option(None, help="Local worker processes (several need PostgreSQL or MySQL)."),
     max_top1_drop: Optional[float] = typer.Option(None, help="Trials losing more Top-1 points are infeasible."),
     max_class_drop: Optional[float] = typer.Option(None, help="Trials losing more points on any class are infeasible."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any spec key: --set finetune.epochs=3"),
 ):
     """Run (or resume) a compression study and print its Pareto front."""
-    from .progress import StudyProgress
-    from .storage import redact
+    from .locks import SEVERAL_WORKERS_NEED_A_SERVER, StudyLocks
+    from .storage import is_sqlite
 
     spec = load_spec(spec_file, _overrides(target=target, model=model, checkpoint=checkpoint, data=data, data_dir=data_dir,
                                            device=device, trials=trials, sampler=sampler, storage=storage,
-                                           study_name=study_name, seed=seed, max_top1_drop=max_top1_drop,
-                                           max_class_drop=max_class_drop, set=set_))
-    total = spec["study.trials"]
+                                           study_name=study_name, seed=seed, workers=workers,
+                                           max_top1_drop=max_top1_drop, max_class_drop=max_class_drop, set=set_))
+    if spec["study.workers"] > 1 and is_sqlite(spec["study.storage"]):
+        raise SpecError(f"--workers {spec['study.workers']}: {SEVERAL_WORKERS_NEED_A_SERVER}")
     console.print(f"study [bold]{spec['study.name']}[/]: {spec['model.name']} on {spec['data.name']}, "
-                  f"device {spec['device.name']}, targets {','.join(spec.targets)}, sampler {spec.sampler}, {total} trials")
+                  f"device {spec['device.name']}, targets {','.join(spec.targets)}, sampler {spec.sampler}, "
+                  f"{spec['study.trials']} trials" + (f", {spec['study.workers']} workers" if spec["study.workers"] > 1 else ""))
+    with StudyLocks(spec["study.storage"], spec["study.name"]).exclusive_worker():
+        study = _run_interruptible(spec, _run_study)
+    _print_front(study)
+
+
+@app.command()
+@user_errors_are_one_line
+def worker(
+    study_name: str = typer.Argument(..., help="The study to join (started with `tune start`)."),
+    storage: str = STORAGE_OPTION,
+    artifacts: Optional[str] = typer.Option(None, help="The study's artifact store as this host sees it (default: the study's)."),
+    threads: int = typer.Option(0, help="Training threads (0: PyTorch's default)."),
+    quiet: bool = typer.Option(False, "--quiet", help="Print nothing but errors (used by `tune start --workers`)."),
+):
+    """Join a study from this host and run its trials until the study has them all."""
+    from .locks import StudyLocks
+    from .spec import stored_spec
+    from .study import load_study
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    stored = load_study(storage, study_name).user_attrs.get("spec")
+    if not stored:
+        raise SpecError(f"study '{study_name}' has no edgetune spec; start it with `tune start`")
+    overrides = {"study.storage": storage, "study.workers": 1}
+    if artifacts:
+        overrides["study.artifacts"] = artifacts
+    spec = stored_spec(stored, overrides)
+    with StudyLocks(spec["study.storage"], spec["study.name"]).exclusive_worker():
+        _run_interruptible(spec, functools.partial(_run_study, quiet=quiet))
+
+
+def _run_interruptible(spec, run):
+    """Run with a progress display; Ctrl-C or SIGTERM fails the running trial cleanly and exits 130."""
+    import signal
+
+    from .progress import StudyProgress
+    from .storage import redact
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
     try:
-        with StudyProgress(console, total, 0) as progress:
-            study = _run_study(spec, progress)
+        with StudyProgress(console, spec["study.trials"], 0) as progress:
+            return run(spec, progress)
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/]: finished trials are stored in {redact(spec['study.storage'])}; "
                       "run the same command to resume")
         raise typer.Exit(130) from None
-    _print_front(study)
 
 
-def _run_study(spec, progress):
-    from .run import Objective, TrialFailed
+def _run_study(spec, progress, quiet: bool = False):
+    from .local_workers import run_local_workers
+    from .run import Objective
+    from .storage import is_sqlite
     from .study import prepare
+    from .worker import Retry, budget_used, fail_orphans, run_worker
 
     prepared = prepare(spec, on_status=progress.status)
     study = prepared.study
+    if is_sqlite(spec["study.storage"]):  # this process holds the file: a RUNNING trial is a dead run's
+        orphans = fail_orphans(study)
+        if orphans and not quiet:
+            console.print(f"trials {', '.join(map(str, orphans))} were left running by a stopped run: failed and re-queued")
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-    progress.progress.update(progress.task, completed=len(finished))
+    progress.progress.update(progress.task, completed=budget_used(finished))
     base = prepared.baseline
-    console.print(f"baseline ({prepared.baseline_source}): latency {base['latency_ms']:.3f} ms "
-                  f"(±{base['latency_ci95_rel'] * 100:.1f}%, {base['latency_runs']} runs), Top-1 {base['top1']:.2f}%, "
-                  f"params {base['params']:,}, FLOPs {base['flops']:,}; groups: "
-                  + ", ".join(f"{g.name} ({len(g.layers)} layers)" for g in prepared.context.groups)
-                  + f"; precisions: {', '.join(prepared.precisions)}")
-    remaining = spec["study.trials"] - len(finished)
-    objective = Objective(spec, prepared.context, base, prepared.precisions, on_phase=progress.on_phase)
-    if remaining > 0:
-        study.optimize(objective, n_trials=remaining, callbacks=[progress.on_trial_end], catch=(TrialFailed,),
-                       gc_after_trial=True)
+    if not quiet:
+        console.print(f"baseline ({prepared.baseline_source}): latency {base['latency_ms']:.3f} ms "
+                      f"(±{base['latency_ci95_rel'] * 100:.1f}%, {base['latency_runs']} runs), Top-1 {base['top1']:.2f}%, "
+                      f"params {base['params']:,}, FLOPs {base['flops']:,}; groups: "
+                      + ", ".join(f"{g.name} ({len(g.layers)} layers)" for g in prepared.context.groups)
+                      + f"; precisions: {', '.join(prepared.precisions)}")
+    if spec["study.workers"] > 1:
+        progress.status(f"{spec['study.workers']} workers running")
+        run_local_workers(study, spec, progress, spec["study.workers"])
+    else:
+        objective = Objective(spec, prepared.context, base, prepared.precisions,
+                              on_phase=None if quiet else progress.on_phase)
+        retry = Retry(spec["study.storage"], spec["study.db_patience"],
+                      on_retry=lambda text: console.print(f"[yellow]{text}[/]"))
+        run_worker(study, objective, spec["study.trials"], prepared.locks, retry,
+                   on_trial_end=(lambda s, t: None) if quiet else progress.on_trial_end)
     progress.status("done")
     return study
 
@@ -134,7 +199,7 @@ def _print_front(study) -> None:
 @user_errors_are_one_line
 def pareto(
     study_name: Optional[str] = typer.Argument(None, help="Study name (optional if the storage holds one)."),
-    storage: str = typer.Option(DEFAULT_STORAGE, help="SQLAlchemy URL of the study database."),
+    storage: str = STORAGE_OPTION,
 ):
     """Print the current Pareto front of a stored study, with deltas against its baseline."""
     from .study import load_study
@@ -156,7 +221,7 @@ def export(
     pareto: bool = typer.Option(False, "--pareto", help="Export every model on the Pareto front."),
     trial: Optional[list[int]] = typer.Option(None, "--trial", help="Export this trial (repeatable)."),
     out: Path = typer.Option(Path("exports"), "--out", help="Folder to write trial-N/ folders into."),
-    storage: str = typer.Option(DEFAULT_STORAGE, help="SQLAlchemy URL of the study database."),
+    storage: str = STORAGE_OPTION,
     artifacts: Optional[str] = typer.Option(None, help="Artifact store folder (default: the study's)."),
 ):
     """Write the deployable models of chosen trials, with a manifest (metrics, versions, checksums)."""
@@ -175,7 +240,7 @@ def export(
 def report(
     study_name: Optional[str] = typer.Argument(None, help="Study name (optional if the storage holds one)."),
     out: Path = typer.Option(Path("reports"), "--out", help="Folder of the report (a subfolder per study)."),
-    storage: str = typer.Option(DEFAULT_STORAGE, help="SQLAlchemy URL of the study database."),
+    storage: str = STORAGE_OPTION,
     artifacts: Optional[str] = typer.Option(None, help="Artifact store folder (default: the study's)."),
     classes: bool = typer.Option(True, help="Class-level harm of the front (loads the data set)."),
 ):
@@ -203,7 +268,7 @@ def report(
 @app.command()
 @user_errors_are_one_line
 def dashboard(
-    storage: str = typer.Option(DEFAULT_STORAGE, help="SQLAlchemy URL of the study database."),
+    storage: str = STORAGE_OPTION,
     artifacts: str = typer.Option("edgetune-artifacts", help="Artifact store folder (trial models show in the UI)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps it on this machine."),
     port: int = typer.Option(8080, help="Port."),

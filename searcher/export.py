@@ -7,7 +7,6 @@ SHA-256 of each file.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from importlib import metadata
@@ -23,14 +22,6 @@ LIBRARIES = ("edgetune", "torch", "torchvision", "nni", "optuna", "openvino", "n
 
 class ExportError(ValueError):
     """Trials that cannot be exported (unknown number, not complete, artifact missing)."""
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def library_versions() -> dict[str, str]:
@@ -69,10 +60,9 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, artifacts
     if folder.exists():
         shutil.rmtree(folder)
     try:
-        artifacts.fetch(artifacts_dir, trial.user_attrs["artifact_id"], folder)
-    except Exception as error:  # missing file in the store, unreadable zip
-        raise ExportError(f"trial {trial.number}: artifact {trial.user_attrs['artifact_id']} cannot be read from "
-                          f"{artifacts_dir}: {error}") from None
+        artifacts.fetch(artifacts_dir, trial.user_attrs["artifact_id"], folder, trial.user_attrs.get("artifact_sha256"))
+    except artifacts.ArtifactError as error:
+        raise ExportError(f"trial {trial.number}: {error}") from None
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     attrs = dict(trial.user_attrs)
     manifest = {
@@ -87,7 +77,7 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, artifacts
                      if k.startswith("baseline_") and k not in ("baseline_device",)},
         "input": study.user_attrs.get("data", {}),
         "libraries": library_versions(),
-        "files": {str(p.relative_to(folder)): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files},
+        "files": {str(p.relative_to(folder)): {"sha256": artifacts.sha256(p), "bytes": p.stat().st_size} for p in files},
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     return folder
@@ -97,4 +87,4 @@ def verify(folder: Path) -> list[str]:
     """Files whose checksum does not match the manifest (empty when all match)."""
     manifest = json.loads((folder / "manifest.json").read_text())
     return [name for name, entry in manifest["files"].items()
-            if not (folder / name).is_file() or sha256(folder / name) != entry["sha256"]]
+            if not (folder / name).is_file() or artifacts.sha256(folder / name) != entry["sha256"]]

@@ -1,18 +1,27 @@
 """One trial: the sampler's proposal -> the objectives pipeline -> values, attributes, artifact.
 
+A trial runs in three steps so that the long middle one never touches the database:
+``plan`` (the sampler's suggestions), ``evaluate`` (prune, fine-tune, deploy, measure, zip the
+files) and ``record`` (upload the zip, write the attributes and constraints). The worker retries
+``plan`` and ``record`` when the database is briefly unreachable.
+
 A trial that fails records why (user attribute ``failure``) and the study goes on; a collapsed
 network is recorded as PRUNED with its reason.
 """
 from __future__ import annotations
 
 import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import optuna
+from optuna.trial import TrialState
 
-from objectives.pipeline import CollapsedError, TrialContext, run_trial
+from objectives.pipeline import CollapsedError, TrialContext, TrialPlan, run_trial
 
-from .artifacts import store_outcome
+from .artifacts import pack_outcome, upload
 from .space import suggest_plan
 from .spec import TARGET_UNITS, Spec
 
@@ -23,18 +32,23 @@ def worst_class_drop(baseline: list[float], trial: list[float]) -> float:
     return max(drops) if drops else 0.0
 
 
-class TrialFailed(RuntimeError):
-    """Raised after the failure is recorded on the trial; Optuna marks the trial FAIL."""
-
-
 def _json_safe(value):
     return json.loads(json.dumps(value, default=str))
 
 
+@dataclass
+class TrialResult:
+    """What a trial produced, not yet written to the study."""
+
+    state: TrialState
+    values: tuple[float, ...] | None = None
+    attributes: dict = field(default_factory=dict)
+    constraints: dict[str, float] = field(default_factory=dict)
+    archive: Path | None = None  # the trial's zip, uploaded by ``record``
 
 
 class Objective:
-    """Callable for ``study.optimize``; ``on_phase(trial_number, phase)`` reports progress."""
+    """Runs trials for one study; ``on_phase(trial_number, phase)`` reports progress."""
 
     def __init__(self, spec: Spec, context: TrialContext, baseline: dict, precisions: list[str],
                  on_phase: Callable[[int, str], None] | None = None):
@@ -43,30 +57,46 @@ class Objective:
         self.precisions = precisions
         self.baseline = baseline
         self.on_phase = on_phase or (lambda n, p: None)
+        self._scratch = tempfile.TemporaryDirectory(prefix="edgetune-trial-")
 
-    def __call__(self, trial: optuna.Trial):
-        plan = suggest_plan(trial, self.spec, self.context.groups, self.precisions)
+    def plan(self, trial: optuna.Trial) -> TrialPlan:
+        return suggest_plan(trial, self.spec, self.context.groups, self.precisions)
+
+    def evaluate(self, trial: optuna.Trial, plan: TrialPlan) -> TrialResult:
         try:
             outcome = run_trial(self.context, plan, on_phase=lambda phase: self.on_phase(trial.number, phase))
         except CollapsedError as error:
-            trial.set_user_attr("failure", str(error))
-            trial.set_user_attr("top1", error.top1)
-            raise optuna.TrialPruned(str(error)) from None
+            return TrialResult(TrialState.PRUNED, attributes={"failure": str(error), "top1": error.top1})
         except Exception as error:  # noqa: BLE001 - any failure is recorded; the study goes on
             reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-            trial.set_user_attr("failure", reason)
-            raise TrialFailed(reason) from error
+            return TrialResult(TrialState.FAIL, attributes={"failure": reason})
         self.on_phase(trial.number, "store")
-        attributes = outcome.attributes
-        attributes["artifact_id"] = store_outcome(trial, outcome, self.spec, self.context.data, f"trial-{trial.number}")
+        archive = pack_outcome(outcome, self.spec, self.context.data, f"trial-{trial.number}", Path(self._scratch.name))
         outcome.deployment.close()
-        for key, value in attributes.items():
-            trial.set_user_attr(key, _json_safe(value))
+        attributes = {k: _json_safe(v) for k, v in outcome.attributes.items()}
+        constraints = {}
         # Optuna constraints: <= 0 is feasible.
         drop_limit = self.spec["study.max_top1_drop"]
         if drop_limit is not None:
-            trial.set_constraint("top1_drop", (self.baseline["top1"] - attributes["top1"]) - drop_limit)
+            constraints["top1_drop"] = (self.baseline["top1"] - attributes["top1"]) - drop_limit
         class_limit = self.spec["study.max_class_drop"]
         if class_limit is not None:
-            trial.set_constraint("class_drop", worst_class_drop(self.baseline["class_top1"], attributes["class_top1"]) - class_limit)
-        return tuple(float(attributes[TARGET_UNITS[t]]) for t in self.spec.targets)
+            constraints["class_drop"] = worst_class_drop(self.baseline["class_top1"], attributes["class_top1"]) - class_limit
+        values = tuple(float(attributes[TARGET_UNITS[t]]) for t in self.spec.targets)
+        return TrialResult(TrialState.COMPLETE, values, attributes, constraints, archive)
+
+    def record(self, trial: optuna.Trial, result: TrialResult) -> None:
+        """Write the result's artifact, attributes and constraints (idempotent: safe to retry)."""
+        attributes = dict(result.attributes)
+        if result.archive is not None:
+            if "artifact_id" not in attributes:  # a retry after a failed write does not upload twice
+                result.attributes.update(upload(trial, result.archive, self.spec["study.artifacts"]))
+                attributes = dict(result.attributes)
+        for key, value in attributes.items():
+            trial.set_user_attr(key, value)
+        for key, value in result.constraints.items():
+            trial.set_constraint(key, value)
+
+    def discard(self, result: TrialResult) -> None:
+        if result.archive is not None:
+            result.archive.unlink(missing_ok=True)

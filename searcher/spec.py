@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
+from .storage import default_storage
+
 TARGETS = {"latency": "minimize", "top1": "maximize", "size": "minimize", "params": "minimize", "flops": "minimize"}
 TARGET_UNITS = {"latency": "latency_ms", "top1": "top1", "size": "size_bytes", "params": "params", "flops": "flops"}
 SAMPLERS = ("auto", "tpe", "nsga2", "random")
@@ -71,6 +73,12 @@ KEYS: dict[str, Key] = {
     "study.max_top1_drop": Key((int, float), "a number of points >= 0", lambda v: v >= 0, optional=True),
     "study.max_class_drop": Key((int, float), "a number of points >= 0 (worst per-class Top-1 drop)",
                                 lambda v: v >= 0, optional=True),
+    "study.workers": Key(int, "an integer >= 1 (local worker processes; several need PostgreSQL or MySQL)", lambda v: v >= 1),
+    "study.heartbeat_interval": Key(int, "a number of seconds >= 1", lambda v: v >= 1),
+    "study.grace_period": Key(int, "a number of seconds >= 2 (silence after which a running trial is failed)", lambda v: v >= 2),
+    "study.max_retry": Key(int, "an integer >= 0 (re-runs of a trial whose worker died)", lambda v: v >= 0),
+    "study.db_patience": Key((int, float), "a number of seconds >= 0 (how long to retry an unreachable database)",
+                             lambda v: v >= 0),
     "model.name": Key(str, "a model name (`tune models` lists them)", lambda v: bool(v)),
     "model.checkpoint": Key(str, "a path to a state-dict checkpoint", optional=True),
     "data.name": Key(str, f"one of: {', '.join(DATASETS)}", lambda v: v in DATASETS),
@@ -179,6 +187,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def stored_spec(values: dict[str, Any], overrides: dict[str, Any] | None = None) -> Spec:
+    """The spec a study was started with (its ``spec`` attribute), completed with today's defaults."""
+    known = {k: v for k, v in values.items() if k in KEYS}
+    return load_spec(None, {**known, **(overrides or {})})
+
+
 def default_spec_text() -> str:
     return resources.files("studies").joinpath("default.toml").read_text()
 
@@ -186,6 +200,7 @@ def default_spec_text() -> str:
 def load_spec(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Spec:
     """Read the TOML file (default: the embedded studies/default.toml), apply overrides, validate."""
     defaults = _flatten(tomllib.loads(default_spec_text()))
+    defaults["study.storage"] = default_storage()  # $EDGETUNE_STORAGE keeps credentials out of files
     if path is None:
         values, source = dict(defaults), "studies/default.toml"
     else:
@@ -213,6 +228,9 @@ def load_spec(path: str | Path | None = None, overrides: dict[str, Any] | None =
             values.pop(key, None)
             continue
         values[key] = _validate_value(key, values[key])
+    if values["study.grace_period"] <= values["study.heartbeat_interval"]:
+        raise SpecError(f"spec key 'study.grace_period': must be longer than study.heartbeat_interval "
+                        f"({values['study.heartbeat_interval']} s), got {values['study.grace_period']}")
     if values["data.name"] == "imagefolder" and "data.dir" not in values:
         raise SpecError("spec key 'data.dir' is missing: data set 'imagefolder' needs a directory with train/ and val/")
     return Spec(values, source)

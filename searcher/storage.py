@@ -1,15 +1,41 @@
-"""Optuna RDB storage and artifact store, with errors a user can act on."""
+"""Optuna RDB storage and artifact store, with errors a user can act on.
+
+Credentials come from the URL or from ``$EDGETUNE_STORAGE``; every message shows the URL with its
+password hidden (:func:`redact`).
+"""
 from __future__ import annotations
 
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import optuna
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+#: the storage URL when no --storage is given (keeps passwords out of command lines and shell history)
+STORAGE_ENV = "EDGETUNE_STORAGE"
+DEFAULT_STORAGE = "sqlite:///edgetune.db"
+
 
 class StorageError(RuntimeError):
     """The study database cannot be opened (bad URL, unreachable server, missing driver)."""
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Optuna heartbeats: a trial whose worker is silent for ``grace_period`` s is failed and re-queued."""
+
+    interval: int = 10
+    grace_period: int = 60
+    max_retry: int = 2
+
+
+def default_storage() -> str:
+    return os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
 
 
 def redact(url: str) -> str:
@@ -20,20 +46,52 @@ def redact(url: str) -> str:
         return url.split("@")[-1]
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
+def is_sqlite(url: str) -> bool:
+    return url.strip().lower().startswith("sqlite")
+
+
+def sqlalchemy_url(url: str) -> str:
+    """``postgresql://`` means psycopg2 to SQLAlchemy; use psycopg 3 (our dependency) when psycopg2 is absent."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql" and importlib.util.find_spec("psycopg2") is None:
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return url
+
+
+def open_storage(url: str, heartbeat: Heartbeat | None = None) -> optuna.storages.RDBStorage:
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise StorageError(f"storage URL {url!r} is not an SQLAlchemy URL (e.g. sqlite:///edgetune.db, postgresql://user@host/db)") from None
     if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    beats = {}
+    if heartbeat is not None:
+        beats = dict(heartbeat_interval=heartbeat.interval, grace_period=heartbeat.grace_period,
+                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(heartbeat.max_retry))
+    # pre-ping: a connection the server dropped (restart, failover) is replaced instead of failing a write
+    engine = {} if is_sqlite(url) else {"pool_pre_ping": True}
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+        return optuna.storages.RDBStorage(sqlalchemy_url(url), engine_kwargs=engine, **beats)
     except (SQLAlchemyError, ImportError, ModuleNotFoundError, ValueError) as error:
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
         raise StorageError(f"cannot open storage {redact(url)}: {reason}") from None
 
 
+class AtomicArtifactStore(optuna.artifacts.FileSystemArtifactStore):
+    """Optuna's file-system store, but a write is a temporary file renamed into place:
+    a worker killed mid-upload never leaves half an artifact under a valid id."""
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        target = self._get_filepath(artifact_id)
+        partial = target.with_name(f".{target.name}.partial")
+        with open(partial, "wb") as f:
+            shutil.copyfileobj(content_body, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, target)
+
+
 def artifact_store(path: str) -> optuna.artifacts.FileSystemArtifactStore:
     Path(path).mkdir(parents=True, exist_ok=True)
-    return optuna.artifacts.FileSystemArtifactStore(path)
+    return AtomicArtifactStore(path)

@@ -6,8 +6,10 @@ a resumed study reuses them and never recomputes them.
 from __future__ import annotations
 
 import logging
+import tempfile
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import optuna
@@ -16,15 +18,17 @@ from devices import create_device
 from devices.protocol import LatencyProtocol
 from objectives.baseline import get_baseline
 from objectives.data import DataSplits, load_data
+from objectives.export import load_pruned
 from objectives.finetune import TrainSettings
 from objectives.groups import GroupRules, LayerGroup, derive_groups, describe_groups
 from objectives.models import create_model
 from objectives.pipeline import TrialContext, deploy_baseline, evaluate_baseline
 
-from .artifacts import store_outcome
+from .artifacts import ArtifactError, fetch, store_outcome
+from .locks import StudyLocks
 from .space import allowed_precisions, check_fixed_precisions
 from .spec import TARGET_UNITS, Spec, SpecError
-from .storage import open_storage
+from .storage import Heartbeat, open_storage, redact
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # we report trials ourselves (rich)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -100,6 +104,10 @@ def group_rules(spec: Spec) -> GroupRules:
     return GroupRules(overrides=dict(spec["search.groups"] or {}), exclude=list(spec["search.exclude"]))
 
 
+def heartbeat(spec: Spec) -> Heartbeat:
+    return Heartbeat(spec["study.heartbeat_interval"], spec["study.grace_period"], spec["study.max_retry"])
+
+
 @dataclass
 class Prepared:
     study: optuna.Study
@@ -107,46 +115,79 @@ class Prepared:
     baseline: dict  # the baseline's record (without the prefix)
     baseline_source: str
     precisions: list[str]  # what trials may use: the spec's choice within what the device runs
+    locks: StudyLocks
+
+
+def _baseline_model(spec: Spec, study: optuna.Study, data: DataSplits, on_status: Callable[[str], None]):
+    """The study's own baseline when it has one (stored once, shared by every worker on every host),
+    else the checkpoint, the local cache or a training run."""
+    artifact = study.user_attrs.get("baseline_artifact_id")
+    if artifact and not spec["model.checkpoint"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                folder = fetch(spec["study.artifacts"], artifact, Path(tmp), study.user_attrs.get("baseline_artifact_sha256"))
+            except ArtifactError as error:
+                raise SpecError(f"study '{study.study_name}': its baseline {error}; point --set study.artifacts= "
+                                "to the study's artifact store") from None
+            return load_pruned(folder), "the study's artifact"
+    epochs = spec["baseline.epochs"]
+    return get_baseline(spec["model.name"], data, data_id(spec), baseline_settings(spec), spec["model.checkpoint"],
+                        on_epoch=lambda e, loss: on_status(f"baseline: training epoch {e + 1}/{epochs} (loss {loss:.3f})"))
 
 
 def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> Prepared:
-    """Open or create the study; on first use, derive groups and measure the baseline."""
+    """Open or create the study; on first use, derive groups and measure the baseline.
+
+    The bootstrap runs under the study's lock: with several workers, the first one trains and
+    measures the baseline, the others wait, then reuse what it stored.
+    """
     # Everything a user can get wrong fails here, before a study is created or a model trained.
     device = make_device(spec)
     precisions = allowed_precisions(spec, device.info())
-    storage = open_storage(spec["study.storage"])
+    storage = open_storage(spec["study.storage"], heartbeat(spec))
+    locks = StudyLocks(spec["study.storage"], spec["study.name"])
     on_status("loading data")
     data = load_spec_data(spec)
     groups = derive_groups(create_model(spec["model.name"], data.num_classes), group_rules(spec))
     check_fixed_precisions(spec, groups)
-    study = open_study(spec, storage)
-    on_status("baseline: loading or training")
-    epochs = spec["baseline.epochs"]
-    model, source = get_baseline(spec["model.name"], data, data_id(spec), baseline_settings(spec), spec["model.checkpoint"],
-                                 on_epoch=lambda e, loss: on_status(f"baseline: training epoch {e + 1}/{epochs} (loss {loss:.3f})"))
-    attrs = study.user_attrs
-    if "groups" in attrs:  # a resumed study keeps the groups it started with
-        groups = [LayerGroup.from_dict(g) for g in attrs["groups"]]
-    context = TrialContext(model, data, groups, device, collapse_margin=spec["search.collapse_margin"],
-                           calibration_size=spec["data.calibration_size"], throughput=spec["device.throughput"])
-    if "baseline_top1" not in attrs:
-        on_status("baseline: deploying and measuring on the device")
-        outcome = evaluate_baseline(context)
-        context.reference = outcome.deployment
-        record = dict(outcome.attributes)
-        record["artifact_id"] = store_outcome(study, outcome, spec, data, "baseline")
-        study.set_user_attr("spec", spec.to_dict())
-        study.set_user_attr("groups", [g.to_dict() for g in groups])
-        study.set_user_attr("groups_described", [
-            {k: v for k, v in d.items() if k != "layers"} for d in describe_groups(model, groups, data.example_input(2))])
-        study.set_user_attr("baseline_source", source)
-        study.set_user_attr("data", {"name": data.name, "classes": data.classes, "mean": list(data.mean),
-                                     "std": list(data.std), "input_shape": list(data.image_shape)})
-        for key, value in record.items():
-            study.set_user_attr(f"baseline_{key}", value)
-    else:
-        on_status("baseline: deploying (recorded latency reused)")
-        context.reference = deploy_baseline(context)
+    on_status("waiting for the study's lock")
+    with locks.critical("bootstrap"):
+        study = open_study(spec, storage)
+        if "spec" not in study.user_attrs:  # first: other workers read the spec from here
+            study.set_user_attr("spec", stored_values(spec))
+        on_status("baseline: loading or training")
+        model, source = _baseline_model(spec, study, data, on_status)
+        attrs = study.user_attrs
+        if "groups" in attrs:  # a resumed study keeps the groups it started with
+            groups = [LayerGroup.from_dict(g) for g in attrs["groups"]]
+        context = TrialContext(model, data, groups, device, collapse_margin=spec["search.collapse_margin"],
+                               calibration_size=spec["data.calibration_size"], throughput=spec["device.throughput"])
+        if "baseline_top1" not in attrs:
+            on_status("baseline: deploying and measuring on the device")
+            outcome = evaluate_baseline(context)
+            context.reference = outcome.deployment
+            record = dict(outcome.attributes)
+            stored = store_outcome(study, outcome, spec, data, "baseline")
+            record.update(artifact_id=stored["artifact_id"], artifact_sha256=stored["artifact_sha256"])
+            study.set_user_attr("groups", [g.to_dict() for g in groups])
+            study.set_user_attr("groups_described", [
+                {k: v for k, v in d.items() if k != "layers"} for d in describe_groups(model, groups, data.example_input(2))])
+            study.set_user_attr("baseline_source", source)
+            study.set_user_attr("data", {"name": data.name, "classes": data.classes, "mean": list(data.mean),
+                                         "std": list(data.std), "input_shape": list(data.image_shape)})
+            # the record last: its presence tells other workers the bootstrap is complete
+            for key, value in record.items():
+                study.set_user_attr(f"baseline_{key}", value)
+        else:
+            on_status("baseline: deploying (recorded latency reused)")
+            context.reference = deploy_baseline(context)
     baseline = {k[len("baseline_"):]: v for k, v in study.user_attrs.items() if k.startswith("baseline_")}
     context.reference_latency_ms = baseline["latency_ms"]
-    return Prepared(study, context, baseline, source, precisions)
+    return Prepared(study, context, baseline, source, precisions, locks)
+
+
+def stored_values(spec: Spec) -> dict:
+    """The spec as stored on the study: the storage URL without its password."""
+    values = spec.to_dict()
+    values["study.storage"] = redact(values["study.storage"])
+    return values

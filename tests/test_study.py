@@ -58,7 +58,7 @@ def test_a_study_of_three_trials_end_to_end(study_dir):
 def test_resuming_adds_trials_without_recomputing_the_baseline(study_dir):
     before = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir}/tiny.db").user_attrs
     output = _start(study_dir, "--trials", "4")
-    assert "baseline (cache)" in output
+    assert "baseline (the study's artifact)" in output
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir}/tiny.db")
     assert len(study.get_trials()) == 4
     assert study.user_attrs["baseline_latency_ms"] == before["baseline_latency_ms"]  # measured once
