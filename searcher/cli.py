@@ -130,7 +130,7 @@ def worker(
         overrides["study.artifacts"] = artifacts
     spec = stored_spec(stored, overrides)
     with StudyLocks(spec["study.storage"], spec["study.name"]).exclusive_worker():
-        _run_interruptible(spec, functools.partial(_run_study, quiet=quiet))
+        _run_interruptible(spec, functools.partial(_run_study, quiet=quiet, joining=True))
 
 
 def _run_interruptible(spec, run):
@@ -153,14 +153,14 @@ def _run_interruptible(spec, run):
         raise typer.Exit(130) from None
 
 
-def _run_study(spec, progress, quiet: bool = False):
+def _run_study(spec, progress, quiet: bool = False, joining: bool = False):
     from .local_workers import run_local_workers
     from .run import Objective
     from .storage import is_sqlite
     from .study import prepare
     from .worker import Retry, budget_used, fail_orphans, run_worker
 
-    prepared = prepare(spec, on_status=progress.status)
+    prepared = prepare(spec, on_status=progress.status, joining=joining)
     study = prepared.study
     if is_sqlite(spec["study.storage"]):  # this process holds the file: a RUNNING trial is a dead run's
         orphans = fail_orphans(study)

@@ -27,7 +27,8 @@ class StudyLocks:
         self.url = url
         self.study_name = study_name
         self.dialect = make_url(url).get_backend_name()
-        self._engine = None if is_sqlite(url) else create_engine(sqlalchemy_url(url), poolclass=NullPool)
+        self._server = not is_sqlite(url)
+        self._engine = None  # created on first use: a bad URL is reported by open_storage first
 
     def _key(self, purpose: str) -> int:
         digest = hashlib.sha256(f"edgetune:{self.study_name}:{purpose}".encode()).digest()
@@ -35,9 +36,11 @@ class StudyLocks:
 
     @contextlib.contextmanager
     def critical(self, purpose: str):
-        if self._engine is None:
+        if not self._server:
             yield
             return
+        if self._engine is None:
+            self._engine = create_engine(sqlalchemy_url(self.url), poolclass=NullPool)
         with self._engine.connect() as connection:
             if self.dialect == "postgresql":
                 key = self._key(purpose)
@@ -60,7 +63,7 @@ class StudyLocks:
     @contextlib.contextmanager
     def exclusive_worker(self):
         """Hold the SQLite file for this worker's lifetime (no-op on a database server)."""
-        database = make_url(self.url).database if self._engine is None else None
+        database = None if self._server else make_url(self.url).database
         if not database or database == ":memory:":
             yield
             return

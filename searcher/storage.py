@@ -8,13 +8,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import optuna
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError, SQLAlchemyError
 
 #: the storage URL when no --storage is given (keeps passwords out of command lines and shell history)
 STORAGE_ENV = "EDGETUNE_STORAGE"
@@ -71,11 +72,20 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None) -> optuna.storage
                      heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(heartbeat.max_retry))
     # pre-ping: a connection the server dropped (restart, failover) is replaced instead of failing a write
     engine = {} if is_sqlite(url) else {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(sqlalchemy_url(url), engine_kwargs=engine, **beats)
-    except (SQLAlchemyError, ImportError, ModuleNotFoundError, ValueError) as error:
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        raise StorageError(f"cannot open storage {redact(url)}: {reason}") from None
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(sqlalchemy_url(url), engine_kwargs=engine, **beats)
+        except (IntegrityError, ProgrammingError) as error:
+            # Workers opening a new database at once race to create Optuna's tables; the loser retries.
+            if attempt == 2:
+                raise StorageError(f"cannot open storage {redact(url)}: {_reason(error)}") from None
+            time.sleep(0.5 + attempt)
+        except (SQLAlchemyError, ImportError, ModuleNotFoundError, ValueError) as error:
+            raise StorageError(f"cannot open storage {redact(url)}: {_reason(error)}") from None
+
+
+def _reason(error: Exception) -> str:
+    return str(getattr(error, "orig", None) or error).strip().splitlines()[0]
 
 
 class AtomicArtifactStore(optuna.artifacts.FileSystemArtifactStore):

@@ -120,9 +120,9 @@ class Prepared:
 
 def _baseline_model(spec: Spec, study: optuna.Study, data: DataSplits, on_status: Callable[[str], None]):
     """The study's own baseline when it has one (stored once, shared by every worker on every host),
-    else the checkpoint, the local cache or a training run."""
+    else the local cache or a training run."""
     artifact = study.user_attrs.get("baseline_artifact_id")
-    if artifact and not spec["model.checkpoint"]:
+    if artifact:
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 folder = fetch(spec["study.artifacts"], artifact, Path(tmp), study.user_attrs.get("baseline_artifact_sha256"))
@@ -135,11 +135,12 @@ def _baseline_model(spec: Spec, study: optuna.Study, data: DataSplits, on_status
                         on_epoch=lambda e, loss: on_status(f"baseline: training epoch {e + 1}/{epochs} (loss {loss:.3f})"))
 
 
-def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> Prepared:
+def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joining: bool = False) -> Prepared:
     """Open or create the study; on first use, derive groups and measure the baseline.
 
     The bootstrap runs under the study's lock: with several workers, the first one trains and
-    measures the baseline, the others wait, then reuse what it stored.
+    measures the baseline, the others wait, then reuse what it stored. A ``joining`` worker
+    (``tune worker``) runs the stored spec and leaves it as it is.
     """
     # Everything a user can get wrong fails here, before a study is created or a model trained.
     device = make_device(spec)
@@ -150,13 +151,16 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> Pr
     data = load_spec_data(spec)
     groups = derive_groups(create_model(spec["model.name"], data.num_classes), group_rules(spec))
     check_fixed_precisions(spec, groups)
+    checkpoint = None
+    if spec["model.checkpoint"]:  # a bad checkpoint must fail before a study is created
+        checkpoint = get_baseline(spec["model.name"], data, data_id(spec), baseline_settings(spec), spec["model.checkpoint"])
     on_status("waiting for the study's lock")
     with locks.critical("bootstrap"):
         study = open_study(spec, storage)
-        if "spec" not in study.user_attrs:  # first: other workers read the spec from here
+        if not joining:  # workers joining later read the spec (and the latest trial budget) from here
             study.set_user_attr("spec", stored_values(spec))
         on_status("baseline: loading or training")
-        model, source = _baseline_model(spec, study, data, on_status)
+        model, source = checkpoint or _baseline_model(spec, study, data, on_status)
         attrs = study.user_attrs
         if "groups" in attrs:  # a resumed study keeps the groups it started with
             groups = [LayerGroup.from_dict(g) for g in attrs["groups"]]

@@ -13,6 +13,8 @@ Several workers (processes, hosts) may run this loop on one study in PostgreSQL:
 """
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from typing import Callable
@@ -26,6 +28,7 @@ from .run import Objective
 from .storage import StorageError, redact
 
 STORAGE_ERRORS = (SQLAlchemyError, optuna.exceptions.StorageInternalError)
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"  # recorded on each trial: who ran it
 INTERRUPTED = "interrupted: the worker was stopped (Ctrl-C or SIGTERM) during the trial"
 
 
@@ -128,6 +131,8 @@ def run_worker(study: optuna.Study, objective: Objective, total: int, locks: Stu
             except KeyboardInterrupt:
                 _fail_interrupted(study, trial, retry)
                 raise
+
+            result.attributes["worker"] = WORKER_ID
 
             def record():
                 objective.record(trial, result)

@@ -1,0 +1,151 @@
+"""The bad-input catalogue: each malformed input ends the command with one exact line on stderr,
+exit code 2, no traceback, and leaves the stored study exactly as it was.
+
+The cases run in-process (typer's runner) against a copy of the tiny study; two of them also run
+the real ``tune`` entry point in a subprocess.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from searcher.cli import app
+
+pytestmark = pytest.mark.slow  # needs the tiny study
+
+
+class Exploit:
+    """Unpickling this runs a shell command: what a malicious checkpoint does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def stored(tiny_study, tmp_path_factory):
+    """A copy of the tiny study (database, artifacts, spec) and files holding bad inputs."""
+    folder = tmp_path_factory.mktemp("bad-input")
+    shutil.copy(tiny_study / "tiny.db", folder / "tiny.db")
+    shutil.copytree(tiny_study / "artifacts", folder / "artifacts")
+    spec = (tiny_study / "tiny.toml").read_text().replace(str(tiny_study), str(folder))
+    (folder / "tiny.toml").write_text(spec)
+    (folder / "broken.toml").write_text("[study\nname = 'x'\n")
+    (folder / "typo.toml").write_text("[study]\nnmae = 'x'\n")
+    (folder / "words.toml").write_text("[study]\ntrials = 'ten'\n")
+    (folder / "binary.toml").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    (folder / "empty-images" / "train").mkdir(parents=True)
+    torch.save(Exploit(folder / "pwned"), folder / "exploit.pt")
+    from objectives.models import create_model
+
+    torch.save(create_model("resnet32", 10).state_dict(), folder / "resnet32.pt")
+    (folder / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    return folder
+
+
+def _snapshot(folder: Path):
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder}/tiny.db")
+    trials = [(t.number, t.state, t.values, t.params, t.user_attrs, t.system_attrs) for t in study.get_trials()]
+    return trials, study.user_attrs
+
+
+S = "{spec}"  # the stored study's spec file; "{dir}": its folder
+CASES = [
+    # spec files
+    (["start", "--spec", "{dir}/missing.toml"], "error: spec file {dir}/missing.toml does not exist"),
+    (["start", "--spec", "{dir}/broken.toml"], "error: spec file {dir}/broken.toml is not valid TOML: "),
+    (["start", "--spec", "{dir}/binary.toml"], "error: spec file {dir}/binary.toml is not a text file"),
+    (["start", "--spec", "{dir}/typo.toml"], "error: unknown spec key 'study.nmae'; allowed keys: study.name, "),
+    (["start", "--spec", "{dir}/words.toml"], "error: spec key 'study.trials': must be an integer >= 1, got 'ten'"),
+    # command-line values
+    (["start", "--spec", S, "--trials", "0"], "error: spec key 'study.trials': must be an integer >= 1, got 0"),
+    (["start", "--spec", S, "--target", "latency,speed"],
+     "error: spec key 'study.targets': must be a non-empty list of distinct targets from: latency, top1, size, params, "
+     "flops, got ['latency', 'speed']"),
+    (["start", "--spec", S, "--sampler", "grid"],
+     "error: spec key 'study.sampler': must be one of: auto, tpe, nsga2, random, got 'grid'"),
+    (["start", "--spec", S, "--set", "finetune.epochs"], "error: override 'finetune.epochs': expected key=value"),
+    (["start", "--spec", S, "--set", "finetune.epochs=-1"],
+     "error: spec key 'finetune.epochs': must be an integer >= 0, got -1"),
+    (["start", "--spec", S, "--set", "study.grace_period=5", "--set", "study.heartbeat_interval=10"],
+     "error: spec key 'study.grace_period': must be longer than study.heartbeat_interval (10 s), got 5"),
+    (["start", "--spec", S, "--workers", "2"],
+     "error: --workers 2: SQLite takes one worker; for several, store the study in PostgreSQL "
+     "(--storage postgresql://user@host/db or $EDGETUNE_STORAGE)"),
+    (["start", "--spec", S, "--model", "resnet57"],
+     "error: unknown model 'resnet57'; CIFAR ResNets: resnet20, resnet32, resnet44, resnet56; or any torchvision "
+     "classifier (`tune models` lists them)"),
+    (["start", "--spec", S, "--model", "resnet32"],
+     "error: study 'tiny' exists with model.name = 'resnet20', not 'resnet32'; resume it with the same settings or "
+     "choose another --study-name"),
+    # data directories
+    (["start", "--spec", S, "--study-name", "other", "--data", "cifar10", "--data-dir", "{dir}/nowhere"],
+     "error: no CIFAR-10 python batches in {dir}/nowhere (expected data_batch_1..5 and test_batch)"),
+    (["start", "--spec", S, "--study-name", "other", "--data", "imagefolder"],
+     "error: spec key 'data.dir' is missing: data set 'imagefolder' needs a directory with train/ and val/"),
+    (["start", "--spec", S, "--study-name", "other", "--data", "imagefolder", "--data-dir", "{dir}/empty-images"],
+     "error: data directory {dir}/empty-images has no val/ folder (imagefolder needs train/ and val/)"),
+    # checkpoints
+    (["start", "--spec", S, "--study-name", "other", "--checkpoint", "{dir}/exploit.pt"],
+     "error: checkpoint {dir}/exploit.pt cannot be loaded safely (weights only): "),
+    (["start", "--spec", S, "--study-name", "other", "--checkpoint", "{dir}/resnet32.pt"],
+     "error: checkpoint {dir}/resnet32.pt does not fit the model: "),
+    (["start", "--spec", S, "--study-name", "other", "--checkpoint", "{dir}/garbage.pt"],
+     "error: checkpoint {dir}/garbage.pt cannot be loaded safely (weights only): "),
+    (["start", "--spec", S, "--study-name", "other", "--checkpoint", "{dir}/none.pt"],
+     "error: checkpoint {dir}/none.pt does not exist"),
+    # storage URLs
+    (["start", "--spec", S, "--storage", "edgetune.db"],
+     "error: spec key 'study.storage': must be an SQLAlchemy URL, e.g. sqlite:///edgetune.db, got 'edgetune.db'"),
+    (["start", "--spec", S, "--storage", "nosuchdb://u:pw@host/db"],
+     "error: cannot open storage nosuchdb://u:***@host/db: Can't load plugin: sqlalchemy.dialects:nosuchdb"),
+    (["start", "--spec", S, "--storage", "postgresql://u:secret@127.0.0.1:1/db"],
+     "error: cannot open storage postgresql://u:***@127.0.0.1:1/db: "),
+    (["pareto", "tiny", "--storage", "sqlite:///{dir}/nowhere/none.db"], "error: no study 'tiny' in the storage; studies: none"),
+    (["worker", "nosuch", "--storage", "sqlite:///{dir}/tiny.db"], "error: no study 'nosuch' in the storage; studies: tiny"),
+    (["export", "tiny", "--trial", "99", "--storage", "sqlite:///{dir}/tiny.db"], "error: study 'tiny' has no trial 99"),
+    # device strings
+    (["start", "--spec", S, "--device", "quantum"],
+     "error: unknown device 'quantum'; device kinds: cpu, cuda, openvino, remote (e.g. openvino:CPU)"),
+    (["start", "--spec", S, "--device", "openvino:NPU"], "error: device 'openvino:NPU' is not available on this host; available: "),
+    (["start", "--spec", S, "--device", "cpu:1"], "error: device 'cpu' takes no target, got 'cpu:1'"),
+    (["start", "--spec", S, "--device", "cuda:x"], "error: device 'cuda:x': the target is a GPU index, e.g. cuda:0"),
+    (["start", "--spec", S, "--device", "remote:nohost"],
+     "error: remote device 'nohost': expected remote:http://host:port/DEVICE, e.g. "),
+]
+
+
+@pytest.mark.parametrize("args, message", CASES, ids=[" ".join(a[:1] + a[3:5]) or a[0] for a, _ in CASES])
+def test_bad_input_is_one_line_exit_2_and_the_study_is_unchanged(stored, args, message):
+    before = _snapshot(stored)
+    fill = lambda text: text.replace(S, str(stored / "tiny.toml")).replace("{dir}", str(stored))  # noqa: E731
+    result = CliRunner().invoke(app, [fill(a) for a in args], catch_exceptions=False,
+                                env={"EDGETUNE_STORAGE": None, "EDGETUNE_AGENT_TOKEN": None})
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1, result.stderr
+    expected = fill(message)
+    assert lines[0] == expected if not expected.endswith(" ") else lines[0].startswith(expected), lines[0]
+    assert _snapshot(stored) == before
+    assert not (stored / "pwned").exists()  # the malicious checkpoint did not run
+
+
+@pytest.mark.parametrize("args, message", [
+    (["start", "--set", "finetune.epochs=-1"], "error: spec key 'finetune.epochs': must be an integer >= 0, got -1"),
+    (["device-agent"], "error: set $EDGETUNE_AGENT_TOKEN to the token clients must present"),
+])
+def test_the_installed_command_prints_only_the_line(tmp_path, args, message):
+    env = {k: v for k, v in os.environ.items() if k not in ("EDGETUNE_AGENT_TOKEN", "EDGETUNE_STORAGE")}
+    result = subprocess.run([sys.executable, "-m", "searcher.cli", *args], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=300, env={**env, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == message
+    assert "Traceback" not in result.stdout

@@ -1,0 +1,183 @@
+"""Several workers on one study in a real PostgreSQL (started by the suite), and crash recovery.
+
+Workers are real processes running the command line, as a user would start them on several hosts.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from searcher.worker import budget_used
+from tests.postgres import PostgresServer
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not PostgresServer.available(), reason="initdb/pg_ctl are not installed")]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SPEC = """
+[study]
+name = "{name}"
+artifacts = "{folder}/artifacts"
+heartbeat_interval = 1
+grace_period = 4
+db_patience = 3
+[model]
+name = "resnet20"
+[baseline]
+epochs = 2
+[finetune]
+epochs = 0                          # the workers are under test, not the fine-tuning
+[device]
+threads = 1
+latency_max_seconds = 1
+[search]
+sparsity_max = 0.3
+pruners = ["l1"]
+precisions = ["f32"]
+"""
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One host's baseline cache, shared by the tests (the baseline is trained once)."""
+    return tmp_path_factory.mktemp("worker-cache")
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    server = PostgresServer().start()
+    yield server
+    server.remove()
+
+
+def _spec(folder, name):
+    path = folder / f"{name}.toml"
+    path.write_text(SPEC.format(name=name, folder=folder))
+    return path
+
+
+def _tune(*args, cache, storage, **popen):
+    """``tune ARGS`` as its own process (its own baseline cache: as if on another host)."""
+    env = dict(os.environ, EDGETUNE_CACHE=str(cache), EDGETUNE_STORAGE=storage)
+    return subprocess.Popen([sys.executable, "-m", "searcher.cli", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+
+
+def _finish(process, seconds=600):
+    output, _ = process.communicate(timeout=seconds)
+    return process.returncode, output
+
+
+def _study(storage, name):
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _wait_for(predicate, seconds=300, every=0.5):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False
+
+
+def test_two_workers_finish_exactly_the_budget_and_share_one_baseline(postgres, cache, tmp_path):
+    spec = _spec(tmp_path, "pair")
+    # two hosts start the same study at once: each with its own empty cache
+    first = _tune("start", "--spec", str(spec), "--trials", "4", cache=cache, storage=postgres.url)
+    second = _tune("start", "--spec", str(spec), "--trials", "4", cache=tmp_path / "empty-cache", storage=postgres.url)
+    outputs = [_finish(first), _finish(second)]
+    for code, output in outputs:
+        assert code == 0, output
+    sources = sorted(next(line for line in out.splitlines() if line.startswith("baseline (")).split(")")[0]
+                     for _, out in outputs)
+    assert sources == ["baseline (the study's artifact", "baseline (trained"]  # trained once, reused once
+
+    study = _study(postgres.url, "pair")
+    trials = study.get_trials()
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # exactly the budget: none lost, none extra
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.user_attrs["artifact_id"] for t in trials}) == 4  # each its own model
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers ran trials
+    assert "postgresql" in study.user_attrs["spec"]["study.storage"]
+
+    # `tune start --workers 2` raises the budget; its two local workers join the study
+    code, output = _finish(_tune("start", "--spec", str(spec), "--trials", "6", "--workers", "2",
+                                 cache=cache, storage=postgres.url))
+    assert code == 0, output
+    trials = _study(postgres.url, "pair").get_trials()
+    assert sorted(t.number for t in trials) == list(range(6))
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_a_killed_worker_trial_is_failed_and_retried_and_finished_trials_stay(postgres, cache, tmp_path):
+    spec = _spec(tmp_path, "crash")
+    slow = ("--set", "finetune.epochs=1")  # trials long enough to be killed mid-way
+    worker = _tune("start", "--spec", str(spec), "--trials", "3", *slow, cache=cache, storage=postgres.url)
+    storage = postgres.url
+
+    def one_done_one_running():
+        try:
+            trials = _study(storage, "crash").get_trials()
+        except KeyError:
+            return False
+        states = [t.state for t in trials]
+        return TrialState.COMPLETE in states and TrialState.RUNNING in states
+
+    assert _wait_for(one_done_one_running), _finish(worker)[1]
+    worker.send_signal(signal.SIGKILL)
+    worker.communicate()
+    before = {t.number: t for t in _study(storage, "crash").get_trials()}
+    killed = next(t for t in before.values() if t.state == TrialState.RUNNING)
+    done = [t for t in before.values() if t.state == TrialState.COMPLETE]
+
+    time.sleep(5)  # past the grace period: the killed trial's heartbeat is stale
+    code, output = _finish(_tune("start", "--spec", str(spec), "--trials", "3", cache=cache, storage=storage))
+    assert code == 0, output
+    after = {t.number: t for t in _study(storage, "crash").get_trials()}
+    assert after[killed.number].state == TrialState.FAIL
+    retry = [t for t in after.values() if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert retry[0].params == killed.params  # re-run with the same parameters
+    for trial in done:  # finished trials are intact
+        assert after[trial.number].values == trial.values and after[trial.number].user_attrs == trial.user_attrs
+    assert budget_used(list(after.values())) == 3 and len(after) == 4
+
+
+def test_a_lost_database_stops_the_worker_cleanly_and_the_study_resumes(postgres, cache, tmp_path):
+    spec = _spec(tmp_path, "outage")
+    storage = postgres.url
+    slow = ("--set", "finetune.epochs=1")  # the outage falls inside a trial
+    worker = _tune("start", "--spec", str(spec), "--trials", "2", *slow, cache=cache, storage=storage)
+
+    def running():
+        try:
+            return any(t.state == TrialState.RUNNING for t in _study(storage, "outage").get_trials())
+        except KeyError:
+            return False
+
+    assert _wait_for(running), _finish(worker)[1]
+    postgres.stop("immediate")
+    try:
+        code, output = _finish(worker, seconds=300)
+    finally:
+        postgres.resume()
+        postgres.wait_ready()
+    assert code == 2, output
+    last = output.strip().splitlines()[-1]
+    assert last.startswith(f"error: lost the database postgresql+psycopg://edgetune@127.0.0.1:{postgres.port}/edgetune while ")
+    assert last.endswith("finished trials are stored, run again to resume")
+    assert "Traceback" not in output
+
+    time.sleep(5)  # the interrupted trial's heartbeat goes stale
+    code, output = _finish(_tune("start", "--spec", str(spec), "--trials", "2", cache=cache, storage=storage))
+    assert code == 0, output
+    trials = _study(storage, "outage").get_trials()
+    assert budget_used(trials) == 2
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
