@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -38,6 +38,24 @@ class CollapsedError(RuntimeError):
 
 
 @dataclass
+class OtherDevice:
+    """A further device each model is timed on (spec ``device.also``), paired with its own baseline."""
+
+    name: str  # as the spec names it: the attributes are ``latency_ms@<name>``, ...
+    device: Device
+    reference: Deployment | None = None
+    reference_latency_ms: float | None = None
+
+    def plan_for(self, plan: PrecisionPlan) -> PrecisionPlan:
+        """The same model within what this device runs: a float precision it lacks becomes f32,
+        int8 modules stay float where it has no int8."""
+        supported = self.device.precisions()
+        float_precision = plan.float_precision if plan.float_precision in supported else "f32"
+        int8 = plan.int8_modules if "int8" in supported else ()
+        return PrecisionPlan(float_precision, int8, plan.calibration if int8 else None)
+
+
+@dataclass
 class TrialContext:
     baseline: nn.Module
     data: DataSplits
@@ -50,6 +68,7 @@ class TrialContext:
     reference: Deployment | None = None
     reference_latency_ms: float | None = None
     throughput: bool = False  # also measure images/s with asynchronous requests
+    also: list[OtherDevice] = field(default_factory=list)
 
 
 @dataclass
@@ -129,6 +148,8 @@ def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None
     attributes.update(sparsity_achieved=achieved, fine_tune_epochs=plan.finetune.epochs, pruner=plan.pruner,
                       precision_plan=plan.precision_plan(ctx.groups), quantization=plan.quantization if quantized else None,
                       calibration_size=len(device_plan.calibration) if quantized else 0, seconds=clock.seconds)
+    for other in ctx.also:
+        attributes.update(measure_on(other, model, ctx, device_plan, clock))
     deployment = attributes.pop("_deployment")
     predictions = attributes.pop("_predictions")
     attributes["precision_used_by_group"] = precision_by_group(deployment, model, ctx.groups)
@@ -191,14 +212,42 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
     }
 
 
+def measure_on(other: OtherDevice, model: nn.Module, ctx: TrialContext, plan: PrecisionPlan,
+               clock: _Clock) -> dict:
+    """Latency of the same model on a further device (paired with that device's baseline)."""
+    with clock.phase("deploy"):
+        deployment = other.device.deploy(model, ctx.data.example_input(2), other.plan_for(plan))
+    try:
+        with clock.phase("measure"), exclusive(other.device.info().name):
+            paired = other.reference is not None and other.reference_latency_ms
+            stats = deployment.measure_latency(other.reference if paired else None)
+    finally:
+        deployment.close()
+    at = f"@{other.name}"
+    return {f"latency_ms{at}": other.reference_latency_ms * stats.ratio if paired else stats.median_ms,
+            f"latency_ci95_rel{at}": stats.ci95_rel, f"latency_raw_ms{at}": stats.median_ms,
+            f"inference_precision{at}": deployment.inference_precision}
+
+
 def evaluate_baseline(ctx: TrialContext) -> TrialOutcome:
-    """The baseline's record, under the same names as a trial's, with its deployment."""
+    """The baseline's record, under the same names as a trial's, with its deployment.
+
+    Also deploys the baseline on every further device and keeps it there as that device's reference."""
     unpaired = TrialContext(ctx.baseline, ctx.data, ctx.groups, ctx.device, throughput=ctx.throughput)
     model = copy.deepcopy(ctx.baseline).eval()
     attributes = deploy_and_measure(model, unpaired, PrecisionPlan("f32"))
+    for other in ctx.also:
+        other.reference = other.device.deploy(copy.deepcopy(ctx.baseline).eval(), ctx.data.example_input(2), PrecisionPlan("f32"))
+        with exclusive(other.device.info().name):
+            stats = other.reference.measure_latency()
+        other.reference_latency_ms = stats.median_ms
+        attributes.update({f"latency_ms@{other.name}": stats.median_ms, f"latency_ci95_rel@{other.name}": stats.ci95_rel,
+                           f"inference_precision@{other.name}": other.reference.inference_precision})
     return TrialOutcome(attributes, attributes.pop("_deployment"), model, attributes.pop("_predictions"))
 
 
 def deploy_baseline(ctx: TrialContext) -> Deployment:
-    """The baseline on the device at f32, to pair trials with (a resumed study: not re-measured)."""
+    """The baseline on the devices at f32, to pair trials with (a resumed study: not re-measured)."""
+    for other in ctx.also:
+        other.reference = other.device.deploy(copy.deepcopy(ctx.baseline).eval(), ctx.data.example_input(2), PrecisionPlan("f32"))
     return ctx.device.deploy(copy.deepcopy(ctx.baseline).eval(), ctx.data.example_input(2), PrecisionPlan("f32"))

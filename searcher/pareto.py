@@ -11,7 +11,7 @@ import optuna
 from rich import box
 from rich.table import Table
 
-from .spec import TARGET_UNITS
+from .spec import target_unit
 
 
 @dataclass
@@ -33,7 +33,7 @@ def front(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = N
         complete = sorted(complete, key=lambda t: sign * t.value)[:1]
     else:
         complete = _get_pareto_front_trials_by_trials(complete, study.directions)
-    first = TARGET_UNITS.get(_targets(study)[0], "latency_ms") if _targets(study) else "latency_ms"
+    first = target_unit(_targets(study)[0]) if _targets(study) else "latency_ms"
     rows = [FrontRow(t.number, t.user_attrs, t.params) for t in complete]
     return sorted(rows, key=lambda r: (r.attrs.get(first) is None, r.attrs.get(first, 0)))
 
@@ -67,6 +67,10 @@ def counts(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = 
     return dict(collections.Counter(t.state.name.lower() for t in trials))
 
 
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _with_delta(text: str, delta: str) -> str:
     return f"{text}\n[dim]{delta}[/]" if delta else text
 
@@ -97,19 +101,23 @@ def front_table(study: optuna.Study, title: str | None = None) -> Table:
                   f"({stats.get('complete', 0)} complete, {stats.get('pruned', 0)} collapsed, {stats.get('fail', 0)} failed)")
     groups = _group_names(study)
     settings = f"pruner, sparsity {'/'.join(groups)}, precision {'/'.join([*groups, 'other'])}"
-    for column in ("trial", "latency ms", "Top-1 %", "params", "FLOPs", "size", settings):
+    others = list(study.user_attrs.get("spec", {}).get("device.also") or [])  # latency on each further device
+    for column in ("trial", "latency ms", *(f"ms@{name}" for name in others), "Top-1 %", "params", "FLOPs", "size", settings):
         if column == settings:
             table.add_column(column, justify="left", overflow="fold", min_width=20)
         else:
             table.add_column(column, justify="right", no_wrap=True)
     if base:
-        table.add_row("base", f"{base['latency_ms']:.3f}", f"{base['top1']:.2f}", _human(base.get("params")),
+        table.add_row("base", f"{base['latency_ms']:.3f}", *(_ms(base.get(f"latency_ms@{n}")) for n in others),
+                      f"{base['top1']:.2f}", _human(base.get("params")),
                       _human(base.get("flops")), _human(base.get("size_bytes")) + "B", "-")
     for row in front(study):
         a = row.attrs
         table.add_row(
             str(row.number),
             _with_delta(f"{a['latency_ms']:.3f}", _rel(a["latency_ms"], base.get("latency_ms"))),
+            *(_with_delta(_ms(a.get(f"latency_ms@{n}")), _rel(a.get(f"latency_ms@{n}"), base.get(f"latency_ms@{n}")))
+              for n in others),
             _with_delta(f"{a['top1']:.2f}", f"{a['top1'] - base['top1']:+.2f}" if "top1" in base else ""),
             _with_delta(_human(a.get("params")), _rel(a.get("params"), base.get("params"))),
             _with_delta(_human(a.get("flops")), _rel(a.get("flops"), base.get("flops"))),

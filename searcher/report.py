@@ -18,7 +18,7 @@ import numpy as np
 import optuna
 
 from . import pareto
-from .spec import TARGET_UNITS, TARGETS
+from .spec import target_direction, target_of_unit, target_unit
 
 #: Importances and the interactive plot use at most this many trials (all front trials plus a fixed
 #: random sample of the rest): on 10,000 trials each full pass costs seconds and adds nothing.
@@ -48,7 +48,7 @@ def collect(study: optuna.Study) -> ReportData:
     every = study.get_trials(deepcopy=False)
     trials = [t for t in every if t.state == optuna.trial.TrialState.COMPLETE]
     targets = list(study.user_attrs.get("spec", {}).get("study.targets") or
-                   [next(k for k, v in TARGET_UNITS.items() if v == m) for m in (study.metric_names or [])])
+                   [target_of_unit(m) for m in (study.metric_names or [])])
     data = ReportData(study, trials, targets, pareto.baseline(study), pareto.front(study, every),
                       pareto.counts(study, every))
     data.sample = _in_memory_sample(data)
@@ -115,10 +115,10 @@ def reference_point(data: ReportData) -> np.ndarray:
     """Hypervolume reference in minimisation form: the baseline's values, made 10% worse."""
     point = []
     for target in data.targets:
-        value = data.baseline.get(TARGET_UNITS[target])
+        value = data.baseline.get(target_unit(target))
         if value is None:
-            value = float(np.nanmax(_values(data, TARGET_UNITS[target])))
-        point.append(value * 1.1 if TARGETS[target] == "minimize" else -(value - abs(value) * 0.1 - 1.0))
+            value = float(np.nanmax(_values(data, target_unit(target))))
+        point.append(value * 1.1 if target_direction(target) == "minimize" else -(value - abs(value) * 0.1 - 1.0))
     return np.array(point, dtype=float)
 
 
@@ -129,8 +129,8 @@ def hypervolume_history(data: ReportData) -> list[tuple[int, float]]:
     if len(data.targets) < 2 or not data.trials:
         return []
     reference = reference_point(data)
-    signs = np.array([1.0 if TARGETS[t] == "minimize" else -1.0 for t in data.targets])
-    points = np.array([[t.user_attrs[TARGET_UNITS[k]] for k in data.targets] for t in data.trials], dtype=float) * signs
+    signs = np.array([1.0 if target_direction(t) == "minimize" else -1.0 for t in data.targets])
+    points = np.array([[t.user_attrs[target_unit(k)] for k in data.targets] for t in data.trials], dtype=float) * signs
     history, front = [], np.empty((0, len(data.targets)))
     for trial, point in zip(data.trials, points):
         # Keep the running front only, so 10,000 trials cost 10,000 small computations.
@@ -166,7 +166,7 @@ def correlations(data: ReportData) -> dict[str, dict[str, float]]:
         x = np.array([t.params.get(param, np.nan) for t in data.trials], dtype=float)
         result[param] = {}
         for target in data.targets:
-            y = _values(data, TARGET_UNITS[target])
+            y = _values(data, target_unit(target))
             ok = ~(np.isnan(x) | np.isnan(y))
             rho = spearmanr(x[ok], y[ok]).statistic if ok.sum() > 2 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0 else float("nan")
             result[param][target] = float(rho)

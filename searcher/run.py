@@ -23,7 +23,7 @@ from objectives.pipeline import CollapsedError, TrialContext, TrialPlan, run_tri
 
 from .artifacts import pack_outcome, upload
 from .space import suggest_plan
-from .spec import TARGET_UNITS, Spec
+from .spec import Spec, target_unit
 
 
 def worst_class_drop(baseline: list[float], trial: list[float]) -> float:
@@ -82,7 +82,7 @@ class Objective:
         class_limit = self.spec["study.max_class_drop"]
         if class_limit is not None:
             constraints["class_drop"] = worst_class_drop(self.baseline["class_top1"], attributes["class_top1"]) - class_limit
-        values = tuple(float(attributes[TARGET_UNITS[t]]) for t in self.spec.targets)
+        values = tuple(float(attributes[target_unit(t)]) for t in self.spec.targets)
         return TrialResult(TrialState.COMPLETE, values, attributes, constraints, archive)
 
     def record(self, trial: optuna.Trial, result: TrialResult) -> None:

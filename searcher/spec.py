@@ -18,6 +18,23 @@ from .storage import default_storage
 
 TARGETS = {"latency": "minimize", "top1": "maximize", "size": "minimize", "params": "minimize", "flops": "minimize"}
 TARGET_UNITS = {"latency": "latency_ms", "top1": "top1", "size": "size_bytes", "params": "params", "flops": "flops"}
+#: ``latency@DEVICE``: the latency on one of ``device.also`` (attribute ``latency_ms@DEVICE``)
+ON_DEVICE = "@"
+
+
+def target_unit(target: str) -> str:
+    """The trial attribute that holds a target's value: ``latency@cpu`` -> ``latency_ms@cpu``."""
+    base, sep, device = target.partition(ON_DEVICE)
+    return TARGET_UNITS[base] + (f"{ON_DEVICE}{device}" if sep else "")
+
+
+def target_direction(target: str) -> str:
+    return TARGETS[target.partition(ON_DEVICE)[0]]
+
+
+def target_of_unit(unit: str) -> str:
+    base, sep, device = unit.partition(ON_DEVICE)
+    return next(k for k, v in TARGET_UNITS.items() if v == base) + (f"{ON_DEVICE}{device}" if sep else "")
 SAMPLERS = ("auto", "tpe", "nsga2", "random")
 PRUNERS = ("l1", "l2", "fpgm")
 PRECISIONS = ("f32", "bf16", "f16", "int8")
@@ -37,8 +54,13 @@ class Key:
     optional: bool = False
 
 
+def _target_ok(t) -> bool:
+    base, sep, device = t.partition(ON_DEVICE) if isinstance(t, str) else ("", "", "")
+    return base in TARGETS and (not sep or (base == "latency" and bool(device)))
+
+
 def _targets_ok(v) -> bool:
-    return isinstance(v, list) and len(v) > 0 and all(t in TARGETS for t in v) and len(set(v)) == len(v)
+    return isinstance(v, list) and len(v) > 0 and all(_target_ok(t) for t in v) and len(set(v)) == len(v)
 
 
 def _regex_list_ok(v) -> bool:
@@ -66,7 +88,8 @@ KEYS: dict[str, Key] = {
     "study.name": Key(str, "a non-empty string", lambda v: bool(v.strip())),
     "study.storage": Key(str, "an SQLAlchemy URL, e.g. sqlite:///edgetune.db", lambda v: "://" in v),
     "study.artifacts": Key(str, "a directory path"),
-    "study.targets": Key(list, f"a non-empty list of distinct targets from: {', '.join(TARGETS)}", _targets_ok),
+    "study.targets": Key(list, f"a non-empty list of distinct targets from: {', '.join(TARGETS)} "
+                               "(or latency@DEVICE for a device of device.also)", _targets_ok),
     "study.sampler": Key(str, f"one of: {', '.join(SAMPLERS)}", lambda v: v in SAMPLERS),
     "study.trials": Key(int, "an integer >= 1", lambda v: v >= 1),
     "study.seed": Key(int, "an integer >= 0", lambda v: v >= 0),
@@ -94,6 +117,8 @@ KEYS: dict[str, Key] = {
     "finetune.lr": Key((int, float), "a number > 0", lambda v: v > 0),
     "finetune.batch_size": Key(int, "an integer >= 2", lambda v: v >= 2),
     "device.name": Key(str, "a device string such as openvino:CPU (`tune devices` lists them)", lambda v: bool(v)),
+    "device.also": Key(list, "a list of other device strings to measure each trial's model on, e.g. [\"cpu\"]",
+                       lambda v: all(isinstance(d, str) and d for d in v) and len(set(v)) == len(v)),
     "device.threads": Key(int, "an integer >= 0 (0: the runtime's default)", lambda v: v >= 0),
     "device.batch": Key(int, "an integer >= 1", lambda v: v >= 1),
     "device.latency_ci": Key((int, float), "a relative half-width in (0, 0.5]", lambda v: 0 < v <= 0.5),
@@ -161,7 +186,7 @@ class Spec:
 
     @property
     def directions(self) -> list[str]:
-        return [TARGETS[t] for t in self.targets]
+        return [target_direction(t) for t in self.targets]
 
     @property
     def sampler(self) -> str:
@@ -228,6 +253,13 @@ def load_spec(path: str | Path | None = None, overrides: dict[str, Any] | None =
             values.pop(key, None)
             continue
         values[key] = _validate_value(key, values[key])
+    if values["device.name"] in values["device.also"]:
+        raise SpecError(f"spec key 'device.also': lists the main device {values['device.name']!r}; name the others only")
+    for target in values["study.targets"]:
+        device = target.partition(ON_DEVICE)[2]
+        if device and device not in values["device.also"]:
+            raise SpecError(f"target {target!r}: device {device!r} is not in device.also "
+                            f"({', '.join(values['device.also']) or 'empty'}); add it there")
     if values["study.grace_period"] <= values["study.heartbeat_interval"]:
         raise SpecError(f"spec key 'study.grace_period': must be longer than study.heartbeat_interval "
                         f"({values['study.heartbeat_interval']} s), got {values['study.grace_period']}")

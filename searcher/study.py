@@ -22,12 +22,12 @@ from objectives.export import load_pruned
 from objectives.finetune import TrainSettings
 from objectives.groups import GroupRules, LayerGroup, derive_groups, describe_groups
 from objectives.models import create_model
-from objectives.pipeline import TrialContext, deploy_baseline, evaluate_baseline
+from objectives.pipeline import OtherDevice, TrialContext, deploy_baseline, evaluate_baseline
 
 from .artifacts import ArtifactError, fetch, store_outcome
 from .locks import StudyLocks
 from .space import allowed_precisions, check_fixed_precisions
-from .spec import TARGET_UNITS, Spec, SpecError
+from .spec import Spec, SpecError, stored_spec, target_unit
 from .storage import Heartbeat, open_storage, redact
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # we report trials ourselves (rich)
@@ -36,7 +36,7 @@ logging.getLogger("nncf").setLevel(logging.ERROR)
 
 #: keys whose change would make a resumed study's trials incomparable
 FIXED_ON_RESUME = ("model.name", "model.checkpoint", "data.name", "data.dir", "data.image_size", "baseline.epochs",
-                   "baseline.lr", "baseline.batch_size", "device.name", "device.batch", "study.targets", "search.groups",
+                   "baseline.lr", "baseline.batch_size", "device.name", "device.also", "device.batch", "study.targets", "search.groups",
                    "search.exclude", "search.precisions", "search.sparsity_max", "search.pruners")
 
 
@@ -54,18 +54,18 @@ def open_study(spec: Spec, storage: optuna.storages.BaseStorage | None = None) -
     storage = storage or open_storage(spec["study.storage"])
     name = spec["study.name"]
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    if name in existing:
-        stored = existing[name].user_attrs.get("spec", {})
+    if name in existing and existing[name].user_attrs.get("spec"):
+        stored = stored_spec(existing[name].user_attrs["spec"])  # today's defaults fill keys added since
         for key in FIXED_ON_RESUME:
-            if stored and stored.get(key) != spec[key]:
-                raise SpecError(f"study '{name}' exists with {key} = {stored.get(key)!r}, not {spec[key]!r}; "
+            if stored[key] != spec[key]:
+                raise SpecError(f"study '{name}' exists with {key} = {stored[key]!r}, not {spec[key]!r}; "
                                 "resume it with the same settings or choose another --study-name")
     study = optuna.create_study(storage=storage, study_name=name, sampler=make_sampler(spec),
                                 directions=spec.directions, load_if_exists=True)
     if [d.name.lower() for d in study.directions] != spec.directions:
         raise SpecError(f"study '{name}' exists with other targets; choose another --study-name")
     if study.metric_names is None:
-        study.set_metric_names([TARGET_UNITS[t] for t in spec.targets])
+        study.set_metric_names([target_unit(t) for t in spec.targets])
     return study
 
 
@@ -95,9 +95,10 @@ def baseline_settings(spec: Spec) -> TrainSettings:
     return TrainSettings(spec["baseline.epochs"], spec["baseline.lr"], spec["baseline.batch_size"], seed=spec["study.seed"])
 
 
-def make_device(spec: Spec):
+def make_device(spec: Spec, name: str | None = None):
     protocol = LatencyProtocol(target_ci_rel=spec["device.latency_ci"], max_seconds=spec["device.latency_max_seconds"])
-    return create_device(spec["device.name"], threads=spec["device.threads"], protocol=protocol, batch=spec["device.batch"])
+    return create_device(name or spec["device.name"], threads=spec["device.threads"], protocol=protocol,
+                         batch=spec["device.batch"])
 
 
 def group_rules(spec: Spec) -> GroupRules:
@@ -144,6 +145,7 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
     """
     # Everything a user can get wrong fails here, before a study is created or a model trained.
     device = make_device(spec)
+    also = [OtherDevice(name, make_device(spec, name)) for name in spec["device.also"]]
     precisions = allowed_precisions(spec, device.info())
     storage = open_storage(spec["study.storage"], heartbeat(spec))
     locks = StudyLocks(spec["study.storage"], spec["study.name"])
@@ -165,7 +167,8 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
         if "groups" in attrs:  # a resumed study keeps the groups it started with
             groups = [LayerGroup.from_dict(g) for g in attrs["groups"]]
         context = TrialContext(model, data, groups, device, collapse_margin=spec["search.collapse_margin"],
-                               calibration_size=spec["data.calibration_size"], throughput=spec["device.throughput"])
+                               calibration_size=spec["data.calibration_size"], throughput=spec["device.throughput"],
+                               also=also)
         if "baseline_top1" not in attrs:
             on_status("baseline: deploying and measuring on the device")
             outcome = evaluate_baseline(context)
@@ -187,6 +190,8 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
             context.reference = deploy_baseline(context)
     baseline = {k[len("baseline_"):]: v for k, v in study.user_attrs.items() if k.startswith("baseline_")}
     context.reference_latency_ms = baseline["latency_ms"]
+    for other in also:
+        other.reference_latency_ms = baseline[f"latency_ms@{other.name}"]
     return Prepared(study, context, baseline, source, precisions, locks)
 
 

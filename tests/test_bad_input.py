@@ -69,7 +69,7 @@ CASES = [
     (["start", "--spec", S, "--trials", "0"], "error: spec key 'study.trials': must be an integer >= 1, got 0"),
     (["start", "--spec", S, "--target", "latency,speed"],
      "error: spec key 'study.targets': must be a non-empty list of distinct targets from: latency, top1, size, params, "
-     "flops, got ['latency', 'speed']"),
+     "flops (or latency@DEVICE for a device of device.also), got ['latency', 'speed']"),
     (["start", "--spec", S, "--sampler", "grid"],
      "error: spec key 'study.sampler': must be one of: auto, tpe, nsga2, random, got 'grid'"),
     (["start", "--spec", S, "--set", "finetune.epochs"], "error: override 'finetune.epochs': expected key=value"),
@@ -86,6 +86,12 @@ CASES = [
     (["start", "--spec", S, "--model", "resnet32"],
      "error: study 'tiny' exists with model.name = 'resnet20', not 'resnet32'; resume it with the same settings or "
      "choose another --study-name"),
+    (["start", "--spec", S, "--target", "latency,latency@cpu"],
+     "error: target 'latency@cpu': device 'cpu' is not in device.also (empty); add it there"),
+    (["start", "--spec", S, "--set", 'device.also=["openvino:CPU"]'],
+     "error: spec key 'device.also': lists the main device 'openvino:CPU'; name the others only"),
+    (["start", "--spec", S, "--study-name", "other", "--set", 'device.also=["openvino:NPU"]'],
+     "error: device 'openvino:NPU' is not available on this host; available: "),
     # data directories
     (["start", "--spec", S, "--study-name", "other", "--data", "cifar10", "--data-dir", "{dir}/nowhere"],
      "error: no CIFAR-10 python batches in {dir}/nowhere (expected data_batch_1..5 and test_batch)"),

@@ -35,7 +35,8 @@ def test_file_values_and_overrides(tmp_path):
     ("finetune.epochs", True, "spec key 'finetune.epochs': must be an integer >= 0, got True"),
     ("search.sparsity_max", 0.99, "spec key 'search.sparsity_max': must be a number in [0, 0.95], got 0.99"),
     ("study.targets", ["latency", "speed"], "spec key 'study.targets': must be a non-empty list of distinct targets "
-                                            "from: latency, top1, size, params, flops, got ['latency', 'speed']"),
+                                            "from: latency, top1, size, params, flops (or latency@DEVICE for a device of device.also), "
+                                            "got ['latency', 'speed']"),
     ("study.sampler", "cmaes", "spec key 'study.sampler': must be one of: auto, tpe, nsga2, random, got 'cmaes'"),
     ("data.name", "mnist", "spec key 'data.name': must be one of: digits, cifar10, imagefolder, got 'mnist'"),
     ("search.pruners", ["l1", "magic"], "spec key 'search.pruners': must be a non-empty list from: l1, l2, fpgm"),

@@ -90,3 +90,19 @@ def test_three_targets_latency_top1_size(study_dir):
         assert set(trial.constraints) == {"top1_drop", "class_drop"}  # Optuna constraints, <= 0 feasible
         assert all(v <= 0 for v in trial.constraints.values())
         assert trial.user_attrs["throughput_fps"] > 0
+
+
+@pytest.mark.slow
+def test_a_second_device_is_its_own_objective(study_dir):
+    output = _start(study_dir, "--study-name", "two-devices", "--trials", "2", "--set", 'device.also=["cpu"]',
+                    "--target", "latency,latency@cpu,top1")
+    assert "ms@cpu" in output  # the front shows the second device's latency
+    study = optuna.load_study(study_name="two-devices", storage=f"sqlite:///{study_dir}/tiny.db")
+    assert study.metric_names == ["latency_ms", "latency_ms@cpu", "top1"]
+    assert study.user_attrs["baseline_latency_ms@cpu"] > 0
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete
+    for trial in complete:  # the same model, timed on both devices
+        assert trial.values[1] == trial.user_attrs["latency_ms@cpu"] > 0
+        assert trial.values[0] == trial.user_attrs["latency_ms"] > 0
+        assert trial.user_attrs["inference_precision@cpu"] in ("f32", "int8")

@@ -12,6 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from searcher.storage import open_storage
 from searcher.worker import budget_used
 from tests.postgres import PostgresServer
 
@@ -74,8 +75,14 @@ def _finish(process, seconds=600):
     return process.returncode, output
 
 
-def _study(storage, name):
-    return optuna.load_study(study_name=name, storage=storage)
+_storages = {}
+
+
+def _study(url, name):
+    """The study through one storage per URL (a new engine per poll would exhaust the server's connections)."""
+    if url not in _storages:
+        _storages[url] = open_storage(url)
+    return optuna.load_study(study_name=name, storage=_storages[url])
 
 
 def _wait_for(predicate, seconds=300, every=0.5):
