@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -71,8 +72,10 @@ class Objective:
             reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
             return TrialResult(TrialState.FAIL, attributes={"failure": reason})
         self.on_phase(trial.number, "store")
+        start = time.perf_counter()
         archive = pack_outcome(outcome, self.spec, self.context.data, f"trial-{trial.number}", Path(self._scratch.name))
         outcome.deployment.close()
+        outcome.attributes["seconds"]["store"] = round(time.perf_counter() - start, 4)
         attributes = {k: _json_safe(v) for k, v in outcome.attributes.items()}
         constraints = {}
         # Optuna constraints: <= 0 is feasible.
