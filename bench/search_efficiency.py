@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,7 @@ def plot(results: dict, path: Path, title: str) -> None:
 
 
 def main() -> None:
+    warnings.filterwarnings("ignore", category=UserWarning)  # Optuna: heartbeats outside Study.optimize (ours)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=list(TASKS), default="default")
     parser.add_argument("--trials", type=int, default=20)

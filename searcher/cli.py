@@ -143,7 +143,7 @@ def _run_interruptible(spec, run):
     def terminate(signum, frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, terminate)
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         with StudyProgress(console, spec["study.trials"], 0) as progress:
             return run(spec, progress)
@@ -151,6 +151,8 @@ def _run_interruptible(spec, run):
         console.print(f"[yellow]interrupted[/]: finished trials are stored in {redact(spec['study.storage'])}; "
                       "run the same command to resume")
         raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_study(spec, progress, quiet: bool = False, joining: bool = False):

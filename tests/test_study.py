@@ -9,7 +9,7 @@ from searcher.cli import app
 CONTRACT = ["latency_ms", "latency_p90_ms", "latency_ci95_rel", "latency_runs", "top1", "top5", "params", "flops",
             "size_bytes", "sparsity_achieved", "precision_plan", "precision_used", "precision_used_by_group",
             "calibration_size", "device", "fine_tune_epochs", "seconds", "artifact_id"]
-PHASES = ["prune", "speedup", "fine_tune", "deploy", "evaluate", "measure"]
+PHASES = ["prune", "speedup", "fine_tune", "deploy", "evaluate", "measure", "store"]
 
 
 from conftest import start_tiny as _start  # noqa: E402

@@ -1,0 +1,58 @@
+"""Ctrl-C during a trial on SQLite: the trial is failed cleanly, a second worker is refused while the
+first holds the database, and the study resumes to exactly its budget."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from searcher.worker import INTERRUPTED, budget_used
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tune(*args, folder):
+    env = {k: v for k, v in os.environ.items() if k != "EDGETUNE_STORAGE"}
+    return subprocess.Popen([sys.executable, "-m", "searcher.cli", *args], cwd=folder, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+def test_ctrl_c_fails_the_running_trial_cleanly_and_the_study_resumes(study_dir, tmp_path):
+    spec = (study_dir / "tiny.toml").read_text().replace(str(study_dir), str(tmp_path)).replace('name = "tiny"', 'name = "stop"')
+    (tmp_path / "stop.toml").write_text(spec)
+    storage = f"sqlite:///{tmp_path}/tiny.db"
+    run = _tune("start", "--spec", str(tmp_path / "stop.toml"), "--trials", "2", folder=tmp_path)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            if any(t.state == TrialState.RUNNING for t in optuna.load_study(study_name="stop", storage=storage).trials):
+                break
+        except KeyError:
+            pass
+        time.sleep(0.5)
+    second = _tune("worker", "stop", "--storage", storage, folder=tmp_path)
+    refused, _ = second.communicate(timeout=300)
+    assert second.returncode == 2
+    assert refused.strip().splitlines()[-1] == (f"error: {tmp_path}/tiny.db is in use by another worker; SQLite takes one "
+                                                "worker; for several, store the study in PostgreSQL (--storage "
+                                                "postgresql://user@host/db or $EDGETUNE_STORAGE)")
+    run.send_signal(signal.SIGINT)
+    output, _ = run.communicate(timeout=300)
+    assert run.returncode == 130, output
+    assert "interrupted" in output and "Traceback" not in output
+    trials = optuna.load_study(study_name="stop", storage=storage).trials
+    stopped = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(stopped) == 1 and stopped[0].user_attrs["failure"] == INTERRUPTED
+    assert not any(t.state == TrialState.RUNNING for t in trials)
+
+    resumed = _tune("start", "--spec", str(tmp_path / "stop.toml"), "--trials", "2", folder=tmp_path)
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output
+    trials = optuna.load_study(study_name="stop", storage=storage).trials
+    assert budget_used(trials) == 2 and len(trials) == 3  # the interrupted trial does not use up the budget
