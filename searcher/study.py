@@ -182,9 +182,9 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
             study.set_user_attr("baseline_source", source)
             study.set_user_attr("data", {"name": data.name, "classes": data.classes, "mean": list(data.mean),
                                          "std": list(data.std), "input_shape": list(data.image_shape)})
-            # the record last: its presence tells other workers the bootstrap is complete
-            for key, value in record.items():
-                study.set_user_attr(f"baseline_{key}", value)
+            # the record last, and its Top-1 last of all: that tells a resumed run the bootstrap completed
+            for key in sorted(record, key=lambda k: k == "top1"):
+                study.set_user_attr(f"baseline_{key}", record[key])
         else:
             on_status("baseline: deploying (recorded latency reused)")
             context.reference = deploy_baseline(context)
