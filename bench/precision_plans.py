@@ -48,6 +48,20 @@ def mixed_from_study(storage: str, name: str) -> tuple[frozenset[str], str]:
     return frozenset(g for g, p in plan.items() if p == "int8"), (floats[0] if floats else "f32")
 
 
+def pruned_model(model_name: str, sparsity: float):
+    """The default study's cached baseline of ``model_name``, every group pruned (l1) and fine-tuned as a trial would."""
+    spec = load_spec(overrides={"model.name": model_name})
+    data = load_spec_data(spec)
+    baseline, source = get_baseline(model_name, data, data_id(spec), baseline_settings(spec))
+    groups = derive_groups(baseline, group_rules(spec))
+    model = copy.deepcopy(baseline)
+    example = data.example_input(2)
+    configs = prune.config_list(model, groups, {g.name: sparsity for g in groups}, example)
+    prune.speedup(model, prune.compute_masks(model, configs, "l1"), example)
+    train(model, data.x_train, data.y_train, TrainSettings(spec["finetune.epochs"], spec["finetune.lr"], spec["finetune.batch_size"]))
+    return spec, data, model, groups, source
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet56")
@@ -59,15 +73,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    spec = load_spec(overrides={"model.name": args.model})
-    data = load_spec_data(spec)
-    baseline, source = get_baseline(args.model, data, data_id(spec), baseline_settings(spec))
-    groups = derive_groups(baseline, group_rules(spec))
-    model = copy.deepcopy(baseline)
+    spec, data, model, groups, source = pruned_model(args.model, args.sparsity)
     example = data.example_input(2)
-    configs = prune.config_list(model, groups, {g.name: args.sparsity for g in groups}, example)
-    prune.speedup(model, prune.compute_masks(model, configs, "l1"), example)
-    train(model, data.x_train, data.y_train, TrainSettings(spec["finetune.epochs"], spec["finetune.lr"], spec["finetune.batch_size"]))
 
     mixed, mixed_float = (mixed_from_study(args.storage, args.study) if args.study
                           else (frozenset(args.mixed.split(",")), args.mixed_float))
