@@ -229,6 +229,10 @@ def measure_on(other: OtherDevice, model: nn.Module, ctx: TrialContext, plan: Pr
             f"inference_precision{at}": deployment.inference_precision}
 
 
+def _deploy_baseline_on(device: Device, ctx: TrialContext) -> Deployment:
+    return device.deploy(copy.deepcopy(ctx.baseline).eval(), ctx.data.example_input(2), PrecisionPlan("f32"))
+
+
 def evaluate_baseline(ctx: TrialContext) -> TrialOutcome:
     """The baseline's record, under the same names as a trial's, with its deployment.
 
@@ -237,7 +241,7 @@ def evaluate_baseline(ctx: TrialContext) -> TrialOutcome:
     model = copy.deepcopy(ctx.baseline).eval()
     attributes = deploy_and_measure(model, unpaired, PrecisionPlan("f32"))
     for other in ctx.also:
-        other.reference = other.device.deploy(copy.deepcopy(ctx.baseline).eval(), ctx.data.example_input(2), PrecisionPlan("f32"))
+        other.reference = _deploy_baseline_on(other.device, ctx)
         with exclusive(other.device.info().name):
             stats = other.reference.measure_latency()
         other.reference_latency_ms = stats.median_ms
@@ -249,5 +253,5 @@ def evaluate_baseline(ctx: TrialContext) -> TrialOutcome:
 def deploy_baseline(ctx: TrialContext) -> Deployment:
     """The baseline on the devices at f32, to pair trials with (a resumed study: not re-measured)."""
     for other in ctx.also:
-        other.reference = other.device.deploy(copy.deepcopy(ctx.baseline).eval(), ctx.data.example_input(2), PrecisionPlan("f32"))
-    return ctx.device.deploy(copy.deepcopy(ctx.baseline).eval(), ctx.data.example_input(2), PrecisionPlan("f32"))
+        other.reference = _deploy_baseline_on(other.device, ctx)
+    return _deploy_baseline_on(ctx.device, ctx)

@@ -90,12 +90,10 @@ class Objective:
 
     def record(self, trial: optuna.Trial, result: TrialResult) -> None:
         """Write the result's artifact, attributes and constraints (idempotent: safe to retry)."""
-        attributes = dict(result.attributes)
-        if result.archive is not None:
-            if "artifact_id" not in attributes:  # a retry after a failed write does not upload twice
-                result.attributes.update(upload(trial, result.archive, self.spec["study.artifacts"]))
-                attributes = dict(result.attributes)
-        for key, value in attributes.items():
+        # a retry after a failed write does not upload twice
+        if result.archive is not None and "artifact_id" not in result.attributes:
+            result.attributes.update(upload(trial, result.archive, self.spec["study.artifacts"]))
+        for key, value in result.attributes.items():
             trial.set_user_attr(key, value)
         for key, value in result.constraints.items():
             trial.set_constraint(key, value)

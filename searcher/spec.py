@@ -35,6 +35,8 @@ def target_direction(target: str) -> str:
 def target_of_unit(unit: str) -> str:
     base, sep, device = unit.partition(ON_DEVICE)
     return next(k for k, v in TARGET_UNITS.items() if v == base) + (f"{ON_DEVICE}{device}" if sep else "")
+
+
 SAMPLERS = ("auto", "tpe", "nsga2", "random")
 PRUNERS = ("l1", "l2", "fpgm")
 PRECISIONS = ("f32", "bf16", "f16", "int8")

@@ -78,14 +78,16 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None) -> optuna.storage
         except (IntegrityError, ProgrammingError) as error:
             # Workers opening a new database at once race to create Optuna's tables; the loser retries.
             if attempt == 2:
-                raise StorageError(f"cannot open storage {redact(url)}: {_reason(error)}") from None
+                raise StorageError(f"cannot open storage {redact(url)}: {error_reason(error)}") from None
             time.sleep(0.5 + attempt)
         except (SQLAlchemyError, ImportError, ModuleNotFoundError, ValueError) as error:
-            raise StorageError(f"cannot open storage {redact(url)}: {_reason(error)}") from None
+            raise StorageError(f"cannot open storage {redact(url)}: {error_reason(error)}") from None
 
 
-def _reason(error: Exception) -> str:
-    return str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+def error_reason(error: Exception) -> str:
+    """The first line of a database error's own message (the driver's, where SQLAlchemy wraps one)."""
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class AtomicArtifactStore(optuna.artifacts.FileSystemArtifactStore):

@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .locks import StudyLocks
 from .run import Objective
-from .storage import StorageError, redact
+from .storage import StorageError, error_reason, redact
 
 STORAGE_ERRORS = (SQLAlchemyError, optuna.exceptions.StorageInternalError)
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"  # recorded on each trial: who ran it
@@ -64,7 +64,7 @@ class Retry:
             try:
                 return action()
             except STORAGE_ERRORS as error:
-                reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                reason = error_reason(error)
                 if waited >= self.patience_s:
                     raise StorageLost(f"lost the database {redact(self.url)} while {what} (retried for {waited:.0f} s: "
                                       f"{reason}); finished trials are stored, run again to resume") from None
