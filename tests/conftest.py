@@ -76,3 +76,23 @@ def tiny_study(study_dir):
         pass
     start_tiny(study_dir)
     return study_dir
+
+
+def tune_process(*args, cwd, env):
+    """``tune ARGS`` as its own process, as a user would start it; stdout and stderr together."""
+    import subprocess
+
+    return subprocess.Popen([sys.executable, "-m", "searcher.cli", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def wait_for(predicate, seconds=300, every=0.5) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``seconds`` pass (False)."""
+    import time
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False

@@ -2,24 +2,20 @@
 first holds the database, and the study resumes to exactly its budget."""
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from conftest import tune_process, wait_for
 from searcher.worker import INTERRUPTED, budget_used
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tune(*args, folder):
-    env = {k: v for k, v in os.environ.items() if k != "EDGETUNE_STORAGE"}
-    return subprocess.Popen([sys.executable, "-m", "searcher.cli", *args], cwd=folder, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return tune_process(*args, cwd=folder, env={k: v for k, v in os.environ.items() if k != "EDGETUNE_STORAGE"})
 
 
 @pytest.mark.slow
@@ -28,14 +24,13 @@ def test_ctrl_c_fails_the_running_trial_cleanly_and_the_study_resumes(study_dir,
     (tmp_path / "stop.toml").write_text(spec)
     storage = f"sqlite:///{tmp_path}/tiny.db"
     run = _tune("start", "--spec", str(tmp_path / "stop.toml"), "--trials", "2", folder=tmp_path)
-    deadline = time.time() + 300
-    while time.time() < deadline:
+    def running():
         try:
-            if any(t.state == TrialState.RUNNING for t in optuna.load_study(study_name="stop", storage=storage).trials):
-                break
+            return any(t.state == TrialState.RUNNING for t in optuna.load_study(study_name="stop", storage=storage).trials)
         except KeyError:
-            pass
-        time.sleep(0.5)
+            return False
+
+    wait_for(running)
     second = _tune("worker", "stop", "--storage", storage, folder=tmp_path)
     refused, _ = second.communicate(timeout=300)
     assert second.returncode == 2

@@ -4,14 +4,13 @@ Workers are real processes running the command line, as a user would start them 
 """
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from conftest import tune_process, wait_for
 from searcher.storage import open_storage
 from searcher.worker import budget_used
 from tests.postgres import PostgresServer
@@ -63,11 +62,9 @@ def _spec(folder, name):
     return path
 
 
-def _tune(*args, cache, storage, **popen):
+def _tune(*args, cache, storage):
     """``tune ARGS`` as its own process (its own baseline cache: as if on another host)."""
-    env = dict(os.environ, EDGETUNE_CACHE=str(cache), EDGETUNE_STORAGE=storage)
-    return subprocess.Popen([sys.executable, "-m", "searcher.cli", *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+    return tune_process(*args, cwd=ROOT, env=dict(os.environ, EDGETUNE_CACHE=str(cache), EDGETUNE_STORAGE=storage))
 
 
 def _finish(process, seconds=600):
@@ -84,14 +81,6 @@ def _study(url, name):
         _storages[url] = open_storage(url)
     return optuna.load_study(study_name=name, storage=_storages[url])
 
-
-def _wait_for(predicate, seconds=300, every=0.5):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return False
 
 
 def test_two_workers_finish_exactly_the_budget_and_share_one_baseline(postgres, cache, tmp_path):
@@ -137,7 +126,7 @@ def test_a_killed_worker_trial_is_failed_and_retried_and_finished_trials_stay(po
         states = [t.state for t in trials]
         return TrialState.COMPLETE in states and TrialState.RUNNING in states
 
-    assert _wait_for(one_done_one_running), _finish(worker)[1]
+    assert wait_for(one_done_one_running), _finish(worker)[1]
     worker.send_signal(signal.SIGKILL)
     worker.communicate()
     before = {t.number: t for t in _study(storage, "crash").get_trials()}
@@ -169,7 +158,7 @@ def test_a_lost_database_stops_the_worker_cleanly_and_the_study_resumes(postgres
         except KeyError:
             return False
 
-    assert _wait_for(running), _finish(worker)[1]
+    assert wait_for(running), _finish(worker)[1]
     postgres.stop("immediate")
     try:
         code, output = _finish(worker, seconds=300)
