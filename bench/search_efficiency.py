@@ -165,20 +165,37 @@ def main() -> None:
     parser.add_argument("--db", default=None, help="SQLAlchemy URL (default: sqlite:///bench-results/<task>.db)")
     parser.add_argument("--set", action="append", default=[], help="spec override, e.g. finetune.epochs=1")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of the hypervolume curves")
+    parser.add_argument("--threads", type=int, default=0, help="training threads (0: PyTorch's default); "
+                        "two tasks can then run side by side, one core each")
+    parser.add_argument("--summary", type=Path, default=None, help="only summarise (and plot) a results JSON "
+                        "this script wrote, e.g. of a run cut short")
     args = parser.parse_args()
+    if args.summary:
+        saved = json.loads(args.summary.read_text())
+        results = {m: by_seed for m, by_seed in saved["results"].items() if by_seed}
+        seeds = sorted({seed for by_seed in results.values() for seed in by_seed})
+        print("\n".join(summarise(results, saved["trials"])))
+        if args.plot:
+            plot(results, args.plot, f"{args.summary.stem}: {saved['trials']} trials, seeds {', '.join(seeds)}")
+        return
     if "uniform" not in args.methods:
         parser.error("the comparison is against the uniform sweep: keep 'uniform' in --methods")
     from searcher.spec import parse_override
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     extra = dict(parse_override(item) for item in args.set)
     db = args.db or f"sqlite:///{ROOT / 'bench-results' / (args.task + '.db')}"
-    results: dict = {}
-    for method in args.methods:
-        for seed in args.seeds:
-            print(f"{method}, seed {seed}", flush=True)
-            results.setdefault(method, {})[seed] = score(run_method(args.task, method, seed, args.trials, db, extra), args.trials)
     out = Path(db.split("///")[-1]).with_suffix(".json")
-    out.write_text(json.dumps(results, indent=1))
+    results: dict = {method: {} for method in args.methods}
+    # Seed by seed, so a run cut short still compares every method on the seeds it finished.
+    for seed in args.seeds:
+        for method in args.methods:
+            print(f"{method}, seed {seed}", flush=True)
+            results[method][seed] = score(run_method(args.task, method, seed, args.trials, db, extra), args.trials)
+            out.write_text(json.dumps({"trials": args.trials, "settings": extra, "results": results}, indent=1))
     print("\n" + "\n".join(summarise(results, args.trials)))
     if args.plot:
         plot(results, args.plot, f"{args.task}: {args.trials} trials, seeds {', '.join(map(str, args.seeds))}")
