@@ -13,10 +13,11 @@ database (``--db``; a rerun resumes the studies it finds there):
   its trials' Top-1 is recorded all the same, so its front can be scored.
 
 Every method is scored on (latency relative to its study's baseline, Top-1) with the hypervolume
-against the baseline's reference point (the report's definition) after every trial. Printed: the median (and range over seeds) of
-the final hypervolume, the trials each method needs to reach the uniform sweep's best final
-hypervolume, and the best latency at Top-1 within 1 point of the baseline. ``--plot`` draws the
-median curves with their seed range.
+against the baseline's reference point (the report's definition) after every trial. Printed: the
+median (and range over seeds) of the final hypervolume, the trials each method needs to reach the
+uniform sweep's best hypervolume, and the fastest model at equal Top-1 (within 1, 2 and 5 points of
+the baseline) against the uniform sweep's. ``--plot`` draws the median curves with their seed
+range. ``--summary`` scores what the database holds without running anything.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from searcher.study import prepare  # noqa: E402
 from searcher.worker import Retry, run_worker  # noqa: E402
 
 METHODS = ("nsga2", "tpe", "random", "uniform", "latency-only")
+DROPS = (1.0, 2.0, 5.0, 10.0)  # Top-1 points below the baseline at which the fastest models are compared
 TASKS = {
     "default": {},  # studies/default.toml: ResNet-56 on digits
     "cifar": {"model.name": "resnet20", "data.name": "imagefolder",
@@ -86,7 +88,8 @@ def run_method(task: str, method: str, seed: int, trials: int, db: str, extra: d
 
 
 def score(study: optuna.Study, trials: int) -> dict:
-    """Hypervolume after each trial (failed ones keep the previous value) and the best latency near baseline Top-1.
+    """Hypervolume after each trial (failed ones keep the previous value), and every complete trial's
+    (latency relative to the baseline, Top-1).
 
     Latency is taken relative to the study's own baseline: each study measures its baseline once,
     and on a drifting host those absolute medians differ between studies by tens of percent, while
@@ -103,34 +106,91 @@ def score(study: optuna.Study, trials: int) -> dict:
     for trial in ordered:
         last = by_number.get(trial.number, last)
         curve.append(last)
-    near = [t.user_attrs["latency_ms"] for t in complete if t.user_attrs["top1"] >= baseline["top1"] - 1.0]
-    return {"curve": curve, "best_relative_latency_within_1pt": min(near) if near else None,
-            "baseline_latency_ms": baseline["latency_ms"], "baseline_top1": baseline["top1"]}
+    points = [(t.user_attrs["latency_ms"], t.user_attrs["top1"]) for t in complete]
+    return {"curve": curve, "points": points, "baseline_latency_ms": baseline["latency_ms"], "baseline_top1": baseline["top1"]}
+
+
+def fastest_within(result: dict, points_lost: float) -> float | None:
+    """The lowest relative latency among models whose Top-1 is at most ``points_lost`` below the baseline's."""
+    near = [latency for latency, top1 in result["points"] if top1 >= result["baseline_top1"] - points_lost]
+    return min(near) if near else None
+
+
+def gain_at_uniform_front(result: dict, uniform: dict) -> list[float]:
+    """For each model on the uniform sweep's front: the fastest of ``result``'s models with at least its
+    Top-1, as a latency ratio to it (< 1: faster at equal Top-1). None where no model is as accurate."""
+    uniform_points = sorted(uniform["points"], key=lambda p: (p[0], -p[1]))
+    front, best_top1 = [], -1.0
+    for latency, top1 in uniform_points:  # ascending latency: a point is on the front if it beats every faster one
+        if top1 > best_top1:
+            front.append((latency, top1))
+            best_top1 = top1
+    ratios = []
+    for latency, top1 in front:
+        matching = [own for own, own_top1 in result["points"] if own_top1 >= top1]
+        ratios.append(min(matching) / latency if matching else None)
+    return ratios
 
 
 def trials_to_reach(curve: list[float], target: float) -> int | None:
     return next((i + 1 for i, v in enumerate(curve) if v >= target - 1e-12), None)
 
 
-def summarise(results: dict, trials: int) -> list[str]:
-    uniform_best = np.median([max(r["curve"]) for r in results["uniform"].values()])
-    lines = [f"| method | final hypervolume, median (range) | trials to reach the uniform sweep's {uniform_best:.3f} "
-             "(median; per seed) | best latency at Top-1 >= baseline - 1 (median, x baseline; vs uniform) |",
-             "|---|---|---|---|"]
-    uniform_latency = np.median([r["best_relative_latency_within_1pt"] for r in results["uniform"].values()
-                                 if r["best_relative_latency_within_1pt"] is not None] or [np.nan])
+def _median(values: list) -> float:
+    values = [v for v in values if v is not None]
+    return float(np.median(values)) if values else float("nan")
+
+
+def summarise(results: dict, trials: int, drops: tuple[float, ...] = DROPS) -> list[str]:
+    """Two tables: hypervolume (final; trials to reach the uniform sweep's best) and the fastest model
+    at equal Top-1 (within 1, 2, 5 points of the baseline) against the uniform sweep's."""
+    uniform_best = _median([max(r["curve"]) for r in results["uniform"].values()])
+    lines = [f"| method | seeds | final hypervolume, median (range) | trials to reach the uniform sweep's "
+             f"{uniform_best:.3f}, median (per seed; - = not within {trials}) |", "|---|---|---|---|"]
     for method, by_seed in results.items():
         finals = [r["curve"][-1] if r["curve"] else 0.0 for r in by_seed.values()]
         reach = [trials_to_reach(r["curve"], uniform_best) for r in by_seed.values()]
+        median_reach = np.median([n if n is not None else trials + 1 for n in reach])
+        reach_text = f">{trials}" if median_reach > trials else f"{median_reach:g}"
         shown = ", ".join("-" if n is None else str(n) for n in reach)
-        reached = [n if n is not None else trials + 1 for n in reach]
-        latencies = [r["best_relative_latency_within_1pt"] for r in by_seed.values() if r["best_relative_latency_within_1pt"] is not None]
-        latency = np.median(latencies) if latencies else np.nan
-        median_reach = np.median(reached)
-        reach_text = f">{trials}" if median_reach > trials else f"{median_reach:.0f}"  # "-": not within the budget
-        lines.append(f"| {method} | {np.median(finals):.3f} ({min(finals):.3f}-{max(finals):.3f}) | "
-                     f"{reach_text} ({shown}) | {latency:.3f} ({latency / uniform_latency:.2f}x) |")
+        lines.append(f"| {method} | {len(by_seed)} | {np.median(finals):.3f} ({min(finals):.3f}-{max(finals):.3f}) | "
+                     f"{reach_text} ({shown}) |")
+    lines += ["", "| method | " + " | ".join(f"fastest at Top-1 >= baseline - {d:g} (x baseline latency; vs uniform)"
+                                              for d in drops) + " |", "|---|" + "---|" * len(drops)]
+    uniform = {d: _median([fastest_within(r, d) for r in results["uniform"].values()]) for d in drops}
+    for method, by_seed in results.items():
+        cells = []
+        for d in drops:
+            found = [fastest_within(r, d) for r in by_seed.values()]
+            latency = _median(found)
+            missing = sum(f is None for f in found)
+            cells.append("none" if np.isnan(latency) else
+                         f"{latency:.3f} ({latency / uniform[d]:.2f}x)" + (f", {missing} seed(s) none" if missing else ""))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "| method | latency at the Top-1 of each uniform-front model, x its latency: median (range; "
+              "models with no match) |", "|---|---|"]
+    for method, by_seed in results.items():
+        ratios = [r for seed, result in by_seed.items() if seed in results["uniform"]
+                  for r in gain_at_uniform_front(result, results["uniform"][seed])]
+        found = [r for r in ratios if r is not None]
+        lines.append(f"| {method} | " + (f"{np.median(found):.2f}x ({min(found):.2f}-{max(found):.2f}; "
+                                          f"{len(ratios) - len(found)} of {len(ratios)} unmatched) |" if found else "none |"))
     return lines
+
+
+def load_results(db: str, task: str, methods, seeds, trials: int) -> dict:
+    """Score the studies of a run that are in the database, finished or not."""
+    storage = optuna.storages.RDBStorage(db)
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    results: dict = {}
+    for method in methods:
+        for seed in seeds:
+            name = f"{task}-{method}-{seed}"
+            if name in names:
+                study = optuna.load_study(study_name=name, storage=storage)
+                if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+                    results.setdefault(method, {})[seed] = score(study, trials)
+    return results
 
 
 def plot(results: dict, path: Path, title: str) -> None:
@@ -167,17 +227,9 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=None, help="PNG of the hypervolume curves")
     parser.add_argument("--threads", type=int, default=0, help="training threads (0: PyTorch's default); "
                         "two tasks can then run side by side, one core each")
-    parser.add_argument("--summary", type=Path, default=None, help="only summarise (and plot) a results JSON "
-                        "this script wrote, e.g. of a run cut short")
+    parser.add_argument("--summary", action="store_true", help="only score the studies already in --db "
+                        "(e.g. of a run cut short): print, plot, write the JSON")
     args = parser.parse_args()
-    if args.summary:
-        saved = json.loads(args.summary.read_text())
-        results = {m: by_seed for m, by_seed in saved["results"].items() if by_seed}
-        seeds = sorted({seed for by_seed in results.values() for seed in by_seed})
-        print("\n".join(summarise(results, saved["trials"])))
-        if args.plot:
-            plot(results, args.plot, f"{args.summary.stem}: {saved['trials']} trials, seeds {', '.join(seeds)}")
-        return
     if "uniform" not in args.methods:
         parser.error("the comparison is against the uniform sweep: keep 'uniform' in --methods")
     from searcher.spec import parse_override
@@ -188,17 +240,20 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     extra = dict(parse_override(item) for item in args.set)
     db = args.db or f"sqlite:///{ROOT / 'bench-results' / (args.task + '.db')}"
-    out = Path(db.split("///")[-1]).with_suffix(".json")
-    results: dict = {method: {} for method in args.methods}
-    # Seed by seed, so a run cut short still compares every method on the seeds it finished.
-    for seed in args.seeds:
-        for method in args.methods:
-            print(f"{method}, seed {seed}", flush=True)
-            results[method][seed] = score(run_method(args.task, method, seed, args.trials, db, extra), args.trials)
-            out.write_text(json.dumps({"trials": args.trials, "settings": extra, "results": results}, indent=1))
+    if not args.summary:
+        # Seed by seed, so a run cut short still compares every method on the seeds it finished.
+        for seed in args.seeds:
+            for method in args.methods:
+                print(f"{method}, seed {seed}", flush=True)
+                run_method(args.task, method, seed, args.trials, db, extra)
+    results = load_results(db, args.task, args.methods, args.seeds, args.trials)
+    if "uniform" not in results:
+        sys.exit(f"no uniform sweep with a finished trial in {db} yet: nothing to compare against")
+    Path(db.split("///")[-1]).with_suffix(".json").write_text(json.dumps({"trials": args.trials, "results": results}, indent=1))
     print("\n" + "\n".join(summarise(results, args.trials)))
     if args.plot:
-        plot(results, args.plot, f"{args.task}: {args.trials} trials, seeds {', '.join(map(str, args.seeds))}")
+        seeds = sorted({seed for by_seed in results.values() for seed in by_seed})
+        plot(results, args.plot, f"{args.task}: {args.trials} trials, seeds {', '.join(map(str, seeds))}")
         print(f"\nplot: {args.plot}")
 
 
