@@ -1,7 +1,7 @@
 """Does the search find a better front than the alternatives for the same number of trials?
 
-    python bench/search_efficiency.py --task default --trials 20 --seeds 0 1 2
-    python bench/search_efficiency.py --task cifar --trials 20 --seeds 0 1 2   # ../shared/data/cifar10-12k
+    python bench/search_efficiency.py --task default --trials 12 --seeds 0 1 2
+    python bench/search_efficiency.py --task cifar --trials 12 --seeds 0 1 2   # ../shared/data/cifar10-12k
 
 For one task, every method runs the same trial budget with each seed, as a study of its own in one
 database (``--db``; a rerun resumes the studies it finds there):
@@ -9,15 +9,18 @@ database (``--db``; a rerun resumes the studies it finds there):
 - ``nsga2``, ``tpe`` (multi-objective), ``random``: edgetune's search of latency and Top-1;
 - ``uniform``: the off-the-shelf approach: one sparsity for every group (evenly spaced over
   [0, sparsity_max], in a seeded order), l1 pruning, f32;
+- ``uniform-int8``: the same sweep, then every layer int8 (QAT while fine-tuning, as edgetune's
+  int8 groups): "prune uniformly, then quantize", the stronger off-the-shelf recipe on an int8 CPU;
 - ``latency-only``: a single-objective TPE search of latency alone (what the original study did);
   its trials' Top-1 is recorded all the same, so its front can be scored.
 
 Every method is scored on (latency relative to its study's baseline, Top-1) with the hypervolume
 against the baseline's reference point (the report's definition) after every trial. Printed: the
 median (and range over seeds) of the final hypervolume, the trials each method needs to reach the
-uniform sweep's best hypervolume, and the fastest model at equal Top-1 (within 1, 2 and 5 points of
-the baseline) against the uniform sweep's. ``--plot`` draws the median curves with their seed
-range. ``--summary`` scores what the database holds without running anything.
+sweeps' best hypervolume, and the fastest model at equal Top-1 (within 1, 2, 5 and 10 points of
+the baseline, and at the Top-1 of each model on a sweep's front) against each sweep's. ``--plot``
+draws the median curves with their seed range. ``--summary`` scores what the database holds
+without running anything.
 """
 from __future__ import annotations
 
@@ -41,7 +44,8 @@ from searcher.spec import load_spec  # noqa: E402
 from searcher.study import prepare  # noqa: E402
 from searcher.worker import Retry, run_worker  # noqa: E402
 
-METHODS = ("nsga2", "tpe", "random", "uniform", "latency-only")
+METHODS = ("nsga2", "tpe", "random", "uniform", "uniform-int8", "latency-only")
+SWEEPS = {"uniform": "float", "uniform-int8": "int8"}  # the off-the-shelf recipes: group precision of each
 DROPS = (1.0, 2.0, 5.0, 10.0)  # Top-1 points below the baseline at which the fastest models are compared
 TASKS = {
     "default": {},  # studies/default.toml: ResNet-56 on digits
@@ -56,21 +60,22 @@ def method_spec(task: str, method: str, seed: int, trials: int, db: str, extra: 
                  "study.trials": trials, "study.seed": seed, "study.artifacts": str(Path(db.split("///")[-1]).parent / "artifacts")}
     if method == "latency-only":
         overrides.update({"study.targets": ["latency"], "study.sampler": "tpe"})
-    elif method == "uniform":
+    elif method in SWEEPS:
         overrides.update({"study.targets": ["latency", "top1"], "study.sampler": "random"})
     else:
         overrides.update({"study.targets": ["latency", "top1"], "study.sampler": method})
     return load_spec(None, overrides)
 
 
-def enqueue_uniform(study: optuna.Study, groups: list[str], trials: int, sparsity_max: float, step: float, seed: int):
-    """One ratio for all groups, evenly spaced on the search grid, in a seeded order."""
+def enqueue_uniform(study: optuna.Study, groups: list[str], trials: int, sparsity_max: float, step: float, seed: int,
+                    precision: str = "float"):
+    """One ratio for all groups, evenly spaced on the search grid, in a seeded order; one precision for every layer."""
     if study.trials:
         return
     ratios = np.round(np.linspace(0.0, sparsity_max, trials) / step) * step
     for ratio in np.random.default_rng(seed).permutation(ratios):
         params = {f"sparsity.{g}": float(ratio) for g in groups}
-        params.update({"pruner": "l1", "precision.float": "f32", **{f"precision.{g}": "float" for g in [*groups, "other"]}})
+        params.update({"pruner": "l1", "precision.float": "f32", **{f"precision.{g}": precision for g in [*groups, "other"]}})
         study.enqueue_trial(params, skip_if_exists=False)
 
 
@@ -78,9 +83,9 @@ def run_method(task: str, method: str, seed: int, trials: int, db: str, extra: d
     spec = method_spec(task, method, seed, trials, db, extra)
     prepared = prepare(spec, on_status=lambda text: None)
     study = prepared.study
-    if method == "uniform":
+    if method in SWEEPS:
         enqueue_uniform(study, [g.name for g in prepared.context.groups], trials, spec["search.sparsity_max"],
-                        spec["search.sparsity_step"], seed)
+                        spec["search.sparsity_step"], seed, SWEEPS[method])
     objective = Objective(spec, prepared.context, prepared.baseline, prepared.precisions)
     done = run_worker(study, objective, trials, StudyLocks(db, spec["study.name"]), Retry(db, 30))
     print(f"  {study.study_name}: {done} trials run now, {len(study.trials)} in all", flush=True)
@@ -116,12 +121,11 @@ def fastest_within(result: dict, points_lost: float) -> float | None:
     return min(near) if near else None
 
 
-def gain_at_uniform_front(result: dict, uniform: dict) -> list[float]:
-    """For each model on the uniform sweep's front: the fastest of ``result``'s models with at least its
-    Top-1, as a latency ratio to it (< 1: faster at equal Top-1). None where no model is as accurate."""
-    uniform_points = sorted(uniform["points"], key=lambda p: (p[0], -p[1]))
+def gain_at_sweep_front(result: dict, sweep: dict) -> list[float]:
+    """For each model on a sweep's front: the fastest of ``result``'s models with at least its Top-1,
+    as a latency ratio to it (< 1: faster at equal Top-1). None where no model is as accurate."""
     front, best_top1 = [], -1.0
-    for latency, top1 in uniform_points:  # ascending latency: a point is on the front if it beats every faster one
+    for latency, top1 in sorted(sweep["points"], key=lambda p: (p[0], -p[1])):  # ascending latency: a point is on the front if it beats every faster one
         if top1 > best_top1:
             front.append((latency, top1))
             best_top1 = top1
@@ -141,23 +145,25 @@ def _median(values: list) -> float:
     return float(np.median(values)) if values else float("nan")
 
 
-def summarise(results: dict, trials: int, drops: tuple[float, ...] = DROPS) -> list[str]:
-    """Two tables: hypervolume (final; trials to reach the uniform sweep's best) and the fastest model
-    at equal Top-1 (within 1, 2, 5 points of the baseline) against the uniform sweep's."""
-    uniform_best = _median([max(r["curve"]) for r in results["uniform"].values()])
-    lines = [f"| method | seeds | final hypervolume, median (range) | trials to reach the uniform sweep's "
-             f"{uniform_best:.3f}, median (per seed; - = not within {trials}) |", "|---|---|---|---|"]
+def summarise(results: dict, trials: int, sweep: str = "uniform", drops: tuple[float, ...] = DROPS) -> list[str]:
+    """Three tables against one off-the-shelf ``sweep``: hypervolume (final; trials to reach the sweep's
+    best), the fastest model within 1, 2, 5, 10 points of the baseline, and the latency at the Top-1
+    of each model on the sweep's front."""
+    reference = results[sweep]
+    sweep_best = _median([max(r["curve"]) for r in reference.values()])
+    lines = [f"| method | seeds | final hypervolume, median (range) | trials to reach {sweep}'s "
+             f"{sweep_best:.3f}, median (per seed; - = not within {trials}) |", "|---|---|---|---|"]
     for method, by_seed in results.items():
         finals = [r["curve"][-1] if r["curve"] else 0.0 for r in by_seed.values()]
-        reach = [trials_to_reach(r["curve"], uniform_best) for r in by_seed.values()]
+        reach = [trials_to_reach(r["curve"], sweep_best) for r in by_seed.values()]
         median_reach = np.median([n if n is not None else trials + 1 for n in reach])
         reach_text = f">{trials}" if median_reach > trials else f"{median_reach:g}"
         shown = ", ".join("-" if n is None else str(n) for n in reach)
         lines.append(f"| {method} | {len(by_seed)} | {np.median(finals):.3f} ({min(finals):.3f}-{max(finals):.3f}) | "
                      f"{reach_text} ({shown}) |")
-    lines += ["", "| method | " + " | ".join(f"fastest at Top-1 >= baseline - {d:g} (x baseline latency; vs uniform)"
+    lines += ["", "| method | " + " | ".join(f"fastest at Top-1 >= baseline - {d:g} (x baseline latency; vs {sweep})"
                                               for d in drops) + " |", "|---|" + "---|" * len(drops)]
-    uniform = {d: _median([fastest_within(r, d) for r in results["uniform"].values()]) for d in drops}
+    fastest = {d: _median([fastest_within(r, d) for r in reference.values()]) for d in drops}
     for method, by_seed in results.items():
         cells = []
         for d in drops:
@@ -165,13 +171,13 @@ def summarise(results: dict, trials: int, drops: tuple[float, ...] = DROPS) -> l
             latency = _median(found)
             missing = sum(f is None for f in found)
             cells.append("none" if np.isnan(latency) else
-                         f"{latency:.3f} ({latency / uniform[d]:.2f}x)" + (f", {missing} seed(s) none" if missing else ""))
+                         f"{latency:.3f} ({latency / fastest[d]:.2f}x)" + (f", {missing} seed(s) none" if missing else ""))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines += ["", "| method | latency at the Top-1 of each uniform-front model, x its latency: median (range; "
+    lines += ["", f"| method | latency at the Top-1 of each {sweep}-front model, x its latency: median (range; "
               "models with no match) |", "|---|---|"]
     for method, by_seed in results.items():
-        ratios = [r for seed, result in by_seed.items() if seed in results["uniform"]
-                  for r in gain_at_uniform_front(result, results["uniform"][seed])]
+        ratios = [r for seed, result in by_seed.items() if seed in reference
+                  for r in gain_at_sweep_front(result, reference[seed])]
         found = [r for r in ratios if r is not None]
         lines.append(f"| {method} | " + (f"{np.median(found):.2f}x ({min(found):.2f}-{max(found):.2f}; "
                                           f"{len(ratios) - len(found)} of {len(ratios)} unmatched) |" if found else "none |"))
@@ -250,7 +256,9 @@ def main() -> None:
     if "uniform" not in results:
         sys.exit(f"no uniform sweep with a finished trial in {db} yet: nothing to compare against")
     Path(db.split("///")[-1]).with_suffix(".json").write_text(json.dumps({"trials": args.trials, "results": results}, indent=1))
-    print("\n" + "\n".join(summarise(results, args.trials)))
+    for sweep in SWEEPS:
+        if sweep in results:
+            print(f"\n### against {sweep}\n\n" + "\n".join(summarise(results, args.trials, sweep)))
     if args.plot:
         seeds = sorted({seed for by_seed in results.values() for seed in by_seed})
         plot(results, args.plot, f"{args.task}: {args.trials} trials, seeds {', '.join(map(str, seeds))}")
