@@ -7,10 +7,12 @@ statistics at ranks n/2 ± 1.96·sqrt(n)/2 (binomial approximation), so a long t
 another process does not distort it the way a mean ± std would.
 
 ``measure_paired`` times a candidate against a reference model on the same device, alternating
-single runs. On shared or virtual machines the speed of the host drifts by 10-20% over tens of
-seconds (measured here: the same compiled model at 1.31 ms and 1.72 ms a minute apart), far more
-than one measurement's interval; the ratio of adjacent runs cancels that drift, so trials
-measured minutes apart stay comparable.
+short segments of each. On shared or virtual machines the speed of the host drifts by 10-20% over
+tens of seconds (measured here: the same compiled model at 1.31 ms and 1.72 ms a minute apart), far
+more than one measurement's interval; the ratio of adjacent segments cancels that drift, so trials
+measured minutes apart stay comparable. Segments, not single runs: a run right after the other
+model finds the caches full of that model's weights, and a small int8 candidate timed that way ran
+40-70% slower than on its own (bench/paired_protocol.py). A segment lets the caches settle first.
 """
 from __future__ import annotations
 
@@ -37,10 +39,15 @@ class LatencyProtocol:
     target_ci_rel: float = 0.02
     max_seconds: float = 10.0
     check_every: int = 20
+    # Paired measurement: each segment runs one model untimed for settle_seconds (caches, clocks), then
+    # timed for segment_seconds (at least 3 runs); at least min_segments pairs of segments.
+    segment_seconds: float = 0.05
+    settle_seconds: float = 0.01
+    min_segments: int = 10
 
     def __post_init__(self):
-        if self.min_runs < 5:
-            raise ValueError("min_runs must be at least 5")
+        if self.min_runs < 5 or self.min_segments < 5:
+            raise ValueError("min_runs and min_segments must be at least 5")
 
 
 def median_ci95(samples: np.ndarray) -> tuple[float, float, float]:
@@ -91,12 +98,27 @@ def _timed(run: Callable[[], None]) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
 
+def _segment(run: Callable[[], None], protocol: LatencyProtocol) -> list[float]:
+    """Run one model for a segment: untimed until it has settled after the other model, then timed."""
+    clock = time.perf_counter
+    start = clock()
+    run()
+    while clock() - start < protocol.settle_seconds:
+        run()
+    samples: list[float] = []
+    start = clock()
+    while len(samples) < 3 or clock() - start < protocol.segment_seconds:
+        samples.append(_timed(run))
+    return samples
+
+
 def measure_paired(run_reference: Callable[[], None], run_candidate: Callable[[], None],
                    protocol: LatencyProtocol = LatencyProtocol(), batch: int = 1) -> tuple[LatencyStats, LatencyStats, float, float]:
-    """Alternate reference and candidate runs until the ratio's interval is tight.
+    """Alternate segments of reference and candidate runs until the ratio's interval is tight.
 
-    Returns the candidate's stats, the reference's stats, the median of the per-pair ratios
-    candidate/reference, and the relative half-width of its 95% interval.
+    Returns the candidate's stats, the reference's stats (over their timed runs), the median of the
+    per-pair ratios of segment medians candidate/reference, and the relative half-width of its 95%
+    interval.
     """
     # The reference runs in every trial and is warm already: a few runs refill its caches; only the
     # new candidate needs the full warm-up.
@@ -104,17 +126,20 @@ def measure_paired(run_reference: Callable[[], None], run_candidate: Callable[[]
     _warm_up(run_candidate, protocol)
     reference: list[float] = []
     candidate: list[float] = []
+    pairs = 0
 
     def pair() -> float:
-        if len(reference) % 2 == 0:  # alternate which goes first, so neither always follows the other
-            reference.append(_timed(run_reference))
-            candidate.append(_timed(run_candidate))
+        nonlocal pairs
+        if pairs % 2 == 0:  # alternate which goes first, so neither always follows the other
+            ref, cand = _segment(run_reference, protocol), _segment(run_candidate, protocol)
         else:
-            candidate.append(_timed(run_candidate))
-            reference.append(_timed(run_reference))
-        return candidate[-1] / reference[-1]
+            cand, ref = _segment(run_candidate, protocol), _segment(run_reference, protocol)
+        pairs += 1
+        reference.extend(ref)
+        candidate.extend(cand)
+        return float(np.median(cand) / np.median(ref))
 
-    ratios, seconds, converged = _sample_until_tight(pair, protocol)
+    ratios, seconds, converged = _sample_until_tight(pair, replace(protocol, min_runs=protocol.min_segments, check_every=1))
     med, low, high = median_ci95(np.asarray(ratios))
     return (_stats(candidate, seconds, converged, batch), _stats(reference, seconds, converged, batch),
             med, (high - low) / 2.0 / med)

@@ -96,13 +96,37 @@ def test_paired_measurement_gives_the_ratio_to_a_reference():
         large.close()
 
 
-def test_paired_protocol_alternates_and_converges():
+def test_paired_protocol_alternates_segments_and_converges():
     from devices.protocol import measure_paired
 
-    candidate, reference, ratio, ci = measure_paired(lambda: time.sleep(0.001), lambda: time.sleep(0.002),
-                                                     LatencyProtocol(warmup_runs=2, warmup_seconds=0.0, min_runs=20,
-                                                                     target_ci_rel=0.2, max_seconds=3))
-    assert 1.5 < ratio < 2.5 and ci <= 0.2 and candidate.runs == reference.runs >= 20
+    order = []
+    candidate, reference, ratio, ci = measure_paired(lambda: (order.append("r"), time.sleep(0.001)),
+                                                     lambda: (order.append("c"), time.sleep(0.002)),
+                                                     LatencyProtocol(warmup_runs=2, warmup_seconds=0.0, target_ci_rel=0.2,
+                                                                     max_seconds=3, segment_seconds=0.02, min_segments=6))
+    assert 1.5 < ratio < 2.5 and ci <= 0.2 and reference.runs > candidate.runs >= 6 * 3
+    switches = sum(a != b for a, b in zip(order, order[1:]))
+    assert switches >= 6 and len(order) > 4 * switches  # several runs per segment, not single runs
+
+
+def test_paired_protocol_times_a_model_after_it_has_settled():
+    """A candidate that runs slowly right after the reference (its caches evicted), as small int8
+    models did next to the f32 baseline, is timed at its settled speed, not at the cold one."""
+    from devices.protocol import measure_paired
+
+    runs_since_reference = [0]
+
+    def reference():
+        runs_since_reference[0] = 0
+        time.sleep(0.002)
+
+    def candidate():
+        runs_since_reference[0] += 1
+        time.sleep(0.003 if runs_since_reference[0] <= 2 else 0.001)  # cold for two runs after a switch
+
+    _, _, ratio, _ = measure_paired(reference, candidate, LatencyProtocol(warmup_runs=2, warmup_seconds=0.0, max_seconds=3,
+                                                                          target_ci_rel=0.05, settle_seconds=0.008))
+    assert 0.4 < ratio < 0.65  # settled: 1 ms against 2 ms; single alternating runs would give 1.5
 
 
 def test_plain_cpu_measures_a_tiny_model_with_threads_recorded():
