@@ -41,8 +41,8 @@ class LatencyProtocol:
     check_every: int = 20
     # Paired measurement: each segment runs one model untimed for settle_seconds (caches, clocks), then
     # timed for segment_seconds (at least 3 runs); at least min_segments pairs of segments.
-    segment_seconds: float = 0.05
-    settle_seconds: float = 0.01
+    segment_seconds: float = 0.01
+    settle_seconds: float = 0.008
     min_segments: int = 10
 
     def __post_init__(self):
