@@ -11,8 +11,8 @@ short segments of each. On shared or virtual machines the speed of the host drif
 tens of seconds (measured here: the same compiled model at 1.31 ms and 1.72 ms a minute apart), far
 more than one measurement's interval; the ratio of adjacent segments cancels that drift, so trials
 measured minutes apart stay comparable. Segments, not single runs: a run right after the other
-model finds the caches full of that model's weights, and a small int8 candidate timed that way ran
-40-70% slower than on its own (bench/paired_protocol.py). A segment lets the caches settle first.
+model finds the caches full of that model's weights: small int8 candidates timed that way ran
+1.6-2.2x as long as on their own (bench/paired_protocol.py). A segment lets the caches settle first.
 """
 from __future__ import annotations
 
