@@ -1,7 +1,10 @@
 """Does the search find a better front than the alternatives for the same number of trials?
 
-    python bench/search_efficiency.py --task default --trials 12 --seeds 0 1 2
-    python bench/search_efficiency.py --task cifar --trials 12 --seeds 0 1 2   # ../shared/data/cifar10-12k
+    python bench/search_efficiency.py --task default --trials 10 --seeds 0 1 2
+    python bench/search_efficiency.py --task cifar --trials 10 --seeds 0 1 2   # ../shared/data/cifar10-12k
+
+    # as run for BENCHMARKS.md: both tasks side by side, one core each, a 1-epoch fine-tune
+    ... --threads 1 --set finetune.epochs=1 --set device.threads=1 --plot bench-results/<task>.png
 
 For one task, every method runs the same trial budget with each seed, as a study of its own in one
 database (``--db``; a rerun resumes the studies it finds there):
@@ -125,7 +128,8 @@ def gain_at_sweep_front(result: dict, sweep: dict) -> list[float]:
     """For each model on a sweep's front: the fastest of ``result``'s models with at least its Top-1,
     as a latency ratio to it (< 1: faster at equal Top-1). None where no model is as accurate."""
     front, best_top1 = [], -1.0
-    for latency, top1 in sorted(sweep["points"], key=lambda p: (p[0], -p[1])):  # ascending latency: a point is on the front if it beats every faster one
+    # By ascending latency, a point is on the front if it is more accurate than every faster one.
+    for latency, top1 in sorted(sweep["points"], key=lambda p: (p[0], -p[1])):
         if top1 > best_top1:
             front.append((latency, top1))
             best_top1 = top1
@@ -225,7 +229,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)  # Optuna: heartbeats outside Study.optimize (ours)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=list(TASKS), default="default")
-    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--db", default=None, help="SQLAlchemy URL (default: sqlite:///bench-results/<task>.db)")
