@@ -13,6 +13,7 @@ Several workers (processes, hosts) may run this loop on one study in PostgreSQL:
 """
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import threading
@@ -118,6 +119,7 @@ def run_worker(study: optuna.Study, objective: Objective, total: int, locks: Stu
     while True:
         def claim():
             optuna.storages.fail_stale_trials(study)  # dead workers' trials: failed, parameters re-queued
+            fail_silent_trials(study)  # ... and those that died before their first heartbeat
             with locks.critical("claim"):
                 return _claim(study, total)
 
@@ -161,13 +163,12 @@ def _fail_interrupted(study: optuna.Study, trial: optuna.Trial, retry: Retry) ->
         pass  # its heartbeat stops; the next worker fails and re-queues it
 
 
-def fail_orphans(study: optuna.Study) -> list[int]:
-    """With the database held by this one worker (SQLite), every RUNNING trial is a dead run's:
-    fail it now (no grace period to wait out) and re-queue it as the heartbeat callback does."""
+def _fail_and_requeue(study: optuna.Study, trials: list[FrozenTrial]) -> list[int]:
+    """Fail these RUNNING trials and re-queue their parameters, as Optuna's heartbeat callback does."""
     storage = study._storage
     callback = storage.get_heartbeat_stale_trial_callback() if hasattr(storage, "get_heartbeat_stale_trial_callback") else None
     failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for trial in trials:
         try:
             if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 failed.append(trial.number)
@@ -176,3 +177,38 @@ def fail_orphans(study: optuna.Study) -> list[int]:
         except optuna.exceptions.UpdateFinishedTrialError:
             pass
     return failed
+
+
+def fail_orphans(study: optuna.Study) -> list[int]:
+    """With the database held by this one worker (SQLite), every RUNNING trial is a dead run's:
+    fail it now (no grace period to wait out) and re-queue it as the heartbeat callback does."""
+    return _fail_and_requeue(study, study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def fail_silent_trials(study: optuna.Study) -> list[int]:
+    """Fail and re-queue RUNNING trials that never recorded a heartbeat and started over a grace period ago.
+
+    Optuna's stale check skips trials with no heartbeat at all, so a worker that died or lost the
+    database between claiming a trial and its first beat left it RUNNING for good, using up budget.
+    """
+    rdb = getattr(study._storage, "_backend", study._storage)  # Optuna wraps RDBStorage in a cache
+    if not isinstance(rdb, optuna.storages.RDBStorage) or not rdb.heartbeat_interval:
+        return []
+    from optuna.storages._rdb import models  # Optuna's own tables; no public query for "no heartbeat"
+
+    grace = datetime.timedelta(seconds=rdb.grace_period or 2 * rdb.heartbeat_interval)
+    session = rdb.scoped_session()
+    try:
+        silent = {row.trial_id for row in session.query(models.TrialModel.trial_id).filter(
+            models.TrialModel.study_id == study._study_id, models.TrialModel.state == TrialState.RUNNING,
+            ~models.TrialModel.heartbeats.any())}
+    finally:
+        session.close()
+
+    def overdue(trial: FrozenTrial) -> bool:
+        started = trial.datetime_start
+        now = datetime.datetime.now(started.tzinfo) if started.tzinfo else datetime.datetime.now()
+        return now - started > grace
+
+    return _fail_and_requeue(study, [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                                     if t._trial_id in silent and t.datetime_start and overdue(t)])

@@ -1,7 +1,9 @@
 """Ctrl-C during a trial on SQLite: the trial is failed cleanly, a second worker is refused while the
-first holds the database, and the study resumes to exactly its budget."""
+first holds the database, and the study resumes to exactly its budget. A trial whose worker died
+before its first heartbeat is failed and re-queued too."""
 import os
 import signal
+import time
 from pathlib import Path
 
 import optuna
@@ -51,3 +53,23 @@ def test_ctrl_c_fails_the_running_trial_cleanly_and_the_study_resumes(study_dir,
     assert resumed.returncode == 0, output
     trials = optuna.load_study(study_name="stop", storage=storage).trials
     assert budget_used(trials) == 2 and len(trials) == 3  # the interrupted trial does not use up the budget
+
+
+def test_a_trial_that_died_before_its_first_heartbeat_is_failed_and_requeued(tmp_path):
+    """Optuna's stale check skips RUNNING trials without any heartbeat; edgetune's claim does not."""
+    from searcher.storage import Heartbeat, open_storage
+    from searcher.worker import fail_silent_trials
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'silent.db'}", Heartbeat(interval=1, grace_period=1, max_retry=2))
+    study = optuna.create_study(study_name="silent", storage=storage)
+    silent = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # claimed, then its worker died
+    beating = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    storage.record_heartbeat(beating._trial_id)
+    assert fail_silent_trials(study) == []  # within the grace period: it may still be starting
+    time.sleep(1.5)
+    storage.record_heartbeat(beating._trial_id)  # alive
+    assert fail_silent_trials(study) == [silent.number]
+    trials = study.get_trials()
+    assert trials[silent.number].state == TrialState.FAIL and trials[beating.number].state == TrialState.RUNNING
+    requeued = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(requeued) == 1 and requeued[0].params == trials[silent.number].params

@@ -176,6 +176,6 @@ def test_a_lost_database_stops_the_worker_cleanly_and_the_study_resumes(postgres
     assert code == 0, output
     trials = _study(storage, "outage").get_trials()
     assert budget_used(trials) == 2
-    assert all(t.state.is_finished() for t in trials)  # nothing left running
+    assert all(t.state.is_finished() for t in trials), [(t.number, t.state.name) for t in trials]  # nothing left running
     counted = [t for t in trials if t.state != TrialState.FAIL]
     assert len(counted) == 2 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in counted)
