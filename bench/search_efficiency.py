@@ -82,7 +82,7 @@ def enqueue_uniform(study: optuna.Study, groups: list[str], trials: int, sparsit
         study.enqueue_trial(params, skip_if_exists=False)
 
 
-def run_method(task: str, method: str, seed: int, trials: int, db: str, extra: dict) -> optuna.Study:
+def run_method(task: str, method: str, seed: int, trials: int, db: str, extra: dict) -> None:
     spec = method_spec(task, method, seed, trials, db, extra)
     prepared = prepare(spec, on_status=lambda text: None)
     study = prepared.study
@@ -92,7 +92,6 @@ def run_method(task: str, method: str, seed: int, trials: int, db: str, extra: d
     objective = Objective(spec, prepared.context, prepared.baseline, prepared.precisions)
     done = run_worker(study, objective, trials, StudyLocks(db, spec["study.name"]), Retry(db, 30))
     print(f"  {study.study_name}: {done} trials run now, {len(study.trials)} in all", flush=True)
-    return study
 
 
 def score(study: optuna.Study, trials: int) -> dict:

@@ -199,9 +199,9 @@ def fail_silent_trials(study: optuna.Study) -> list[int]:
     grace = datetime.timedelta(seconds=rdb.grace_period or 2 * rdb.heartbeat_interval)
     session = rdb.scoped_session()
     try:
-        silent = {row.trial_id for row in session.query(models.TrialModel.trial_id).filter(
+        silent_ids = [row.trial_id for row in session.query(models.TrialModel.trial_id).filter(
             models.TrialModel.study_id == study._study_id, models.TrialModel.state == TrialState.RUNNING,
-            ~models.TrialModel.heartbeats.any())}
+            ~models.TrialModel.heartbeats.any())]
     finally:
         session.close()
 
@@ -210,5 +210,5 @@ def fail_silent_trials(study: optuna.Study) -> list[int]:
         now = datetime.datetime.now(started.tzinfo) if started.tzinfo else datetime.datetime.now()
         return now - started > grace
 
-    return _fail_and_requeue(study, [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                                     if t._trial_id in silent and t.datetime_start and overdue(t)])
+    silent = [study._storage.get_trial(trial_id) for trial_id in silent_ids]  # usually none: no reload of the study
+    return _fail_and_requeue(study, [t for t in silent if t.datetime_start and overdue(t)])

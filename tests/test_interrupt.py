@@ -26,6 +26,7 @@ def test_ctrl_c_fails_the_running_trial_cleanly_and_the_study_resumes(study_dir,
     (tmp_path / "stop.toml").write_text(spec)
     storage = f"sqlite:///{tmp_path}/tiny.db"
     run = _tune("start", "--spec", str(tmp_path / "stop.toml"), "--trials", "2", folder=tmp_path)
+
     def running():
         try:
             return any(t.state == TrialState.RUNNING for t in optuna.load_study(study_name="stop", storage=storage).trials)

@@ -82,7 +82,6 @@ def _study(url, name):
     return optuna.load_study(study_name=name, storage=_storages[url])
 
 
-
 def test_two_workers_finish_exactly_the_budget_and_share_one_baseline(postgres, cache, tmp_path):
     spec = _spec(tmp_path, "pair")
     # two hosts start the same study at once: each with its own empty cache
