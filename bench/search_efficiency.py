@@ -45,7 +45,7 @@ from searcher.report import hypervolume_history  # noqa: E402
 from searcher.run import Objective  # noqa: E402
 from searcher.spec import load_spec  # noqa: E402
 from searcher.study import prepare  # noqa: E402
-from searcher.worker import Retry, run_worker  # noqa: E402
+from searcher.worker import Retry, budget_used, counts_toward_budget, run_worker  # noqa: E402
 
 METHODS = ("nsga2", "tpe", "random", "uniform", "uniform-int8", "latency-only")
 SWEEPS = {"uniform": "float", "uniform-int8": "int8"}  # the off-the-shelf recipes: group precision of each
@@ -82,8 +82,20 @@ def enqueue_uniform(study: optuna.Study, groups: list[str], trials: int, sparsit
         study.enqueue_trial(params, skip_if_exists=False)
 
 
+def finished(db: str, name: str, trials: int) -> bool:
+    """The study exists and its budget is spent: nothing to run, and its artifacts are not needed."""
+    try:
+        study = optuna.load_study(study_name=name, storage=db)
+    except KeyError:
+        return False
+    return budget_used(study.get_trials(deepcopy=False)) >= trials
+
+
 def run_method(task: str, method: str, seed: int, trials: int, db: str, extra: dict) -> None:
     spec = method_spec(task, method, seed, trials, db, extra)
+    if finished(db, spec["study.name"], trials):
+        print(f"  {spec['study.name']}: all {trials} trials done", flush=True)
+        return
     prepared = prepare(spec, on_status=lambda text: None)
     study = prepared.study
     if method in SWEEPS:
@@ -102,7 +114,8 @@ def score(study: optuna.Study, trials: int) -> dict:
     and on a drifting host those absolute medians differ between studies by tens of percent, while
     the paired ratios do not."""
     baseline = {k[len("baseline_"):]: v for k, v in study.user_attrs.items() if k.startswith("baseline_")}
-    ordered = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)[:trials]
+    # A trial whose worker died (stopped bench) is re-run under a later number: skip it, not the last one.
+    ordered = [t for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number) if counts_toward_budget(t)][:trials]
     complete = [types.SimpleNamespace(number=t.number, user_attrs={
         "latency_ms": t.user_attrs["latency_ms"] / baseline["latency_ms"], "top1": t.user_attrs["top1"]})
         for t in ordered if t.state == optuna.trial.TrialState.COMPLETE]
@@ -202,6 +215,27 @@ def load_results(db: str, task: str, methods, seeds, trials: int) -> dict:
     return results
 
 
+def snapshot(db: str, destination: Path, trials: int) -> list[str]:
+    """Copy the SQLite database to ``destination`` with only its finished studies: the record behind
+    BENCHMARKS.md, and where a later run resumes (an unfinished study would need its artifacts)."""
+    import sqlite3
+
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    destination.unlink(missing_ok=True)
+    with sqlite3.connect(db.split("///", 1)[-1]) as source, sqlite3.connect(destination) as copy:
+        source.backup(copy)
+    url = f"sqlite:///{destination.resolve()}"
+    kept = []
+    for summary in optuna.get_all_study_summaries(url, include_best_trial=False):
+        if finished(url, summary.study_name, trials):
+            kept.append(summary.study_name)
+        else:
+            optuna.delete_study(study_name=summary.study_name, storage=url)
+    with sqlite3.connect(destination) as copy:
+        copy.execute("VACUUM")
+    return kept
+
+
 def plot(results: dict, path: Path, title: str) -> None:
     import matplotlib
 
@@ -238,6 +272,8 @@ def main() -> None:
                         "two tasks can then run side by side, one core each")
     parser.add_argument("--summary", action="store_true", help="only score the studies already in --db "
                         "(e.g. of a run cut short): print, plot, write the JSON")
+    parser.add_argument("--snapshot", type=Path, default=None, help="also copy the (SQLite) --db's finished "
+                        "studies to this file; a later run can resume from a copy of it")
     args = parser.parse_args()
     if "uniform" not in args.methods:
         parser.error("the comparison is against the uniform sweep: keep 'uniform' in --methods")
@@ -258,6 +294,9 @@ def main() -> None:
     results = load_results(db, args.task, args.methods, args.seeds, args.trials)
     if "uniform" not in results:
         sys.exit(f"no uniform sweep with a finished trial in {db} yet: nothing to compare against")
+    if args.snapshot:
+        kept = snapshot(db, args.snapshot, args.trials)
+        print(f"snapshot: {args.snapshot} ({len(kept)} finished studies)")
     Path(db.split("///")[-1]).with_suffix(".json").write_text(json.dumps({"trials": args.trials, "results": results}, indent=1))
     for sweep in SWEEPS:
         if sweep in results:
