@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import types
 import warnings
@@ -88,7 +89,8 @@ def finished(db: str, name: str, trials: int) -> bool:
         study = optuna.load_study(study_name=name, storage=db)
     except KeyError:
         return False
-    return budget_used(study.get_trials(deepcopy=False)) >= trials
+    # Only finished trials: one left RUNNING or WAITING by a stopped run still has to be run.
+    return budget_used([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]) >= trials
 
 
 def run_method(task: str, method: str, seed: int, trials: int, db: str, extra: dict) -> None:
@@ -258,6 +260,10 @@ def plot(results: dict, path: Path, title: str) -> None:
     figure.savefig(path, dpi=120)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)  # Optuna: heartbeats outside Study.optimize (ours)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -283,14 +289,19 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    # As ``tune start``: SIGTERM stops the bench like Ctrl-C, failing the running trial cleanly for a resume.
+    signal.signal(signal.SIGTERM, _interrupt)
     extra = dict(parse_override(item) for item in args.set)
     db = args.db or f"sqlite:///{ROOT / 'bench-results' / (args.task + '.db')}"
     if not args.summary:
         # Seed by seed, so a run cut short still compares every method on the seeds it finished.
-        for seed in args.seeds:
-            for method in args.methods:
-                print(f"{method}, seed {seed}", flush=True)
-                run_method(args.task, method, seed, args.trials, db, extra)
+        try:
+            for seed in args.seeds:
+                for method in args.methods:
+                    print(f"{method}, seed {seed}", flush=True)
+                    run_method(args.task, method, seed, args.trials, db, extra)
+        except KeyboardInterrupt:
+            sys.exit("stopped; the same command resumes where this run stopped")
     results = load_results(db, args.task, args.methods, args.seeds, args.trials)
     if "uniform" not in results:
         sys.exit(f"no uniform sweep with a finished trial in {db} yet: nothing to compare against")
