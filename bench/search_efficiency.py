@@ -83,7 +83,7 @@ def enqueue_uniform(study: optuna.Study, groups: list[str], trials: int, sparsit
         study.enqueue_trial(params, skip_if_exists=False)
 
 
-def finished(db: str, name: str, trials: int) -> bool:
+def finished(db, name: str, trials: int) -> bool:
     """The study exists and its budget is spent: nothing to run, and its artifacts are not needed."""
     try:
         study = optuna.load_study(study_name=name, storage=db)
@@ -203,17 +203,22 @@ def summarise(results: dict, trials: int, sweep: str = "uniform", drops: tuple[f
 
 
 def load_results(db: str, task: str, methods, seeds, trials: int) -> dict:
-    """Score the studies of a run that are in the database, finished or not."""
+    """Score the run's studies in the database that have spent their budget; a study cut short would
+    enter the medians with a shorter curve, so it is named and left out."""
     storage = optuna.storages.RDBStorage(db)
     names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     results: dict = {}
     for method in methods:
         for seed in seeds:
             name = f"{task}-{method}-{seed}"
-            if name in names:
-                study = optuna.load_study(study_name=name, storage=storage)
-                if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
-                    results.setdefault(method, {})[seed] = score(study, trials)
+            if name not in names:
+                continue
+            if not finished(storage, name, trials):
+                print(f"{name}: not finished, left out", file=sys.stderr)
+                continue
+            study = optuna.load_study(study_name=name, storage=storage)
+            if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+                results.setdefault(method, {})[seed] = score(study, trials)
     return results
 
 

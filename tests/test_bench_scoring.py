@@ -1,0 +1,84 @@
+"""The search benchmark's scoring and resume logic, on hand-made studies (the figures in BENCHMARKS.md
+come from these functions)."""
+import importlib.util
+import sqlite3
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("search_efficiency", ROOT / "bench" / "search_efficiency.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def add(study, state, latency=None, top1=None, **attrs):
+    if state == TrialState.COMPLETE:
+        attrs.update(latency_ms=latency, top1=top1)
+        values = [latency, top1]
+    else:
+        values = None
+    study.add_trial(create_trial(state=state, values=values, user_attrs=attrs))
+
+
+def two_objective(storage=None, name="s"):
+    study = optuna.create_study(storage=storage, study_name=name, directions=["minimize", "maximize"])
+    study.set_user_attr("baseline_latency_ms", 2.0)
+    study.set_user_attr("baseline_top1", 90.0)
+    return study
+
+
+def test_score_is_relative_to_the_study_baseline_and_skips_re_run_trials(bench):
+    study = two_objective()
+    add(study, TrialState.COMPLETE, 1.0, 90.0)  # 0.5x the baseline at its Top-1
+    add(study, TrialState.FAIL)  # its worker was stopped: re-run under a later number
+    add(study, TrialState.FAIL, failure="collapsed")  # failed on its own: counts, keeps the curve flat
+    add(study, TrialState.COMPLETE, 0.4, 85.0)
+    add(study, TrialState.COMPLETE, 0.2, 50.0)  # beyond the reference point: adds nothing
+    result = bench.score(study, trials=3)
+    # Reference: latency 1.1 (relative), Top-1 90 - 9 - 1 = 80; (0.5, 90) covers 0.6 x 10.
+    assert result["curve"] == pytest.approx([6.0, 6.0, 6.0 + 0.3 * 5])
+    assert result["points"] == [(0.5, 90.0), (0.2, 85.0)]
+    assert bench.fastest_within(result, 1.0) == 0.5
+    assert bench.fastest_within(result, 5.0) == 0.2
+    assert bench.trials_to_reach(result["curve"], 7.0) == 3
+    assert bench.trials_to_reach(result["curve"], 8.0) is None
+
+
+def test_gain_at_sweep_front_compares_at_equal_top1(bench):
+    sweep = {"points": [(1.0, 90.0), (0.6, 80.0), (0.7, 70.0)]}  # (0.7, 70) is dominated
+    result = {"points": [(0.3, 85.0), (0.9, 95.0)]}
+    # Sweep front (0.6, 80), (1.0, 90): fastest at >= 80 is 0.3 (0.5x); at >= 90 it is 0.9 (0.9x).
+    assert bench.gain_at_sweep_front(result, sweep) == pytest.approx([0.5, 0.9])
+    assert bench.gain_at_sweep_front({"points": [(0.1, 60.0)]}, sweep) == [None, None]
+
+
+def test_resume_and_snapshot_keep_only_finished_studies(bench, tmp_path):
+    db = f"sqlite:///{tmp_path / 'run.db'}"
+    done = two_objective(db, "task-tpe-0")
+    for i in range(3):
+        add(done, TrialState.COMPLETE, 1.0 - 0.1 * i, 90.0)
+    cut = two_objective(db, "task-random-0")
+    add(cut, TrialState.COMPLETE, 1.0, 90.0)
+    add(cut, TrialState.PRUNED)
+    add(cut, TrialState.RUNNING)  # left by a killed run: still to be run, not budget spent
+    assert bench.finished(db, "task-tpe-0", 3)
+    assert not bench.finished(db, "task-random-0", 3)
+    assert not bench.finished(db, "task-nsga2-0", 3)
+
+    results = bench.load_results(db, "task", ["tpe", "random"], [0], 3)
+    assert list(results) == ["tpe"]
+
+    copy = tmp_path / "results" / "task.db"
+    assert bench.snapshot(db, copy, 3) == ["task-tpe-0"]
+    names = [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{copy}", include_best_trial=False)]
+    assert names == ["task-tpe-0"]
+    with sqlite3.connect(tmp_path / "run.db") as source:  # the source keeps everything
+        assert source.execute("select count(*) from studies").fetchone() == (2,)
