@@ -249,18 +249,30 @@ def plot(results: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, (axis, fronts) = plt.subplots(1, 2, figsize=(13, 4.8))
     for method, by_seed in results.items():
         curves = [r["curve"] for r in by_seed.values() if r["curve"]]
         length = min(len(c) for c in curves)
         stacked = np.array([c[:length] for c in curves])
         x = np.arange(1, length + 1)
-        axis.plot(x, np.median(stacked, axis=0), label=method)
-        axis.fill_between(x, stacked.min(axis=0), stacked.max(axis=0), alpha=0.15)
+        line, = axis.plot(x, np.median(stacked, axis=0), label=method)
+        axis.fill_between(x, stacked.min(axis=0), stacked.max(axis=0), alpha=0.15, color=line.get_color())
+        # The front of every model the method found over all seeds, as a staircase.
+        points = sorted(p for r in by_seed.values() for p in r["points"])
+        front = [p for i, p in enumerate(points) if all(p[1] > q[1] for q in points[:i])]
+        if front:
+            fronts.step(*zip(*front), where="post", color=line.get_color(), label=method)
+            fronts.scatter(*zip(*points), s=8, alpha=0.35, color=line.get_color())
+    baseline_top1 = _median([r["baseline_top1"] for by_seed in results.values() for r in by_seed.values()])
+    fronts.axhline(baseline_top1 - 1, color="grey", linestyle=":", linewidth=1)
     axis.set_xlabel("trials")
     axis.set_ylabel("hypervolume (latency / baseline, Top-1)")
-    axis.set_title(title)
+    axis.set_title(f"{title}: hypervolume, median and range over seeds", fontsize=10)
     axis.legend()
+    fronts.set_xlabel("latency / the study's baseline")
+    fronts.set_ylabel("Top-1 %")
+    fronts.set_title("models of all seeds and each method's front (dotted: baseline - 1 point)", fontsize=10)
+    fronts.set_ylim(bottom=max(0.0, baseline_top1 - 30))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
