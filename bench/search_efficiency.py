@@ -129,7 +129,10 @@ def score(study: optuna.Study, trials: int) -> dict:
         last = by_number.get(trial.number, last)
         curve.append(last)
     points = [(t.user_attrs["latency_ms"], t.user_attrs["top1"]) for t in complete]
-    return {"curve": curve, "points": points, "baseline_latency_ms": baseline["latency_ms"], "baseline_top1": baseline["top1"]}
+    device = baseline.get("device") or {}
+    return {"curve": curve, "points": points, "baseline_latency_ms": baseline["latency_ms"], "baseline_top1": baseline["top1"],
+            "device": f"{device.get('name')} on {device.get('full_name')} "
+                      f"({device.get('extra', {}).get('capabilities', '?')}; {device.get('threads_used')} thread(s))"}
 
 
 def fastest_within(result: dict, points_lost: float) -> float | None:
@@ -322,6 +325,10 @@ def main() -> None:
     results = load_results(db, args.task, args.methods, args.seeds, args.trials)
     if "uniform" not in results:
         sys.exit(f"no uniform sweep with a finished trial in {db} yet: nothing to compare against")
+    devices = sorted({r["device"] for by_seed in results.values() for r in by_seed.values()})
+    print("device: " + "; ".join(devices))
+    if len(devices) > 1:
+        print("warning: these studies ran on different devices; their latency ratios are not comparable", file=sys.stderr)
     if args.snapshot:
         kept = snapshot(db, args.snapshot, args.trials)
         print(f"snapshot: {args.snapshot} ({len(kept)} finished studies)")
