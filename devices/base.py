@@ -27,12 +27,27 @@ class DeviceInfo:
     threads: int
     precisions: tuple[str, ...]  # what this device can execute
     extra: Mapping[str, str] = field(default_factory=dict)
+    # Per precision, the multiple of channels at which a layer's width pays off (the kernels work in
+    # blocks of this many channels; a width between two multiples costs about the next one up).
+    # Measured by bench/granularity.py; 1 where nothing is known.
+    channel_granularity: Mapping[str, int] = field(default_factory=dict)
+
+    def granularity(self, precision: str) -> int:
+        return int(self.channel_granularity.get(precision, 1))
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["precisions"] = list(self.precisions)
         data["extra"] = dict(self.extra)
+        data["channel_granularity"] = dict(self.channel_granularity)
         return data
+
+
+def cpu_channel_block() -> int:
+    """Channels per SIMD register of float32 on this CPU, as oneDNN's blocked layouts use them:
+    16 with AVX-512, 8 with AVX2 (and below). PyTorch's public CPU capability says which."""
+    capability = torch.backends.cpu.get_cpu_capability().upper()
+    return 16 if "AVX512" in capability else 8
 
 
 @dataclass(frozen=True)

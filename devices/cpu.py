@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Device, DeviceError, DeviceInfo, PrecisionPlan
+from .base import Device, DeviceError, DeviceInfo, PrecisionPlan, cpu_channel_block
 from .protocol import LatencyProtocol
 from .torchscript import TorchScriptDeployment, under
 
@@ -105,6 +105,7 @@ class CPUDevice(Device):
             threads=self.threads,
             precisions=tuple(["f32"] + int8),
             extra={"engine": "eager", "quantized_engine": "x86" if int8 else ""},
+            channel_granularity={p: cpu_channel_block() for p in ["f32"] + int8},  # oneDNN kernels, as OpenVINO's
         )
 
     def deploy(self, model, example_input, plan: PrecisionPlan = PrecisionPlan()) -> CPUDeployment:

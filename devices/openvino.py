@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Deployment, Device, DeviceError, DeviceInfo, PrecisionPlan
+from .base import Deployment, Device, DeviceError, DeviceInfo, PrecisionPlan, cpu_channel_block
 from .protocol import LatencyProtocol
 
 #: Layer types counted when reading back what really runs.
@@ -274,7 +274,14 @@ class OpenVINODevice(Device):
             threads=self.threads,
             precisions=tuple(floats + int8),
             extra={"capabilities": ",".join(capabilities), "performance_hint": "LATENCY"},
+            channel_granularity={p: self._granularity(kind) for p in floats + int8},
         )
+
+    @staticmethod
+    def _granularity(kind: str) -> int:
+        # CPU: oneDNN's blocked layouts (8 channels with AVX2, 16 with AVX-512; bench/granularity.py
+        # measured it at f32 and int8). Intel GPUs and NPUs work in SIMD16 lanes.
+        return cpu_channel_block() if kind == "CPU" else 16
 
     def deploy(self, model, example_input, plan: PrecisionPlan = PrecisionPlan()) -> OpenVINODeployment:
         self.check_plan(plan)

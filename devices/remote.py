@@ -132,7 +132,7 @@ class RemoteDevice(Device):
             raise DeviceError(f"the agent at {base} serves {record['name']}, not {device}")
         self._info = DeviceInfo(f"remote:{base}/{record['name']}", record["full_name"], record["runtime"],
                                 record["threads"], tuple(record["precisions"]),
-                                {**record.get("extra", {}), "agent": base})
+                                {**record.get("extra", {}), "agent": base}, record.get("channel_granularity", {}))
 
     def info(self) -> DeviceInfo:
         return self._info

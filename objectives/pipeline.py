@@ -6,9 +6,10 @@ Input: the cached baseline and a :class:`TrialPlan` (what the searcher proposed)
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -19,12 +20,14 @@ from devices import Deployment, Device, PrecisionPlan
 from devices.protocol import exclusive
 
 from . import prune as pruning
+from . import structure
 from .data import DataSplits
 from .evaluate import collapsed, per_class_accuracy, topk_accuracy, torch_logits
 from .finetune import TrainSettings, train
 from .groups import OTHER, LayerGroup, compute_layers, other_layers
 from .models import count_params, flops_and_params
 from .quantize import qat_finetune
+from .structure import Stage
 
 PHASES = ("prune", "speedup", "fine_tune", "deploy", "evaluate", "measure")
 
@@ -69,18 +72,33 @@ class TrialContext:
     reference_latency_ms: float | None = None
     throughput: bool = False  # also measure images/s with asynchronous requests
     also: list[OtherDevice] = field(default_factory=list)
+    stages: list[Stage] = field(default_factory=list)  # residual stages: depth and stream width
+    block_importance: dict[str, float] = field(default_factory=dict)  # computed once per study
+
+    @functools.cached_property
+    def baseline_flops(self) -> int:
+        return flops_and_params(self.baseline, self.data.example_input(2))[0]
 
 
 @dataclass
 class TrialPlan:
-    """What the searcher proposed. ``int8_groups`` may include ``"other"`` (stem, head, ...)."""
+    """What the searcher proposed. ``int8_groups`` may include ``"other"`` (stem, head, ...).
 
-    sparsity: dict[str, float]
+    Widths are output channels kept; a group or stage absent from ``inner``, ``stream`` or
+    ``depth`` is left as it is in the baseline."""
+
+    inner: dict[str, int] = field(default_factory=dict)  # group -> channels kept by its widest layer
+    stream: dict[str, int] = field(default_factory=dict)  # stage -> channels of its residual stream
+    depth: dict[str, int] = field(default_factory=dict)  # stage -> blocks kept
+    channel_multiple: int = 1  # narrower layers of a group keep a share of their width rounded to this
     pruner: str = "l1"
     float_precision: str = "f32"
     int8_groups: frozenset[str] = frozenset()
     quantization: str = "qat"  # "qat": NNI QAT while fine-tuning int8 groups; "ptq": calibration only
     finetune: TrainSettings = TrainSettings(epochs=2, lr=0.01)
+    # A model that removed compute fine-tunes longer at about the same cost: epochs x baseline
+    # FLOPs / its FLOPs, up to this (None: always finetune.epochs). Shallow models need it (BENCHMARKS.md).
+    max_epochs: int | None = None
 
     def precision_plan(self, groups: list[LayerGroup]) -> dict[str, str]:
         """Group -> precision, as recorded on the trial."""
@@ -120,34 +138,63 @@ class _Clock:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 4)
 
 
-def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None] | None = None) -> TrialOutcome:
-    clock = _Clock(on_phase)
-    model = copy.deepcopy(ctx.baseline).eval()
+def fine_tune_epochs(plan: TrialPlan, baseline_flops: int, flops: int) -> int:
+    """The plan's epochs, scaled by the compute the model removed, up to ``plan.max_epochs``."""
+    epochs = plan.finetune.epochs
+    if not plan.max_epochs or plan.max_epochs <= epochs or flops <= 0:
+        return epochs
+    return max(epochs, min(plan.max_epochs, round(epochs * baseline_flops / flops)))
+
+
+def shrink(model: nn.Module, ctx: TrialContext, plan: TrialPlan, clock: "_Clock") -> list[str]:
+    """Remove blocks, prune residual streams, prune inner widths (in place); returns the removed blocks."""
     example = ctx.data.example_input(2)
-    before = pruning.out_channels(model, ctx.groups)
     with clock.phase("prune"):
-        configs = pruning.config_list(model, ctx.groups, plan.sparsity, example)
+        removed = [b for s in ctx.stages if s.name in plan.depth
+                   for b in structure.blocks_to_remove(s, plan.depth[s.name], ctx.block_importance)]
+        structure.remove_blocks(model, removed)
+        structure.prune_streams(model, ctx.stages, plan.stream, example, plan.pruner)
+        keep = pruning.kept_channels(model, ctx.groups, plan.inner, plan.channel_multiple)
+        configs = pruning.config_list(model, ctx.groups, keep, example)
         masks = pruning.compute_masks(model, configs, plan.pruner) if configs else {}
     with clock.phase("speedup"):
         if masks:
             pruning.speedup(model, masks, example)
-    achieved = pruning.achieved_sparsity(before, pruning.out_channels(model, ctx.groups), ctx.groups)
+    return removed
+
+
+def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None] | None = None) -> TrialOutcome:
+    clock = _Clock(on_phase)
+    model = copy.deepcopy(ctx.baseline).eval()
+    before = pruning.out_channels(model, ctx.groups)
+    removed = shrink(model, ctx, plan, clock)
+    channels = pruning.out_channels(model, ctx.groups)
+    achieved = pruning.achieved_sparsity(before, channels, ctx.groups)
     quantized = int8_modules(model, ctx.groups, plan.int8_groups)
+    epochs = plan.finetune.epochs
+    if plan.max_epochs and plan.max_epochs > epochs:
+        epochs = fine_tune_epochs(plan, ctx.baseline_flops, flops_and_params(model, ctx.data.example_input(2))[0])
+    settings = replace(plan.finetune, epochs=epochs)
     with clock.phase("fine_tune"):
-        torch.manual_seed(plan.finetune.seed)
+        torch.manual_seed(settings.seed)
         if quantized and plan.quantization == "qat":
-            qat_finetune(model, compute_layers(model, quantized), ctx.data.x_train, ctx.data.y_train, plan.finetune)
+            qat_finetune(model, compute_layers(model, quantized), ctx.data.x_train, ctx.data.y_train, settings)
         else:
-            train(model, ctx.data.x_train, ctx.data.y_train, plan.finetune)
+            train(model, ctx.data.x_train, ctx.data.y_train, settings)
         check = topk_accuracy(torch_logits(model, ctx.data.x_val), ctx.data.y_val.numpy())
         if collapsed(check, ctx.data.num_classes, ctx.collapse_margin):
             raise CollapsedError(check, ctx.data.num_classes)
     device_plan = PrecisionPlan(plan.float_precision, tuple(quantized),
                                 ctx.data.calibration_subset(ctx.calibration_size).numpy() if quantized else None)
     attributes = deploy_and_measure(model, ctx, device_plan, clock)
-    attributes.update(sparsity_achieved=achieved, fine_tune_epochs=plan.finetune.epochs, pruner=plan.pruner,
+    attributes.update(sparsity_achieved=achieved, channels=channels, inner_width=pruning.group_widths(channels, ctx.groups),
+                      fine_tune_epochs=epochs, pruner=plan.pruner,
                       precision_plan=plan.precision_plan(ctx.groups), quantization=plan.quantization if quantized else None,
-                      calibration_size=len(device_plan.calibration) if quantized else 0, seconds=clock.seconds)
+                      calibration_size=len(device_plan.calibration) if quantized else 0, seconds=clock.seconds,
+                      channel_multiple=plan.channel_multiple)
+    if ctx.stages:
+        attributes.update(depth=structure.depths(model, ctx.stages), stream_width=structure.stream_widths(model, ctx.stages),
+                          blocks_removed=removed)
     for other in ctx.also:
         attributes.update(measure_on(other, model, ctx, device_plan, clock))
     deployment = attributes.pop("_deployment")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import logging
 import warnings
 from dataclasses import dataclass
@@ -41,15 +42,49 @@ def _pruner_class(name: str):
         raise PruneError(f"unknown pruner {name!r}; allowed: {', '.join(PRUNERS)}") from None
 
 
-def config_list(model: nn.Module, groups: list[LayerGroup], sparsity: dict[str, float], example_input) -> list[dict]:
-    """One NNI config per group; coupled groups get NNI's channel dependency group ids."""
+def present_layers(model: nn.Module, group: LayerGroup) -> list[str]:
+    """The group's layers still in the model (a removed block's layers are gone with it)."""
+    modules = dict(model.named_modules())
+    return [name for name in group.layers if isinstance(modules.get(name), nn.Conv2d)]
+
+
+def aligned(channels: int, fraction: float, multiple: int) -> int:
+    """``fraction`` of ``channels``, rounded up to a whole multiple (never more than ``channels``)."""
+    if fraction >= 1.0:
+        return channels
+    return min(channels, max(multiple, math.ceil(channels * fraction / multiple - 1e-9) * multiple))
+
+
+def kept_channels(model: nn.Module, groups: list[LayerGroup], inner: dict[str, int], multiple: int = 1) -> dict[str, int]:
+    """Per layer, the output channels to keep: ``inner[group]`` for the group's widest layer, the same
+    share (aligned to ``multiple``) for narrower ones. Groups absent from ``inner`` keep every channel."""
+    modules = dict(model.named_modules())
+    keep = {}
+    for group in groups:
+        layers = present_layers(model, group)
+        if group.name not in inner or not layers:
+            continue
+        widest = max(modules[n].out_channels for n in layers)
+        fraction = inner[group.name] / widest
+        for name in layers:
+            keep[name] = aligned(modules[name].out_channels, fraction, multiple)
+    return keep
+
+
+def config_list(model: nn.Module, groups: list[LayerGroup], keep: dict[str, int], example_input) -> list[dict]:
+    """One NNI config per pruned layer, removing exactly the channels ``keep`` says; coupled groups
+    get NNI's channel dependency group ids."""
+    modules = dict(model.named_modules())
     configs, coupled = [], []
     for group in groups:
-        ratio = float(sparsity.get(group.name, 0.0))
-        if ratio <= 0:
-            continue
-        config = {"op_names": list(group.layers), "op_types": ["Conv2d"], "sparse_ratio": ratio}
-        (coupled if group.coupled else configs).append(config)
+        for name in group.layers:
+            if name not in keep or keep[name] >= modules[name].out_channels:
+                continue
+            channels = modules[name].out_channels
+            # NNI prunes int(channels * ratio) channels: the half channel makes that exact
+            ratio = (channels - keep[name] + 0.5) / channels
+            config = {"op_names": [name], "op_types": ["Conv2d"], "sparse_ratio": ratio}
+            (coupled if group.coupled else configs).append(config)
     if coupled:
         from nni.common.concrete_trace_utils import concrete_trace
         from nni.compression.speedup.dependency import auto_set_denpendency_group_ids
@@ -91,14 +126,23 @@ def speedup(model: nn.Module, masks: dict, example_input: torch.Tensor) -> nn.Mo
 
 
 def out_channels(model: nn.Module, groups: list[LayerGroup]) -> dict[str, int]:
+    """Output channels of every group layer still in the model."""
     modules = dict(model.named_modules())
-    return {name: modules[name].out_channels for group in groups for name in group.layers}
+    return {name: modules[name].out_channels for group in groups for name in present_layers(model, group)}
+
+
+def group_widths(channels: dict[str, int], groups: list[LayerGroup]) -> dict[str, int]:
+    """Per group, the output channels of its widest remaining layer (what ``inner.<group>`` sets)."""
+    return {g.name: max(channels[n] for n in g.layers if n in channels) for g in groups
+            if any(n in channels for n in g.layers)}
 
 
 def achieved_sparsity(before: dict[str, int], after: dict[str, int], groups: list[LayerGroup]) -> dict[str, float]:
+    """Per group: the share of its (remaining) layers' output channels removed."""
     result = {}
     for group in groups:
-        total = sum(before[n] for n in group.layers)
-        kept = sum(after[n] for n in group.layers)
+        layers = [n for n in group.layers if n in before and n in after]
+        total = sum(before[n] for n in layers)
+        kept = sum(after[n] for n in layers)
         result[group.name] = round(1.0 - kept / total, 4) if total else 0.0
     return result

@@ -176,12 +176,13 @@ def _run_study(spec, progress, quiet: bool = False, joining: bool = False):
                       f"(±{base['latency_ci95_rel'] * 100:.1f}%, {base['latency_runs']} runs), Top-1 {base['top1']:.2f}%, "
                       f"params {base['params']:,}, FLOPs {base['flops']:,}; groups: "
                       + ", ".join(f"{g.name} ({len(g.layers)} layers)" for g in prepared.context.groups)
-                      + f"; precisions: {', '.join(prepared.precisions)}")
+                      + f"; precisions: {', '.join(prepared.precisions)}"
+                      + f"; widths in multiples of {prepared.space.multiple} ({prepared.space.multiple_source})")
     if spec["study.workers"] > 1:
         progress.status(f"{spec['study.workers']} workers running")
         run_local_workers(study, spec, progress, spec["study.workers"])
     else:
-        objective = Objective(spec, prepared.context, base, prepared.precisions,
+        objective = Objective(spec, prepared.context, base, prepared.space,
                               on_phase=None if quiet else progress.on_phase)
         retry = Retry(spec["study.storage"], spec["study.db_patience"],
                       on_retry=lambda text: console.print(f"[yellow]{text}[/]"))
@@ -299,13 +300,16 @@ def groups(
     image_size: int = typer.Option(32, help="Input size used to count FLOPs."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override spec keys (search.groups, search.exclude)."),
 ):
-    """Show the layer groups of a model: layers, parameters and FLOPs share."""
+    """Show the layer groups of a model (layers, parameters, FLOPs share) and every dimension a study
+    searches on it, with its range on the spec's device."""
     import torch
 
-    from objectives.groups import derive_groups, describe_groups
+    from objectives.groups import OTHER, derive_groups, describe_groups
     from objectives.models import create_model
+    from objectives.structure import residual_stages
 
-    from .study import group_rules
+    from .space import allowed_precisions, build_space, channel_multiple
+    from .study import group_rules, make_device
 
     spec = load_spec(spec_file, _overrides(model=model, set=set_))
     net = create_model(spec["model.name"], num_classes)
@@ -317,6 +321,22 @@ def groups(
         table.add_row(row["name"], "\n".join(row["layers"]), f"{row['params']:,}", f"{row['params_share']:.1%}",
                       f"{row['flops_share']:.1%}")
     console.print(table)
+    info = make_device(spec).info()
+    precisions = allowed_precisions(spec, info)
+    multiple, source = channel_multiple(spec, info, precisions)
+    space = build_space(spec, net, found, residual_stages(net), precisions, multiple, source)
+    dims = Table(title=f"search dimensions on {info.name} (widths in multiples of {multiple}, from the {source})")
+    for column in ("parameter", "dimension", "range"):
+        dims.add_column(column, overflow="fold")
+    for row in space.describe():
+        dims.add_row(row["parameter"], row["dimension"], row["range"])
+    floats = [p for p in precisions if p != "int8"]
+    if len(floats) > 1:
+        dims.add_row("precision.float", "float precision", ", ".join(floats))
+    if "int8" in precisions:
+        for name in [g.name for g in found] + [OTHER]:
+            dims.add_row(f"precision.{name}", "precision", "float, int8")
+    console.print(dims)
 
 
 @app.command()
@@ -326,11 +346,13 @@ def devices():
     from devices import available_devices, create_device
 
     table = Table(title="devices on this host")
-    for column in ("device", "full name", "runtime", "precisions", "capabilities"):
+    for column in ("device", "full name", "runtime", "precisions", "channel granularity", "capabilities"):
         table.add_column(column, overflow="fold")
     for name in available_devices():
         info = create_device(name).info()
-        table.add_row(info.name, info.full_name, info.runtime, ", ".join(info.precisions), info.extra.get("capabilities", ""))
+        granularity = ", ".join(f"{p} {info.granularity(p)}" for p in info.precisions)
+        table.add_row(info.name, info.full_name, info.runtime, ", ".join(info.precisions), granularity,
+                      info.extra.get("capabilities", ""))
     console.print(table)
 
 

@@ -76,12 +76,21 @@ def _with_delta(text: str, delta: str) -> str:
 
 
 def settings_short(row_params: dict, attrs: dict, groups: list[str] | None = None) -> str:
-    """Compact settings: the pruner, then each group's sparsity in group order (``l1 .35/.75/.80``)."""
-    groups = groups or [k.split(".", 1)[1] for k in sorted(row_params) if k.startswith("sparsity.")]
-    sparsity = "/".join(f"{row_params.get(f'sparsity.{g}', 0.0):.2f}".lstrip("0") for g in groups)
-    pruner = row_params.get("pruner", attrs.get("pruner", ""))
+    """Compact settings, as realized: blocks per stage (``d``), residual-stream channels per stage
+    (``s``), inner channels per group (``i``), the pruner, then each group's precision where any is
+    not the float one: ``d 3/5/9 s 16/32/48 i 8/16/40 l1 i8/f32/f32/i8``. Trials of studies before
+    depth and widths were searched show each group's sparsity instead (``l1 .35/.75/.80``)."""
+    groups = groups or list(attrs.get("inner_width") or {}) or [
+        k.split(".", 1)[1] for k in sorted(row_params) if k.startswith("sparsity.")]
+    pruner = str(row_params.get("pruner", attrs.get("pruner", "")))
+    parts = [f"{label} " + "/".join(str(v) for v in attrs[key].values())
+             for label, key in (("d", "depth"), ("s", "stream_width"), ("i", "inner_width")) if attrs.get(key)]
+    if parts:
+        parts.append(pruner)
+    else:  # a study from before widths were searched
+        parts = [pruner, "/".join(f"{row_params.get(f'sparsity.{g}', 0.0):.2f}".lstrip("0") for g in groups)]
     plan = attrs.get("precision_plan") or {}
-    text = f"{pruner} {sparsity}".strip()
+    text = " ".join(p for p in parts if p)
     if any(p == "int8" for p in plan.values()) or len(set(plan.values())) > 1 or "bf16" in plan.values():
         text += " " + "/".join(_PRECISION_SHORT.get(plan.get(g, "?"), plan.get(g, "?")) for g in [*groups, "other"])
     return text
@@ -100,7 +109,10 @@ def front_table(study: optuna.Study, title: str | None = None) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=title or f"Pareto front of '{study.study_name}' "
                   f"({stats.get('complete', 0)} complete, {stats.get('pruned', 0)} collapsed, {stats.get('fail', 0)} failed)")
     groups = _group_names(study)
-    settings = f"pruner, sparsity {'/'.join(groups)}, precision {'/'.join([*groups, 'other'])}"
+    if study.user_attrs.get("channel_multiple"):  # d: blocks, s: stream channels, i: inner channels
+        settings = f"d/s/i {'/'.join(groups)}, pruner, precision +other"
+    else:
+        settings = f"pruner, sparsity {'/'.join(groups)}, precision {'/'.join([*groups, 'other'])}"
     others = list(study.user_attrs.get("spec", {}).get("device.also") or [])  # latency on each further device
     for column in ("trial", "latency ms", *(f"ms@{name}" for name in others), "Top-1 %", "params", "FLOPs", "size", settings):
         if column == settings:

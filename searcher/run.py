@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from objectives.pipeline import CollapsedError, TrialContext, TrialPlan, run_trial
 
 from .artifacts import pack_outcome, upload
-from .space import suggest_plan
+from .space import SearchSpace, suggest_plan
 from .spec import Spec, target_unit
 
 
@@ -51,17 +51,17 @@ class TrialResult:
 class Objective:
     """Runs trials for one study; ``on_phase(trial_number, phase)`` reports progress."""
 
-    def __init__(self, spec: Spec, context: TrialContext, baseline: dict, precisions: list[str],
+    def __init__(self, spec: Spec, context: TrialContext, baseline: dict, space: SearchSpace,
                  on_phase: Callable[[int, str], None] | None = None):
         self.spec = spec
         self.context = context
-        self.precisions = precisions
+        self.space = space
         self.baseline = baseline
         self.on_phase = on_phase or (lambda n, p: None)
         self._scratch = tempfile.TemporaryDirectory(prefix="edgetune-trial-")
 
     def plan(self, trial: optuna.Trial) -> TrialPlan:
-        return suggest_plan(trial, self.spec, self.context.groups, self.precisions)
+        return suggest_plan(trial, self.spec, self.context.groups, self.space)
 
     def evaluate(self, trial: optuna.Trial, plan: TrialPlan) -> TrialResult:
         try:

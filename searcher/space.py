@@ -1,4 +1,12 @@
-"""Spec + layer groups + device capabilities -> ``trial.suggest_*`` -> a TrialPlan.
+"""Spec + layer groups + residual stages + device capabilities -> ``trial.suggest_*`` -> a TrialPlan.
+
+Structure: for each layer group, ``inner.<group>`` is how many whole multiples of the study's
+channel multiple (the device's channel granularity, or ``search.channel_multiple``) its widest
+layer keeps; for each residual stage, ``width.<stage>`` is the same for the stage's residual
+stream and ``depth.<stage>`` the number of blocks kept. Counting multiples, not a sparsity,
+means two parameter values never give the same model, and every width is one the hardware runs
+efficiently (the last multiple may be partial: the full width). Every dimension can be switched
+off in the spec; one with a single choice is recorded, not searched.
 
 Precision: the device runs one float precision per model (OpenVINO's inference precision hint)
 and int8 per layer (NNCF). So a trial picks ``precision.float`` among the float precisions
@@ -7,12 +15,17 @@ allowed, and for each group (and ``other``: stem and head) ``precision.<group>``
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+
 import optuna
+from torch import nn
 
 from devices import DeviceInfo
 from objectives.finetune import TrainSettings
 from objectives.groups import OTHER, LayerGroup
 from objectives.pipeline import TrialPlan
+from objectives.structure import Stage
 
 from .spec import Spec, SpecError
 
@@ -45,11 +58,88 @@ def check_fixed_precisions(spec: Spec, groups: list[LayerGroup]) -> None:
                         f"got {', '.join(sorted(floats))}")
 
 
-def suggest_plan(trial: optuna.Trial, spec: Spec, groups: list[LayerGroup], precisions: list[str]) -> TrialPlan:
+def channel_multiple(spec: Spec, device: DeviceInfo, precisions: list[str]) -> tuple[int, str]:
+    """The multiple every searched width is made of, and where it came from.
+
+    The spec's ``search.channel_multiple``, or (0, the default) the device's declared granularity:
+    the largest over the precisions the study may use, so a width pays off at any of them."""
+    chosen = spec["search.channel_multiple"]
+    if chosen:
+        return int(chosen), "spec"
+    return max(device.granularity(p) for p in precisions), f"device {device.name}"
+
+
+@dataclass(frozen=True)
+class Widths:
+    """The channel counts one width may take: 1..n whole multiples, the last capped at the full width."""
+
+    full: int
+    multiple: int
+    fewest: int  # multiples
+
+    @property
+    def most(self) -> int:
+        return math.ceil(self.full / self.multiple)
+
+    @property
+    def searched(self) -> bool:
+        return self.most > self.fewest
+
+    def channels(self, multiples: int) -> int:
+        return min(self.full, multiples * self.multiple)
+
+    def describe(self) -> str:
+        if not self.searched:
+            return f"{self.full} (fixed)"
+        return f"{self.channels(self.fewest)}..{self.full} step {self.multiple}"
+
+    @classmethod
+    def of(cls, full: int, multiple: int, max_sparsity: float) -> "Widths":
+        fewest = max(1, math.ceil(full * (1.0 - max_sparsity) / multiple - 1e-9))
+        return cls(full, multiple, min(fewest, math.ceil(full / multiple)))
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Every dimension a study searches, with its range; built once per run from the baseline."""
+
+    precisions: list[str]
+    multiple: int = 1
+    multiple_source: str = "spec"
+    inner: dict[str, Widths] = field(default_factory=dict)  # group -> inner widths
+    stream: dict[str, Widths] = field(default_factory=dict)  # stage -> residual-stream widths
+    depth: dict[str, tuple[int, int]] = field(default_factory=dict)  # stage -> (fewest, most) blocks
+
+    def describe(self) -> list[dict]:
+        """One row per searched dimension: parameter, what it is, its range."""
+        rows = [{"parameter": f"inner.{g}", "dimension": "inner width", "range": w.describe()} for g, w in self.inner.items()]
+        rows += [{"parameter": f"width.{s}", "dimension": "stream width", "range": w.describe()} for s, w in self.stream.items()]
+        rows += [{"parameter": f"depth.{s}", "dimension": "depth (blocks)",
+                  "range": f"{lo}..{hi}" if hi > lo else f"{hi} (fixed)"} for s, (lo, hi) in self.depth.items()]
+        return rows
+
+
+def build_space(spec: Spec, model: nn.Module, groups: list[LayerGroup], stages: list[Stage], precisions: list[str],
+                multiple: int, multiple_source: str = "spec") -> SearchSpace:
+    max_sparsity = spec["search.sparsity_max"]
+    modules = dict(model.named_modules())
+    inner = {}
+    if spec["search.inner_width"]:
+        for g in groups:
+            widths = [modules[n].out_channels for n in g.layers if n in modules]
+            if widths:
+                inner[g.name] = Widths.of(max(widths), multiple, max_sparsity)
+    stream = {s.name: Widths.of(s.stream_width, multiple, max_sparsity) for s in stages} if spec["search.stream_width"] else {}
+    depth = {s.name: (s.min_depth, len(s.blocks)) for s in stages} if spec["search.depth"] else {}
+    return SearchSpace(list(precisions), multiple, multiple_source, inner, stream, depth)
+
+
+def suggest_plan(trial: optuna.Trial, spec: Spec, groups: list[LayerGroup], space: SearchSpace) -> TrialPlan:
     """Ask the sampler for this trial's settings; fixed choices are recorded, not searched."""
-    high, step = spec["search.sparsity_max"], spec["search.sparsity_step"]
-    high = round(int(round(high / step, 6)) * step, 6)  # a whole number of steps
-    sparsity = {g.name: trial.suggest_float(f"sparsity.{g.name}", 0.0, high, step=step) for g in groups}
+    inner = {g: w.channels(trial.suggest_int(f"inner.{g}", w.fewest, w.most)) for g, w in space.inner.items() if w.searched}
+    stream = {s: w.channels(trial.suggest_int(f"width.{s}", w.fewest, w.most)) for s, w in space.stream.items() if w.searched}
+    depth = {s: trial.suggest_int(f"depth.{s}", lo, hi) for s, (lo, hi) in space.depth.items() if hi > lo}
+    precisions = space.precisions
     pruners = spec["search.pruners"]
     pruner = trial.suggest_categorical("pruner", pruners) if len(pruners) > 1 else pruners[0]
     fixed = spec["search.fixed_precisions"] or {}
@@ -77,5 +167,6 @@ def suggest_plan(trial: optuna.Trial, spec: Spec, groups: list[LayerGroup], prec
         batch_size=spec["finetune.batch_size"],
         seed=spec["study.seed"] + trial.number,
     )
-    return TrialPlan(sparsity=sparsity, pruner=pruner, float_precision=float_precision, int8_groups=frozenset(int8_groups),
-                     quantization=spec["search.quantization"], finetune=finetune)
+    return TrialPlan(inner=inner, stream=stream, depth=depth, channel_multiple=space.multiple, pruner=pruner,
+                     float_precision=float_precision, int8_groups=frozenset(int8_groups),
+                     quantization=spec["search.quantization"], finetune=finetune, max_epochs=spec["finetune.max_epochs"])

@@ -23,10 +23,11 @@ from objectives.finetune import TrainSettings
 from objectives.groups import GroupRules, LayerGroup, derive_groups, describe_groups
 from objectives.models import create_model
 from objectives.pipeline import OtherDevice, TrialContext, deploy_baseline, evaluate_baseline
+from objectives.structure import block_importance, residual_stages
 
 from .artifacts import ArtifactError, fetch, store_outcome
 from .locks import StudyLocks
-from .space import allowed_precisions, check_fixed_precisions
+from .space import SearchSpace, allowed_precisions, build_space, channel_multiple, check_fixed_precisions
 from .spec import Spec, SpecError, stored_spec, target_unit
 from .storage import Heartbeat, open_storage, redact
 
@@ -37,7 +38,12 @@ logging.getLogger("nncf").setLevel(logging.ERROR)
 #: keys whose change would make a resumed study's trials incomparable
 FIXED_ON_RESUME = ("model.name", "model.checkpoint", "data.name", "data.dir", "data.image_size", "baseline.epochs",
                    "baseline.lr", "baseline.batch_size", "device.name", "device.also", "device.batch", "study.targets", "search.groups",
-                   "search.exclude", "search.precisions", "search.sparsity_max", "search.pruners")
+                   "search.exclude", "search.precisions", "search.sparsity_max", "search.pruners",
+                   "search.channel_multiple", "search.inner_width", "search.stream_width", "search.depth")
+
+
+#: validation images the block ranking is measured on (once per study)
+RANKING_IMAGES = 512
 
 
 def make_sampler(spec: Spec) -> optuna.samplers.BaseSampler:
@@ -115,8 +121,12 @@ class Prepared:
     context: TrialContext
     baseline: dict  # the baseline's record (without the prefix)
     baseline_source: str
-    precisions: list[str]  # what trials may use: the spec's choice within what the device runs
+    space: SearchSpace  # what trials may use: widths, depths, precisions within what the device runs
     locks: StudyLocks
+
+    @property
+    def precisions(self) -> list[str]:
+        return self.space.precisions
 
 
 def _baseline_model(spec: Spec, study: optuna.Study, data: DataSplits, on_status: Callable[[str], None]):
@@ -166,9 +176,21 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
         attrs = study.user_attrs
         if "groups" in attrs:  # a resumed study keeps the groups it started with
             groups = [LayerGroup.from_dict(g) for g in attrs["groups"]]
+        stages = residual_stages(model)
+        if "block_importance" not in attrs:  # once per study: which blocks a shallower model drops first
+            on_status("baseline: ranking its blocks")
+            images, labels = data.x_val[:RANKING_IMAGES], data.y_val[:RANKING_IMAGES]
+            study.set_user_attr("block_importance", block_importance(model, stages, images, labels))
+            study.set_user_attr("stages", [s.to_dict() for s in stages])
+        if "channel_multiple" not in attrs:
+            multiple, source = channel_multiple(spec, device.info(), precisions)
+            study.set_user_attr("channel_multiple", multiple)
+            study.set_user_attr("channel_multiple_source", source)
+        attrs = study.user_attrs
+        space = build_space(spec, model, groups, stages, precisions, attrs["channel_multiple"], attrs["channel_multiple_source"])
         context = TrialContext(model, data, groups, device, collapse_margin=spec["search.collapse_margin"],
                                calibration_size=spec["data.calibration_size"], throughput=spec["device.throughput"],
-                               also=also)
+                               also=also, stages=stages, block_importance=dict(attrs["block_importance"]))
         if "baseline_top1" not in attrs:
             on_status("baseline: deploying and measuring on the device")
             outcome = evaluate_baseline(context)
@@ -192,7 +214,7 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
     context.reference_latency_ms = baseline["latency_ms"]
     for other in also:
         other.reference_latency_ms = baseline[f"latency_ms@{other.name}"]
-    return Prepared(study, context, baseline, source, precisions, locks)
+    return Prepared(study, context, baseline, source, space, locks)
 
 
 def stored_values(spec: Spec) -> dict:

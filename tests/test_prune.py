@@ -11,7 +11,9 @@ def _pruned(name, ratio, pruner="l1", example=None):
     groups = derive_groups(model)
     example = example if example is not None else torch.rand(2, 3, 32, 32)
     before = prune.out_channels(model, groups)
-    masks = prune.compute_masks(model, prune.config_list(model, groups, {g.name: ratio for g in groups}, example), pruner)
+    keep = prune.kept_channels(model, groups, {g.name: round(prune.group_widths(before, [g])[g.name] * (1 - ratio))
+                                               for g in groups})
+    masks = prune.compute_masks(model, prune.config_list(model, groups, keep, example), pruner)
     prune.speedup(model, masks, example)
     return model, prune.achieved_sparsity(before, prune.out_channels(model, groups), groups)
 
@@ -50,7 +52,7 @@ def test_coupled_groups_prune_residual_channels_together():
     # conv2 of every block of a stage feeds the same residual sum: its channels are coupled.
     groups = derive_groups(model, GroupRules(overrides={"stage3_out": [r"layer3\.\d+\.conv2"]}))
     assert groups[0].coupled
-    configs = prune.config_list(model, groups, {"stage3_out": 0.5}, x)
+    configs = prune.config_list(model, groups, prune.kept_channels(model, groups, {"stage3_out": 32}), x)
     assert all(c["op_types"] == ["Conv2d"] for c in configs)
     # NNI links a conv to the projection shortcut it is added to (identity chains it leaves to speedup)
     assert any("dependency_group_id" in c for c in configs if c["op_names"] == ["layer3.0.conv2"])
@@ -60,9 +62,32 @@ def test_coupled_groups_prune_residual_channels_together():
     assert model(x).shape == (2, 10)
 
 
-def test_zero_sparsity_builds_no_config():
+def test_full_width_builds_no_config():
     model = create_model("resnet20", 10)
-    assert prune.config_list(model, derive_groups(model), {"layer1": 0.0}, torch.rand(2, 3, 32, 32)) == []
+    groups = derive_groups(model)
+    keep = prune.kept_channels(model, groups, {"layer1": 16})
+    assert keep and prune.config_list(model, groups, keep, torch.rand(2, 3, 32, 32)) == []
+
+
+def test_kept_channels_are_exact_and_aligned():
+    from objectives.groups import GroupRules
+
+    model = create_model("resnet18", 10).eval()
+    x = torch.rand(2, 3, 32, 32)
+    # one group with layers of 64, 128 and 256 channels: the widest keeps 96, the others the same share, in 16s
+    groups = derive_groups(model, GroupRules(overrides={"mixed": [r"layer1\.0\.conv1", r"layer2\.0\.conv1", r"layer3\.0\.conv1"]}))
+    keep = prune.kept_channels(model, groups, {"mixed": 96}, multiple=16)
+    assert keep == {"layer1.0.conv1": 32, "layer2.0.conv1": 48, "layer3.0.conv1": 96}
+    prune.speedup(model, prune.compute_masks(model, prune.config_list(model, groups, keep, x), "l2"), x)
+    assert prune.out_channels(model, groups) == keep
+    assert all(v % 16 == 0 for v in keep.values())
+
+
+def test_aligned_never_exceeds_the_width():
+    assert prune.aligned(24, 0.5, 16) == 16
+    assert prune.aligned(24, 0.9, 16) == 24
+    assert prune.aligned(10, 0.1, 16) == 10
+    assert prune.aligned(64, 0.25, 8) == 16
 
 
 def test_unknown_pruner_is_clear():

@@ -11,7 +11,7 @@ from objectives.groups import OTHER, compute_layers, derive_groups
 from objectives.models import create_model
 from objectives.pipeline import int8_modules
 from objectives.quantize import qat_finetune
-from searcher.space import allowed_precisions, check_fixed_precisions, suggest_plan
+from searcher.space import SearchSpace, allowed_precisions, check_fixed_precisions, suggest_plan
 from searcher.spec import SpecError, load_spec
 
 FAST = LatencyProtocol(warmup_runs=3, warmup_seconds=0.1, min_runs=20, max_seconds=1.0)
@@ -29,7 +29,7 @@ def _space(spec, precisions, groups=("layer1", "layer2")):
     plans = []
     for _ in range(20):
         trial = study.ask()
-        plans.append(suggest_plan(trial, spec, layer_groups, precisions))
+        plans.append(suggest_plan(trial, spec, layer_groups, SearchSpace(precisions)))
         study.tell(trial, 0.0)
     return study, plans
 
