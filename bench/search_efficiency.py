@@ -9,9 +9,12 @@
 For one task, every method runs the same trial budget with each seed, as a study of its own in one
 database (``--db``; a rerun resumes the studies it finds there):
 
-- ``nsga2``, ``tpe`` (multi-objective), ``random``: edgetune's search of latency and Top-1;
-- ``uniform``: the off-the-shelf approach: one sparsity for every group (evenly spaced over
-  [0, sparsity_max], in a seeded order), l1 pruning, f32;
+- ``nsga2``, ``tpe`` (multi-objective), ``random``: edgetune's search of latency and Top-1 in its
+  default space (depth and residual-stream width per stage, inner width per group, precision);
+- ``inner-only``: TPE in the space before depth and stream widths (``search.depth`` and
+  ``search.stream_width`` off): what the new dimensions are worth on the same budget;
+- ``uniform``: the off-the-shelf approach: one share of every group's inner width kept (evenly
+  spaced over [0, sparsity_max], aligned as the search's, in a seeded order), l1 pruning, f32;
 - ``uniform-int8``: the same sweep, then every layer int8 (QAT while fine-tuning, as edgetune's
   int8 groups): "prune uniformly, then quantize", the stronger off-the-shelf recipe on an int8 CPU;
 - ``latency-only``: a single-objective TPE search of latency alone (what the original study did);
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import types
@@ -48,7 +52,8 @@ from searcher.spec import load_spec  # noqa: E402
 from searcher.study import prepare  # noqa: E402
 from searcher.worker import Retry, budget_used, counts_toward_budget, run_worker  # noqa: E402
 
-METHODS = ("nsga2", "tpe", "random", "uniform", "uniform-int8", "latency-only")
+METHODS = ("nsga2", "tpe", "random", "inner-only", "uniform", "uniform-int8", "latency-only")
+INNER_ONLY = {"search.depth": False, "search.stream_width": False}  # the space before depth and stream widths
 SWEEPS = {"uniform": "float", "uniform-int8": "int8"}  # the off-the-shelf recipes: group precision of each
 DROPS = (1.0, 2.0, 5.0, 10.0)  # Top-1 points below the baseline at which the fastest models are compared
 TASKS = {
@@ -65,20 +70,23 @@ def method_spec(task: str, method: str, seed: int, trials: int, db: str, extra: 
     if method == "latency-only":
         overrides.update({"study.targets": ["latency"], "study.sampler": "tpe"})
     elif method in SWEEPS:
-        overrides.update({"study.targets": ["latency", "top1"], "study.sampler": "random"})
+        overrides.update({"study.targets": ["latency", "top1"], "study.sampler": "random", **INNER_ONLY})
+    elif method == "inner-only":
+        overrides.update({"study.targets": ["latency", "top1"], "study.sampler": "tpe", **INNER_ONLY})
     else:
         overrides.update({"study.targets": ["latency", "top1"], "study.sampler": method})
     return load_spec(None, overrides)
 
 
-def enqueue_uniform(study: optuna.Study, groups: list[str], trials: int, sparsity_max: float, step: float, seed: int,
+def enqueue_uniform(study: optuna.Study, space, groups: list[str], trials: int, sparsity_max: float, seed: int,
                     precision: str = "float"):
-    """One ratio for all groups, evenly spaced on the search grid, in a seeded order; one precision for every layer."""
+    """One share removed from every group's inner width, evenly spaced over [0, sparsity_max] and
+    rounded to the search's multiples, in a seeded order; one precision for every layer."""
     if study.trials:
         return
-    ratios = np.round(np.linspace(0.0, sparsity_max, trials) / step) * step
-    for ratio in np.random.default_rng(seed).permutation(ratios):
-        params = {f"sparsity.{g}": float(ratio) for g in groups}
+    for ratio in np.random.default_rng(seed).permutation(np.linspace(0.0, sparsity_max, trials)):
+        params = {f"inner.{g}": max(w.fewest, math.ceil(w.full * (1 - ratio) / w.multiple - 1e-9))
+                  for g, w in space.inner.items() if w.searched}
         params.update({"pruner": "l1", "precision.float": "f32", **{f"precision.{g}": precision for g in [*groups, "other"]}})
         study.enqueue_trial(params, skip_if_exists=False)
 
@@ -101,9 +109,9 @@ def run_method(task: str, method: str, seed: int, trials: int, db: str, extra: d
     prepared = prepare(spec, on_status=lambda text: None)
     study = prepared.study
     if method in SWEEPS:
-        enqueue_uniform(study, [g.name for g in prepared.context.groups], trials, spec["search.sparsity_max"],
-                        spec["search.sparsity_step"], seed, SWEEPS[method])
-    objective = Objective(spec, prepared.context, prepared.baseline, prepared.precisions)
+        enqueue_uniform(study, prepared.space, [g.name for g in prepared.context.groups], trials,
+                        spec["search.sparsity_max"], seed, SWEEPS[method])
+    objective = Objective(spec, prepared.context, prepared.baseline, prepared.space)
     done = run_worker(study, objective, trials, StudyLocks(db, spec["study.name"]), Retry(db, 30))
     print(f"  {study.study_name}: {done} trials run now, {len(study.trials)} in all", flush=True)
 

@@ -57,15 +57,19 @@ class ReplayObjective(Objective):
 
     def __init__(self, spec, template: optuna.trial.FrozenTrial, archive: Path):
         self.spec = spec
-        self.groups = derive_groups(create_model(spec["model.name"], 10), group_rules(spec))
-        self.precisions = ["f32", "bf16", "int8"]
+        from objectives.structure import residual_stages
+        from searcher.space import build_space
+
+        model = create_model(spec["model.name"], 10)
+        self.groups = derive_groups(model, group_rules(spec))
+        self.space = build_space(spec, model, self.groups, residual_stages(model), ["f32", "bf16", "int8"], 8)
         self.template, self.archive = template, archive
         self.on_phase = lambda n, p: None
 
     def plan(self, trial):
         from searcher.space import suggest_plan
 
-        return suggest_plan(trial, self.spec, self.groups, self.precisions)
+        return suggest_plan(trial, self.spec, self.groups, self.space)
 
     def evaluate(self, trial, plan):
         attributes = {k: v for k, v in self.template.user_attrs.items() if k not in ("artifact_id", "artifact_sha256", "worker")}

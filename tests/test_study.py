@@ -4,11 +4,13 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
+from devices.base import cpu_channel_block
 from searcher.cli import app
 
 CONTRACT = ["latency_ms", "latency_p90_ms", "latency_ci95_rel", "latency_runs", "top1", "top5", "params", "flops",
             "size_bytes", "sparsity_achieved", "precision_plan", "precision_used", "precision_used_by_group",
-            "calibration_size", "device", "fine_tune_epochs", "seconds", "artifact_id"]
+            "calibration_size", "device", "fine_tune_epochs", "seconds", "artifact_id", "channels", "inner_width",
+            "channel_multiple", "depth", "stream_width", "blocks_removed"]
 PHASES = ["prune", "speedup", "fine_tune", "deploy", "evaluate", "measure", "store"]
 
 
@@ -41,8 +43,18 @@ def test_a_study_of_three_trials_end_to_end(study_dir):
         assert a["device"]["name"] == "openvino:CPU" and a["device"]["runtime"].startswith("openvino")
         assert a["latency_ci95_rel"] > 0 and a["latency_runs"] >= 30
         assert (study_dir / "artifacts" / a["artifact_id"]).is_file()
-        sparse = any(v > 0 for v in a["sparsity_achieved"].values())
-        assert (a["params"] < attrs["baseline_params"]) == sparse
+        stages = {s["name"]: s for s in attrs["stages"]}
+        shrunk = (any(v > 0 for v in a["sparsity_achieved"].values()) or a["blocks_removed"]
+                  or any(a["stream_width"][s] < stages[s]["stream_width"] for s in stages))
+        assert (a["params"] < attrs["baseline_params"]) == bool(shrunk)
+        # every width is a whole multiple of the device's granularity, or the full width
+        multiple = attrs["channel_multiple"]
+        assert multiple == a["channel_multiple"] == cpu_channel_block()  # the OpenVINO CPU's: 8 (AVX2) or 16
+        full = {"layer1": 16, "layer2": 32, "layer3": 64}
+        for layer, channels in a["channels"].items():
+            assert channels % multiple == 0 or channels == full[layer.split(".")[0]], (layer, channels)
+        assert all(w % multiple == 0 for w in a["stream_width"].values())
+        assert sum(a["depth"].values()) == 9 - len(a["blocks_removed"])
         assert set(a["precision_plan"]) == {"layer1", "layer2", "layer3", "other"}
         for group, precision in a["precision_plan"].items():  # the plan, read back from the deployed model
             assert set(a["precision_used_by_group"][group]) == {precision}, (group, a["precision_used_by_group"])
@@ -52,14 +64,23 @@ def test_a_study_of_three_trials_end_to_end(study_dir):
 
 
 @pytest.mark.slow
-def test_resuming_adds_trials_without_recomputing_the_baseline(study_dir):
+def test_resuming_adds_trials_without_recomputing_the_baseline(study_dir, monkeypatch):
+    import searcher.study
+
+    def no_second_ranking(*args, **kwargs):
+        raise AssertionError("the block ranking was computed again on resume")
+
+    monkeypatch.setattr(searcher.study, "block_importance", no_second_ranking)
     before = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir}/tiny.db").user_attrs
+    assert set(before["block_importance"]) == {"layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2",
+                                               "layer3.1", "layer3.2"}
     output = _start(study_dir, "--trials", "4")
     assert "baseline (the study's artifact)" in output
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir}/tiny.db")
     assert len(study.get_trials()) == 4
     assert study.user_attrs["baseline_latency_ms"] == before["baseline_latency_ms"]  # measured once
     assert study.user_attrs["groups"] == before["groups"]
+    assert study.user_attrs["block_importance"] == before["block_importance"]
     result = CliRunner().invoke(app, ["pareto", "tiny", "--storage", f"sqlite:///{study_dir}/tiny.db"])
     assert result.exit_code == 0 and "Pareto front of 'tiny'" in result.output
 
@@ -85,7 +106,9 @@ def test_three_targets_latency_top1_size(study_dir):
     for trial in complete:
         assert trial.values[2] == trial.user_attrs["size_bytes"]
         assert trial.user_attrs["precision_plan"]["layer3"] == "int8"
-        assert trial.user_attrs["precision_used_by_group"]["layer3"] == {"int8": 7}
+        # every convolution left in layer3 (7 less the removed blocks' two each) runs in int8
+        removed = sum(b.startswith("layer3.") for b in trial.user_attrs["blocks_removed"])
+        assert trial.user_attrs["precision_used_by_group"]["layer3"] == {"int8": 7 - 2 * removed}
         assert trial.user_attrs["calibration_size"] == 128
         assert set(trial.constraints) == {"top1_drop", "class_drop"}  # Optuna constraints, <= 0 feasible
         assert all(v <= 0 for v in trial.constraints.values())

@@ -1,0 +1,136 @@
+"""Depth and residual-stream width: stages found, blocks removed for real, coupled streams pruned."""
+import optuna
+import pytest
+import torch
+from torch import nn
+
+from devices import PrecisionPlan, create_device
+from devices.protocol import LatencyProtocol
+from objectives import structure
+from objectives.export import load_pruned, write_model_files
+from objectives.groups import derive_groups
+from objectives.models import count_params, create_model
+
+X = torch.rand(2, 3, 32, 32)
+
+
+def _stages(name):
+    model = create_model(name, 10).eval()
+    return model, structure.residual_stages(model)
+
+
+def test_resnet_stages_and_which_blocks_can_go():
+    _, stages = _stages("resnet20")
+    assert [s.name for s in stages] == ["layer1", "layer2", "layer3"]
+    assert [s.stream_width for s in stages] == [16, 32, 64]
+    # layer1 has no projection: all 3 blocks can go (one stays); layer2/3 keep their first block
+    assert [s.removable for s in stages][1] == ("layer2.1", "layer2.2")
+    assert [s.min_depth for s in stages] == [1, 1, 1]
+    _, stages = _stages("resnet50")
+    assert [len(s.blocks) for s in stages] == [3, 4, 6, 3] and stages[0].removable == ("layer1.1", "layer1.2")
+
+
+def test_mobilenet_v2_stages_follow_the_stream_width():
+    _, stages = _stages("mobilenet_v2")
+    assert [s.stream_width for s in stages] == [16, 24, 32, 64, 96, 160, 320]
+    assert [len(s.removable) for s in stages] == [0, 1, 2, 3, 2, 2, 0]
+
+
+def test_a_model_without_residual_blocks_has_no_stages():
+    assert structure.residual_stages(create_model("vgg11", 10)) == []
+
+
+def test_removed_blocks_keep_the_output_shape_and_leave_the_deployed_graph():
+    model, stages = _stages("resnet20")
+    removed = [b for s in stages for b in structure.blocks_to_remove(s, 1, {})]
+    assert len(removed) == 6
+    shallow = structure.remove_blocks(create_model("resnet20", 10).eval(), removed)
+    assert shallow(X).shape == (2, 10)
+    assert structure.depths(shallow, stages) == {"layer1": 1, "layer2": 1, "layer3": 1}
+    device = create_device("openvino:CPU", protocol=LatencyProtocol(max_seconds=0.2, min_runs=5, warmup_runs=1,
+                                                                    warmup_seconds=0.01))
+    full, cut = device.deploy(model, X), device.deploy(shallow, X)
+    try:
+        convs_full, convs_cut = sum(full.precision_used.values()), sum(cut.precision_used.values())
+        # 12 of resnet20's 22 convolutions were in the 6 removed blocks (2 each)
+        assert convs_full - convs_cut == 12
+    finally:
+        full.close()
+        cut.close()
+
+
+def test_the_block_ranking_removes_the_least_important_first():
+    model, stages = _stages("resnet20")
+    labels = torch.randint(0, 10, (2,))
+    scores = structure.block_importance(model, stages, X, labels)
+    assert set(scores) == {b for s in stages for b in s.removable}
+    layer1 = stages[0]
+    order = sorted(layer1.removable, key=lambda b: scores[b])
+    assert structure.blocks_to_remove(layer1, 2, scores) == order[:1]
+    assert structure.blocks_to_remove(layer1, 9, scores) == []  # more than it has: nothing goes
+    assert sorted(structure.blocks_to_remove(stages[1], 0, scores)) == ["layer2.1", "layer2.2"]  # never below 1
+
+
+@pytest.mark.parametrize("name,widths", [("resnet20", {"layer1": 8, "layer2": 16, "layer3": 24}),
+                                         ("resnet18", {"layer1": 32, "layer2": 64, "layer3": 96, "layer4": 128})])
+def test_stream_width_prunes_every_coupled_layer_runs_and_exports(name, widths, tmp_path):
+    model, stages = _stages(name)
+    params = count_params(model)
+    structure.prune_streams(model, stages, widths, X, "l2")
+    assert structure.stream_widths(model, stages) == widths
+    assert model(X).shape == (2, 10)
+    assert count_params(model) < params
+    last = stages[-1]
+    assert model.fc.in_features == widths[last.name]  # the classifier reads the last stream
+    # the stream feeds the next stage's first block and its projection shortcut
+    first_of_second = model.get_submodule(stages[1].blocks[0])
+    assert first_of_second.conv1.in_channels == widths[stages[0].name]
+    assert first_of_second.downsample[0].in_channels == widths[stages[0].name]
+    onnx = write_model_files(model, name, 10, X, tmp_path)[0]
+    assert onnx.stat().st_size > 0
+    reloaded = load_pruned(tmp_path)
+    assert torch.allclose(reloaded(X), model(X), atol=1e-5)
+
+
+def test_depth_stream_and_inner_widths_together_reload_exactly(tmp_path):
+    from objectives import prune
+
+    model, stages = _stages("resnet20")
+    groups = derive_groups(model)
+    structure.remove_blocks(model, ["layer1.1", "layer3.2"])
+    structure.prune_streams(model, stages, {"layer2": 16}, X)
+    keep = prune.kept_channels(model, groups, {"layer3": 32}, multiple=8)
+    prune.speedup(model, prune.compute_masks(model, prune.config_list(model, groups, keep, X), "l1"), X)
+    assert prune.out_channels(model, groups)["layer3.0.conv1"] == 32
+    assert "layer3.2.conv1" not in prune.out_channels(model, groups)
+    write_model_files(model, "resnet20", 10, X, tmp_path)
+    reloaded = load_pruned(tmp_path)
+    assert isinstance(reloaded.layer1[1], nn.Identity)
+    assert torch.allclose(reloaded(X), model(X), atol=1e-5)
+
+
+def test_the_search_space_counts_whole_multiples():
+    from searcher.space import SearchSpace, Widths, build_space, suggest_plan
+    from searcher.spec import load_spec
+
+    spec = load_spec(overrides={"search.sparsity_max": 0.8})
+    model, stages = _stages("resnet20")
+    groups = derive_groups(model)
+    space = build_space(spec, model, groups, stages, ["f32"], 8)
+    assert space.inner["layer3"] == Widths(64, 8, 2) and space.inner["layer3"].describe() == "16..64 step 8"
+    assert space.depth == {"layer1": (1, 3), "layer2": (1, 3), "layer3": (1, 3)}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        plan = suggest_plan(trial, spec, groups, space)
+        study.tell(trial, 0.0)
+        assert all(v % 8 == 0 for v in [*plan.inner.values(), *plan.stream.values()])
+        seen.add(plan.inner["layer3"])
+    assert seen <= {16, 24, 32, 40, 48, 56, 64} and len(seen) > 3
+    # a width that is not a multiple: the last step is the full width
+    assert [Widths(24, 16, 1).channels(k) for k in (1, 2)] == [16, 24]
+    # every dimension can be switched off
+    off = load_spec(overrides={"search.depth": False, "search.stream_width": False, "search.inner_width": False})
+    assert build_space(off, model, groups, stages, ["f32"], 8).describe() == []
+    assert SearchSpace(["f32"]).describe() == []
