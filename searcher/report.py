@@ -157,10 +157,11 @@ def importances(data: ReportData) -> dict[str, dict[str, float]]:
 
 
 def correlations(data: ReportData) -> dict[str, dict[str, float]]:
-    """Spearman correlation of each group's sparsity with each objective."""
+    """Spearman correlation of each structural parameter (blocks, widths; sparsity in older studies)
+    with each objective."""
     from scipy.stats import spearmanr
 
-    params = sorted({p for t in data.trials for p in t.params if p.startswith("sparsity.")})
+    params = sorted({p for t in data.trials for p in t.params if p.startswith(STRUCTURAL)})
     result: dict[str, dict[str, float]] = {}
     for param in params:
         x = np.array([t.params.get(param, np.nan) for t in data.trials], dtype=float)
@@ -171,6 +172,9 @@ def correlations(data: ReportData) -> dict[str, dict[str, float]]:
             rho = spearmanr(x[ok], y[ok]).statistic if ok.sum() > 2 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0 else float("nan")
             result[param][target] = float(rho)
     return result
+
+
+STRUCTURAL = ("depth.", "width.", "inner.", "sparsity.")  # parameters that change the network's shape
 
 
 def phase_seconds(data: ReportData) -> dict[str, float]:
@@ -218,6 +222,11 @@ def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = Non
             written.append(plot_front_html(data, out / "front.html"))
             lines += ["![Pareto front](front.png) — interactive: [front.html](front.html)", ""]
         lines += ["## Pareto front", ""] + front_markdown(data) + [""]
+        if data.study.user_attrs.get("channel_multiple"):
+            lines += [f"Settings, as realized: `d` blocks kept per stage, `s` residual-stream channels per stage, "
+                      f"`i` inner channels per group (its widest layer), in multiples of "
+                      f"{data.study.user_attrs['channel_multiple']}; then the pruner and, where any group runs "
+                      "int8, each group's precision (groups, then other).", ""]
         history = hypervolume_history(data)
         if history:
             written.append(_plot_hypervolume(history, out / "hypervolume.png"))
@@ -236,9 +245,11 @@ def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = Non
             lines.append("")
         corr = correlations(data)
         if corr:
-            lines += ["## Sparsity of each group against each objective (Spearman ρ)", "",
-                      "| group | " + " | ".join(data.targets) + " |", "|---|" + "---|" * len(data.targets)]
-            lines += [f"| {p.split('.', 1)[1]} | " + " | ".join(_fmt(corr[p][t], 2) for t in data.targets) + " |" for p in corr]
+            lines += ["## Structure against each objective (Spearman ρ)", "",
+                      "Depth: blocks kept per stage; width: residual-stream multiples kept; inner: inner-width "
+                      "multiples kept; sparsity: share removed (studies before widths were searched).", "",
+                      "| parameter | " + " | ".join(data.targets) + " |", "|---|" + "---|" * len(data.targets)]
+            lines += [f"| {p} | " + " | ".join(_fmt(corr[p][t], 2) for t in data.targets) + " |" for p in corr]
             lines.append("")
         phases = phase_seconds(data)
         if phases:

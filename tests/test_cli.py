@@ -19,13 +19,27 @@ def test_groups_lists_layers_and_shares():
 def test_groups_with_an_override():
     result = runner.invoke(app, ["groups", "--model", "resnet20", "--set", r"search.groups={early=['layer1\..*conv1']}"])
     assert result.exit_code == 0, result.output
-    assert "early" in result.output and "layer2" not in result.output
+    groups_table = result.output.split("search dimensions")[0]
+    assert "early" in groups_table and "layer2" not in groups_table
+    assert "inner.early" in result.output
+
+
+def test_groups_lists_every_search_dimension_with_its_range():
+    result = runner.invoke(app, ["groups", "--model", "resnet20", "--set", "search.channel_multiple=8"],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for text in ("inner.layer3", "width.layer1", "depth.layer2", "precision.other", "16..64 step 8", "1..3",
+                 "multiples of 8, from the spec"):
+        assert text in result.output, text
+    off = runner.invoke(app, ["groups", "--model", "resnet20", "--set", "search.depth=false"], env={"COLUMNS": "200"})
+    assert "depth.layer2" not in off.output
 
 
 def test_devices_lists_openvino_cpu_with_its_facts():
     result = runner.invoke(app, ["devices"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "openvino:CPU" in result.output and "openvino 20" in result.output and "f32" in result.output
+    assert "channel granularity" in result.output
 
 
 def test_models_lists_cifar_resnets_and_torchvision():

@@ -19,7 +19,7 @@ def test_report_folder_has_real_plots_and_tables(tiny_study, tmp_path):
         assert image.format == "PNG" and image.size[0] > 400
     assert (folder / "front.html").stat().st_size > 1000 and (folder / "plotly.min.js").is_file()
     report = (folder / "report.md").read_text()
-    for heading in ("## Pareto front", "## Hypervolume over trials", "## Sparsity of each group",
+    for heading in ("## Pareto front", "## Hypervolume over trials", "## Structure against each objective",
                     "## Time per phase", "## Class-level harm"):
         assert heading in report, heading
     assert "| baseline |" in report

@@ -33,7 +33,9 @@ def test_file_values_and_overrides(tmp_path):
 @pytest.mark.parametrize("key, value, message", [
     ("finetune.epochs", "two", "spec key 'finetune.epochs': must be an integer >= 0, got 'two'"),
     ("finetune.epochs", True, "spec key 'finetune.epochs': must be an integer >= 0, got True"),
-    ("search.sparsity_max", 0.99, "spec key 'search.sparsity_max': must be a number in [0, 0.95], got 0.99"),
+    ("search.sparsity_max", 0.99, "spec key 'search.sparsity_max': must be a number in [0, 0.95] (the largest share of a width removed), got 0.99"),
+    ("search.channel_multiple", -8, "spec key 'search.channel_multiple': must be an integer >= 0"),
+    ("search.depth", "no", "spec key 'search.depth': must be true or false"),
     ("study.targets", ["latency", "speed"], "spec key 'study.targets': must be a non-empty list of distinct targets "
                                             "from: latency, top1, size, params, flops (or latency@DEVICE for a device of device.also), "
                                             "got ['latency', 'speed']"),
