@@ -1,6 +1,8 @@
 """The Pareto front of a stored study, with every model's change against the baseline.
 
-The front itself is Optuna's (``study.best_trials``: feasible, non-dominated, complete trials).
+The front itself is Optuna's (``study.best_trials``: feasible, non-dominated, complete trials),
+less every trial the uncompressed baseline dominates: the baseline is a point of every front
+edgetune shows or exports, so a model that is slower and no more accurate is never offered.
 """
 from __future__ import annotations
 
@@ -34,8 +36,21 @@ def front(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = N
     else:
         complete = _get_pareto_front_trials_by_trials(complete, study.directions)
     first = target_unit(_targets(study)[0]) if _targets(study) else "latency_ms"
-    rows = [FrontRow(t.number, t.user_attrs, t.params) for t in complete]
+    rows = [FrontRow(t.number, t.user_attrs, t.params) for t in complete
+            if not dominated_by_baseline(study, t.user_attrs)]
     return sorted(rows, key=lambda r: (r.attrs.get(first) is None, r.attrs.get(first, 0)))
+
+
+def dominated_by_baseline(study: optuna.Study, attrs: dict) -> bool:
+    """The baseline is at least as good on every target and better on one."""
+    from .spec import target_direction
+
+    base = baseline(study)
+    pairs = [(base.get(target_unit(t)), attrs.get(target_unit(t)), target_direction(t)) for t in _targets(study)]
+    if not pairs or any(b is None or v is None for b, v, _ in pairs):
+        return False
+    signed = [(b, v) if d == "minimize" else (-b, -v) for b, v, d in pairs]
+    return all(b <= v for b, v in signed) and any(b < v for b, v in signed)
 
 
 def _targets(study: optuna.Study) -> list[str]:

@@ -1,0 +1,42 @@
+"""The front edgetune shows and exports: Optuna's, less what the uncompressed baseline dominates."""
+import optuna
+
+from searcher.pareto import front, front_table, settings_short
+
+
+def _study(points, baseline=(2.0, 98.0)):
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    study.set_user_attr("spec", {"study.targets": ["latency", "top1"]})
+    study.set_user_attr("baseline_latency_ms", baseline[0])
+    study.set_user_attr("baseline_top1", baseline[1])
+    for latency, top1 in points:
+        trial = study.ask()
+        trial.set_user_attr("latency_ms", latency)
+        trial.set_user_attr("top1", top1)
+        study.tell(trial, [latency, top1])
+    return study
+
+
+def test_models_the_baseline_dominates_are_not_on_the_front():
+    # slower and less accurate; slower at equal Top-1; faster but less accurate (kept); tied with the baseline (kept)
+    study = _study([(2.4, 97.0), (2.1, 98.0), (1.0, 90.0), (2.0, 98.0)])
+    assert [row.number for row in front(study)] == [2, 3]
+
+
+def test_without_a_baseline_the_front_is_optunas():
+    study = _study([(2.4, 97.0), (1.0, 90.0)], baseline=(None, None))
+    assert [row.number for row in front(study)] == [1, 0]
+
+
+def test_settings_show_depth_and_widths_as_realized():
+    attrs = {"depth": {"layer1": 3, "layer2": 5}, "stream_width": {"layer1": 16, "layer2": 24},
+             "inner_width": {"layer1": 8, "layer2": 16}, "pruner": "l1",
+             "precision_plan": {"layer1": "int8", "layer2": "f32", "other": "f32"}}
+    assert settings_short({}, attrs) == "d 3/5 s 16/24 i 8/16 l1 i8/f32/f32"
+    old = {"pruner": "l2", "precision_plan": {"layer1": "f32", "other": "f32"}}
+    assert settings_short({"sparsity.layer1": 0.35, "pruner": "l2"}, old, ["layer1"]) == "l2 .35"
+
+
+def test_the_table_shows_the_baseline_row():
+    table = front_table(_study([(1.0, 97.0)]))
+    assert table.row_count == 2
