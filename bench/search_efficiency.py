@@ -203,13 +203,16 @@ def summarise(results: dict, trials: int, sweep: str = "uniform", drops: tuple[f
                          f"{latency:.3f} ({latency / fastest[d]:.2f}x)" + (f", {missing} seed(s) none" if missing else ""))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", f"| method | latency at the Top-1 of each {sweep}-front model, x its latency: median (range; "
-              "models with no match) |", "|---|---|"]
+              f"models with no match) | seeds whose front dominates {sweep}'s (same seed) |", "|---|---|---|"]
     for method, by_seed in results.items():
-        ratios = [r for seed, result in by_seed.items() if seed in reference
-                  for r in gain_at_sweep_front(result, reference[seed])]
+        per_seed = {seed: gain_at_sweep_front(result, reference[seed]) for seed, result in by_seed.items() if seed in reference}
+        ratios = [r for found in per_seed.values() for r in found]
         found = [r for r in ratios if r is not None]
+        # dominated: every model on the sweep's front is matched by one at least as fast and as accurate
+        dominating = [seed for seed, seed_ratios in per_seed.items() if all(r is not None and r <= 1.0 for r in seed_ratios)]
         lines.append(f"| {method} | " + (f"{np.median(found):.2f}x ({min(found):.2f}-{max(found):.2f}; "
-                                          f"{len(ratios) - len(found)} of {len(ratios)} unmatched) |" if found else "none |"))
+                                          f"{len(ratios) - len(found)} of {len(ratios)} unmatched)" if found else "none")
+                     + f" | {len(dominating)} of {len(per_seed)} |")
     return lines
 
 

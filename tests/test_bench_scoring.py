@@ -82,3 +82,14 @@ def test_resume_and_snapshot_keep_only_finished_studies(bench, tmp_path):
     assert names == ["task-tpe-0"]
     with sqlite3.connect(tmp_path / "run.db") as source:  # the source keeps everything
         assert source.execute("select count(*) from studies").fetchone() == (2,)
+
+
+def test_the_summary_says_whose_front_dominates_the_sweeps(bench):
+    sweep = {0: {"curve": [1.0], "points": [(1.0, 90.0), (0.6, 80.0)], "baseline_top1": 90.0}}
+    better = {0: {"curve": [2.0], "points": [(0.5, 80.0), (0.9, 91.0)], "baseline_top1": 90.0}}
+    worse = {0: {"curve": [0.5], "points": [(0.5, 80.0)], "baseline_top1": 90.0}}
+    lines = bench.summarise({"uniform": sweep, "tpe": better, "random": worse}, trials=1)
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines[-3:]}
+    assert rows["tpe"].endswith("| 1 of 1 |")
+    assert rows["random"].endswith("| 0 of 1 |")
+    assert rows["uniform"].endswith("| 1 of 1 |")  # a front dominates itself

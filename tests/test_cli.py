@@ -51,7 +51,7 @@ def test_models_lists_cifar_resnets_and_torchvision():
 
 def test_samplers_follow_the_targets():
     assert isinstance(make_sampler(load_spec(overrides={"study.targets": ["latency"]})), optuna.samplers.TPESampler)
-    assert isinstance(make_sampler(load_spec()), optuna.samplers.NSGAIISampler)
+    assert isinstance(make_sampler(load_spec()), optuna.samplers.TPESampler)
     assert isinstance(make_sampler(load_spec(overrides={"study.sampler": "random"})), optuna.samplers.RandomSampler)
     nsga = make_sampler(load_spec(overrides={"study.targets": ["latency", "top1", "size"], "study.sampler": "nsga2"}))
     assert isinstance(nsga, optuna.samplers.NSGAIISampler)
