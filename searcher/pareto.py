@@ -93,7 +93,8 @@ def _with_delta(text: str, delta: str) -> str:
 def settings_short(row_params: dict, attrs: dict, groups: list[str] | None = None) -> str:
     """Compact settings, as realized: blocks per stage (``d``), residual-stream channels per stage
     (``s``), inner channels per group (``i``), the pruner, then each group's precision where any is
-    not the float one: ``d 3/5/9 s 16/32/48 i 8/16/40 l1 i8/f32/f32/i8``. Trials of studies before
+    not the float one: ``d 3/5/9 s 16/32/48 i 8/16/40 l1 i8/f32/f32/i8``, and the recipe a
+    seeded trial ran (``(recipe uniform-1/3)``). Trials of studies before
     depth and widths were searched show each group's sparsity instead (``l1 .35/.75/.80``)."""
     groups = groups or list(attrs.get("inner_width") or {}) or [
         k.split(".", 1)[1] for k in sorted(row_params) if k.startswith("sparsity.")]
@@ -108,6 +109,8 @@ def settings_short(row_params: dict, attrs: dict, groups: list[str] | None = Non
     text = " ".join(p for p in parts if p)
     if any(p == "int8" for p in plan.values()) or len(set(plan.values())) > 1 or "bf16" in plan.values():
         text += " " + "/".join(_PRECISION_SHORT.get(plan.get(g, "?"), plan.get(g, "?")) for g in [*groups, "other"])
+    if attrs.get("seeded"):
+        text += f" (recipe {attrs['seeded']})"
     return text
 
 

@@ -133,6 +133,7 @@ KEYS: dict[str, Key] = {
     "search.inner_width": Key(bool, "true or false (search the inner width of each layer group)"),
     "search.stream_width": Key(bool, "true or false (search the residual-stream width of each stage)"),
     "search.depth": Key(bool, "true or false (search how many blocks of each residual stage are kept)"),
+    "search.recipes": Key(bool, "true or false (a new study first runs the hand-made recipes: int8, uniform shares)"),
     "search.pruners": Key(list, f"a non-empty list from: {', '.join(PRUNERS)}",
                           lambda v: bool(v) and all(p in PRUNERS for p in v)),
     "search.exclude": Key(list, "a list of regular expressions (layer names to keep unpruned)", _regex_list_ok),

@@ -27,6 +27,7 @@ from objectives.structure import block_importance, residual_stages
 
 from .artifacts import ArtifactError, fetch, store_outcome
 from .locks import StudyLocks
+from .recipes import enqueue_recipes
 from .space import SearchSpace, allowed_precisions, build_space, channel_multiple, check_fixed_precisions
 from .spec import Spec, SpecError, stored_spec, target_unit
 from .storage import Heartbeat, open_storage, redact
@@ -188,6 +189,8 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
             study.set_user_attr("channel_multiple_source", source)
         attrs = study.user_attrs
         space = build_space(spec, model, groups, stages, precisions, attrs["channel_multiple"], attrs["channel_multiple_source"])
+        if spec["search.recipes"] and not joining and "recipes" not in attrs:
+            study.set_user_attr("recipes", enqueue_recipes(study, space, groups, spec["search.pruners"], spec["study.trials"]))
         context = TrialContext(model, data, groups, device, collapse_margin=spec["search.collapse_margin"],
                                calibration_size=spec["data.calibration_size"], throughput=spec["device.throughput"],
                                also=also, stages=stages, block_importance=dict(attrs["block_importance"]))

@@ -33,6 +33,7 @@ def test_settings_show_depth_and_widths_as_realized():
              "inner_width": {"layer1": 8, "layer2": 16}, "pruner": "l1",
              "precision_plan": {"layer1": "int8", "layer2": "f32", "other": "f32"}}
     assert settings_short({}, attrs) == "d 3/5 s 16/24 i 8/16 l1 i8/f32/f32"
+    assert settings_short({}, {**attrs, "seeded": "uniform-1/3"}).endswith("(recipe uniform-1/3)")
     old = {"pruner": "l2", "precision_plan": {"layer1": "f32", "other": "f32"}}
     assert settings_short({"sparsity.layer1": 0.35, "pruner": "l2"}, old, ["layer1"]) == "l2 .35"
 

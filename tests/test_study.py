@@ -32,6 +32,7 @@ def test_a_study_of_three_trials_end_to_end(study_dir):
     assert attrs["baseline_device"]["inference_precision"] == "f32"
     trials = study.get_trials()
     assert len(trials) == 3 and all(t.state.is_finished() for t in trials)
+    assert attrs["recipes"] == ["int8"] and trials[0].user_attrs["seeded"] == "int8"  # a quarter of 3: one recipe
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert complete, [t.user_attrs.get("failure") for t in trials]
     for trial in complete:

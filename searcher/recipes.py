@@ -1,0 +1,76 @@
+"""Recipe seeds: the settings a person would try by hand, run first in every new study.
+
+A new study enqueues them before the sampler proposes anything (Optuna's ``enqueue_trial``), so
+its front always contains or dominates them and the sampler starts from them. Each is marked on
+its trial (user attribute ``seeded`` = the recipe's name):
+
+- ``int8``: the uncompressed model, every layer int8 ("just quantize it");
+- ``uniform-2/3``, ``uniform-1/3``: every searched dimension kept at that share (blocks per stage,
+  stream and inner widths, rounded to whole multiples), in float and with every layer int8.
+
+A study gets at most a quarter of its budget in recipes, in the order above.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import optuna
+
+from objectives.groups import OTHER, LayerGroup
+
+from .space import SearchSpace
+
+SHARES = (("2/3", 2 / 3), ("1/3", 1 / 3))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    params: dict
+
+
+def _precisions(space: SearchSpace, groups: list[LayerGroup], int8: bool) -> dict:
+    params = {f"precision.{name}": "int8" if int8 else "float" for name in [g.name for g in groups] + [OTHER]}
+    floats = [p for p in space.precisions if p != "int8"]
+    if len(floats) > 1:
+        params["precision.float"] = "f32"
+    return params
+
+
+def _uniform(space: SearchSpace, share: float) -> dict:
+    params = {f"inner.{g}": max(w.fewest, math.ceil(w.most * share)) for g, w in space.inner.items() if w.searched}
+    params.update({f"width.{s}": max(w.fewest, math.ceil(w.most * share)) for s, w in space.stream.items() if w.searched})
+    params.update({f"depth.{s}": max(lo, round(hi * share)) for s, (lo, hi) in space.depth.items() if hi > lo})
+    return params
+
+
+def recipes(space: SearchSpace, groups: list[LayerGroup], pruners: list[str]) -> list[Recipe]:
+    """The recipes this space offers, in the order they are run."""
+    has_int8 = "int8" in space.precisions
+    pruner = {"pruner": "l1" if "l1" in pruners else pruners[0]} if len(pruners) > 1 else {}
+    found = []
+    if has_int8:
+        full = {**{f"inner.{g}": w.most for g, w in space.inner.items() if w.searched},
+                **{f"width.{s}": w.most for s, w in space.stream.items() if w.searched},
+                **{f"depth.{s}": hi for s, (lo, hi) in space.depth.items() if hi > lo}}
+        found.append(Recipe("int8", {**full, **pruner, **_precisions(space, groups, True)}))
+    for label, share in SHARES:
+        structure = _uniform(space, share)
+        if not structure:
+            continue
+        found.append(Recipe(f"uniform-{label}", {**structure, **pruner, **_precisions(space, groups, False)}))
+        if has_int8:
+            found.append(Recipe(f"uniform-{label}+int8", {**structure, **pruner, **_precisions(space, groups, True)}))
+    return found
+
+
+def enqueue_recipes(study: optuna.Study, space: SearchSpace, groups: list[LayerGroup], pruners: list[str],
+                    budget: int) -> list[str]:
+    """Enqueue the recipes in a study that has no trial yet (at most a quarter of ``budget``)."""
+    if study.get_trials(deepcopy=False):
+        return []
+    chosen = recipes(space, groups, pruners)[: max(1, budget // 4)]
+    for recipe in chosen:
+        study.enqueue_trial(recipe.params, user_attrs={"seeded": recipe.name}, skip_if_exists=True)
+    return [r.name for r in chosen]
