@@ -23,7 +23,7 @@ from . import prune as pruning
 from . import structure
 from .data import DataSplits
 from .evaluate import collapsed, per_class_accuracy, topk_accuracy, torch_logits
-from .finetune import TrainSettings, train
+from .finetune import TrainSettings, logits_of, train
 from .groups import OTHER, LayerGroup, compute_layers, other_layers
 from .models import count_params, flops_and_params
 from .quantize import qat_finetune
@@ -78,6 +78,11 @@ class TrialContext:
     @functools.cached_property
     def baseline_flops(self) -> int:
         return flops_and_params(self.baseline, self.data.example_input(2))[0]
+
+    @functools.cached_property
+    def teacher_logits(self) -> torch.Tensor:
+        """The baseline's logits on the training images: what a distilled fine-tune learns from."""
+        return logits_of(self.baseline, self.data.x_train)
 
 
 @dataclass
@@ -177,10 +182,11 @@ def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None
     settings = replace(plan.finetune, epochs=epochs)
     with clock.phase("fine_tune"):
         torch.manual_seed(settings.seed)
+        teacher = ctx.teacher_logits if settings.distill > 0 else None
         if quantized and plan.quantization == "qat":
-            qat_finetune(model, compute_layers(model, quantized), ctx.data.x_train, ctx.data.y_train, settings)
+            qat_finetune(model, compute_layers(model, quantized), ctx.data.x_train, ctx.data.y_train, settings, teacher)
         else:
-            train(model, ctx.data.x_train, ctx.data.y_train, settings)
+            train(model, ctx.data.x_train, ctx.data.y_train, settings, teacher_logits=teacher)
         check = topk_accuracy(torch_logits(model, ctx.data.x_val), ctx.data.y_val.numpy())
         if collapsed(check, ctx.data.num_classes, ctx.collapse_margin):
             raise CollapsedError(check, ctx.data.num_classes)
@@ -188,7 +194,7 @@ def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None
                                 ctx.data.calibration_subset(ctx.calibration_size).numpy() if quantized else None)
     attributes = deploy_and_measure(model, ctx, device_plan, clock)
     attributes.update(sparsity_achieved=achieved, channels=channels, inner_width=pruning.group_widths(channels, ctx.groups),
-                      fine_tune_epochs=epochs, pruner=plan.pruner,
+                      fine_tune_epochs=epochs, distill=settings.distill, pruner=plan.pruner,
                       precision_plan=plan.precision_plan(ctx.groups), quantization=plan.quantization if quantized else None,
                       calibration_size=len(device_plan.calibration) if quantized else 0, seconds=clock.seconds,
                       channel_multiple=plan.channel_multiple)

@@ -166,6 +166,8 @@ def suggest_plan(trial: optuna.Trial, spec: Spec, groups: list[LayerGroup], spac
         lr=spec["finetune.lr"],
         batch_size=spec["finetune.batch_size"],
         seed=spec["study.seed"] + trial.number,
+        distill=spec["finetune.distill"],
+        temperature=spec["finetune.temperature"],
     )
     return TrialPlan(inner=inner, stream=stream, depth=depth, channel_multiple=space.multiple, pruner=pruner,
                      float_precision=float_precision, int8_groups=frozenset(int8_groups),
