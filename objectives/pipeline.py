@@ -1,4 +1,4 @@
-"""One trial as named steps: prune -> speedup -> fine_tune -> deploy -> evaluate -> measure.
+"""One trial as named steps: prune -> speedup -> [screen] -> fine_tune -> deploy -> evaluate -> measure.
 
 Input: the cached baseline and a :class:`TrialPlan` (what the searcher proposed). Output: a
 :class:`TrialOutcome` with the metrics measured on the device and the deployment itself.
@@ -29,7 +29,15 @@ from .models import count_params, flops_and_params
 from .quantize import qat_finetune
 from .structure import Stage
 
-PHASES = ("prune", "speedup", "fine_tune", "deploy", "evaluate", "measure")
+PHASES = ("prune", "speedup", "screen", "fine_tune", "deploy", "evaluate", "measure")  # screen: with a latency limit
+
+
+class TooSlowError(RuntimeError):
+    """The pruned model, timed before fine-tuning, misses the study's latency limit: fine-tuning is skipped."""
+
+    def __init__(self, latency_ms: float, limit_ms: float, seconds: dict[str, float]):
+        super().__init__(f"too slow: {latency_ms:.3f} ms before fine-tuning, limit {limit_ms:.3f} ms")
+        self.latency_ms, self.limit_ms, self.seconds = latency_ms, limit_ms, seconds
 
 
 class CollapsedError(RuntimeError):
@@ -168,7 +176,24 @@ def shrink(model: nn.Module, ctx: TrialContext, plan: TrialPlan, clock: "_Clock"
     return removed
 
 
-def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None] | None = None) -> TrialOutcome:
+def screen_latency(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan, clock: "_Clock") -> float:
+    """The latency of the pruned model before fine-tuning: latency depends on the structure and the
+    precisions, not on the weights' values, so a candidate that misses a limit is known in seconds."""
+    with clock.phase("screen"):
+        deployment = ctx.device.deploy(model, ctx.data.example_input(2), plan)
+        try:
+            with exclusive(ctx.device.info().name):
+                paired = ctx.reference is not None and ctx.reference_latency_ms
+                stats = deployment.measure_latency(ctx.reference if paired else None)
+        finally:
+            deployment.close()
+    return ctx.reference_latency_ms * stats.ratio if paired else stats.median_ms
+
+
+def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None] | None = None,
+              latency_limit_ms: float | None = None) -> TrialOutcome:
+    """The trial's steps; with ``latency_limit_ms``, the pruned model is timed before fine-tuning and
+    a model slower than the limit stops there (:class:`TooSlowError`)."""
     clock = _Clock(on_phase)
     model = copy.deepcopy(ctx.baseline).eval()
     before = pruning.out_channels(model, ctx.groups)
@@ -176,6 +201,13 @@ def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None
     channels = pruning.out_channels(model, ctx.groups)
     achieved = pruning.achieved_sparsity(before, channels, ctx.groups)
     quantized = int8_modules(model, ctx.groups, plan.int8_groups)
+    calibration = ctx.data.calibration_subset(ctx.calibration_size).numpy() if quantized else None
+    device_plan = PrecisionPlan(plan.float_precision, tuple(quantized), calibration)
+    untrained_ms = None
+    if latency_limit_ms is not None:
+        untrained_ms = screen_latency(model, ctx, device_plan, clock)
+        if untrained_ms > latency_limit_ms:
+            raise TooSlowError(untrained_ms, latency_limit_ms, clock.seconds)
     epochs = plan.finetune.epochs
     if plan.max_epochs and plan.max_epochs > epochs:
         epochs = fine_tune_epochs(plan, ctx.baseline_flops, flops_and_params(model, ctx.data.example_input(2))[0])
@@ -190,9 +222,9 @@ def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None
         check = topk_accuracy(torch_logits(model, ctx.data.x_val), ctx.data.y_val.numpy())
         if collapsed(check, ctx.data.num_classes, ctx.collapse_margin):
             raise CollapsedError(check, ctx.data.num_classes)
-    device_plan = PrecisionPlan(plan.float_precision, tuple(quantized),
-                                ctx.data.calibration_subset(ctx.calibration_size).numpy() if quantized else None)
     attributes = deploy_and_measure(model, ctx, device_plan, clock)
+    if untrained_ms is not None:
+        attributes["latency_untrained_ms"] = untrained_ms  # the screen's timing, to compare with latency_ms
     attributes.update(sparsity_achieved=achieved, channels=channels, inner_width=pruning.group_widths(channels, ctx.groups),
                       fine_tune_epochs=epochs, distill=settings.distill, pruner=plan.pruner,
                       precision_plan=plan.precision_plan(ctx.groups), quantization=plan.quantization if quantized else None,

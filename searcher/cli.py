@@ -55,7 +55,8 @@ def _overrides(**named) -> dict:
     mapping = {"target": "study.targets", "model": "model.name", "checkpoint": "model.checkpoint", "data": "data.name",
                "data_dir": "data.dir", "device": "device.name", "trials": "study.trials", "sampler": "study.sampler",
                "storage": "study.storage", "study_name": "study.name", "seed": "study.seed",
-               "max_top1_drop": "study.max_top1_drop", "max_class_drop": "study.max_class_drop", "workers": "study.workers"}
+               "max_top1_drop": "study.max_top1_drop", "max_class_drop": "study.max_class_drop", "workers": "study.workers",
+               "max_latency": "study.max_latency_ms", "min_speedup": "study.min_speedup"}
     result = {mapping[k]: v for k, v in named.items() if k in mapping and v is not None}
     if "study.targets" in result:
         result["study.targets"] = [t.strip() for t in result["study.targets"].split(",") if t.strip()]
@@ -84,6 +85,9 @@ def start(
     workers: Optional[int] = typer.Option(None, help="Local worker processes (several need PostgreSQL or MySQL)."),
     max_top1_drop: Optional[float] = typer.Option(None, help="Trials losing more Top-1 points are infeasible."),
     max_class_drop: Optional[float] = typer.Option(None, help="Trials losing more points on any class are infeasible."),
+    max_latency: Optional[float] = typer.Option(None, help="Latency limit in ms: slower trials are infeasible, "
+                                                           "timed before fine-tuning and skip it."),
+    min_speedup: Optional[float] = typer.Option(None, help="Speed-up over the baseline a trial must reach (as --max-latency)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any spec key: --set finetune.epochs=3"),
 ):
     """Run (or resume) a compression study and print its Pareto front."""
@@ -93,7 +97,8 @@ def start(
     spec = load_spec(spec_file, _overrides(target=target, model=model, checkpoint=checkpoint, data=data, data_dir=data_dir,
                                            device=device, trials=trials, sampler=sampler, storage=storage,
                                            study_name=study_name, seed=seed, workers=workers,
-                                           max_top1_drop=max_top1_drop, max_class_drop=max_class_drop, set=set_))
+                                           max_top1_drop=max_top1_drop, max_class_drop=max_class_drop,
+                                           max_latency=max_latency, min_speedup=min_speedup, set=set_))
     if spec["study.workers"] > 1 and is_sqlite(spec["study.storage"]):
         raise SpecError(f"--workers {spec['study.workers']}: {SEVERAL_WORKERS_NEED_A_SERVER}")
     console.print(f"study [bold]{spec['study.name']}[/]: {spec['model.name']} on {spec['data.name']}, "

@@ -20,7 +20,7 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
-from objectives.pipeline import CollapsedError, TrialContext, TrialPlan, run_trial
+from objectives.pipeline import CollapsedError, TooSlowError, TrialContext, TrialPlan, run_trial
 
 from .artifacts import pack_outcome, upload
 from .space import SearchSpace, suggest_plan
@@ -63,9 +63,23 @@ class Objective:
     def plan(self, trial: optuna.Trial) -> TrialPlan:
         return suggest_plan(trial, self.spec, self.context.groups, self.space)
 
+    def latency_limit_ms(self) -> float | None:
+        """The study's latency limit: ``study.max_latency_ms``, or the baseline's latency / ``study.min_speedup``."""
+        limits = [self.spec["study.max_latency_ms"]]
+        if self.spec["study.min_speedup"]:
+            limits.append(self.baseline["latency_ms"] / self.spec["study.min_speedup"])
+        limits = [v for v in limits if v is not None]
+        return min(limits) if limits else None
+
     def evaluate(self, trial: optuna.Trial, plan: TrialPlan) -> TrialResult:
+        limit = self.latency_limit_ms()
         try:
-            outcome = run_trial(self.context, plan, on_phase=lambda phase: self.on_phase(trial.number, phase))
+            outcome = run_trial(self.context, plan, on_phase=lambda phase: self.on_phase(trial.number, phase),
+                                latency_limit_ms=limit)
+        except TooSlowError as error:  # infeasible, known before fine-tuning
+            return TrialResult(TrialState.PRUNED, attributes={
+                "failure": str(error), "finetune_skipped": "latency", "latency_untrained_ms": error.latency_ms,
+                "latency_limit_ms": error.limit_ms, "seconds": error.seconds})
         except CollapsedError as error:
             return TrialResult(TrialState.PRUNED, attributes={"failure": str(error), "top1": error.top1})
         except Exception as error:  # noqa: BLE001 - any failure is recorded; the study goes on
@@ -82,6 +96,8 @@ class Objective:
         drop_limit = self.spec["study.max_top1_drop"]
         if drop_limit is not None:
             constraints["top1_drop"] = (self.baseline["top1"] - attributes["top1"]) - drop_limit
+        if limit is not None:  # the fine-tuned model, measured again, must still meet it
+            constraints["latency"] = attributes["latency_ms"] - limit
         class_limit = self.spec["study.max_class_drop"]
         if class_limit is not None:
             constraints["class_drop"] = worst_class_drop(self.baseline["class_top1"], attributes["class_top1"]) - class_limit

@@ -96,6 +96,10 @@ KEYS: dict[str, Key] = {
     "study.trials": Key(int, "an integer >= 1", lambda v: v >= 1),
     "study.seed": Key(int, "an integer >= 0", lambda v: v >= 0),
     "study.max_top1_drop": Key((int, float), "a number of points >= 0", lambda v: v >= 0, optional=True),
+    "study.max_latency_ms": Key((int, float), "a latency in milliseconds > 0 (slower trials are infeasible; "
+                                "screened before fine-tuning)", lambda v: v > 0, optional=True),
+    "study.min_speedup": Key((int, float), "a factor >= 1 over the baseline's latency (slower trials are infeasible; "
+                             "screened before fine-tuning)", lambda v: v >= 1, optional=True),
     "study.max_class_drop": Key((int, float), "a number of points >= 0 (worst per-class Top-1 drop)",
                                 lambda v: v >= 0, optional=True),
     "study.workers": Key(int, "an integer >= 1 (local worker processes; several need PostgreSQL or MySQL)", lambda v: v >= 1),

@@ -130,3 +130,21 @@ def test_a_second_device_is_its_own_objective(study_dir):
         assert trial.values[1] == trial.user_attrs["latency_ms@cpu"] > 0
         assert trial.values[0] == trial.user_attrs["latency_ms"] > 0
         assert trial.user_attrs["inference_precision@cpu"] in ("f32", "int8")
+
+
+@pytest.mark.slow
+def test_a_latency_limit_screens_trials_before_fine_tuning(study_dir):
+    _start(study_dir, "--study-name", "too-slow", "--trials", "2", "--max-latency", "0.0001")
+    study = optuna.load_study(study_name="too-slow", storage=f"sqlite:///{study_dir}/tiny.db")
+    for trial in study.trials:  # nothing meets 0.1 µs: every trial stops after its first timing
+        assert trial.state == optuna.trial.TrialState.PRUNED
+        assert trial.user_attrs["finetune_skipped"] == "latency"
+        assert trial.user_attrs["latency_untrained_ms"] > trial.user_attrs["latency_limit_ms"] == 0.0001
+        assert "fine_tune" not in trial.user_attrs["seconds"] and "screen" in trial.user_attrs["seconds"]
+    _start(study_dir, "--study-name", "fast-enough", "--trials", "2", "--max-latency", "1000")
+    study = optuna.load_study(study_name="fast-enough", storage=f"sqlite:///{study_dir}/tiny.db")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete
+    for trial in complete:  # both timings recorded: before fine-tuning, and of the deployed model
+        assert trial.user_attrs["latency_untrained_ms"] > 0 and trial.user_attrs["latency_ms"] > 0
+        assert set(trial.constraints) == {"latency"} and trial.constraints["latency"] < 0  # feasible

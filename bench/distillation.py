@@ -1,0 +1,103 @@
+"""Does distillation from the baseline lift a shrunk model's Top-1 at equal fine-tune length?
+
+    python bench/distillation.py --task default --epochs 1 2 4 --seeds 0 1
+    python bench/distillation.py --task cifar --epochs 1 2 --seeds 0
+
+For one task (the search benchmark's: ResNet-56 on digits, or ResNet-20 on cifar10-12k), the
+cached baseline is shrunk to the recipes' uniform shares of every dimension (blocks per stage,
+stream and inner widths kept at 2/3 and 1/3, l1), as a trial would, then fine-tuned in float from
+the same pruned weights with the same seed twice: on the labels alone, and distilled from the
+baseline's logits (``--weight``, ``--temperature``). Top-1 is measured in PyTorch on the validation
+split. Prints a Markdown table: structure, epochs, FLOPs share, Top-1 without and with
+distillation (median over seeds) and the difference.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from objectives.evaluate import topk_accuracy, torch_logits  # noqa: E402
+from objectives.finetune import TrainSettings, train  # noqa: E402
+from objectives.models import flops_and_params  # noqa: E402
+from objectives.pipeline import TrialContext, TrialPlan, _Clock, shrink  # noqa: E402
+from objectives.structure import block_importance, residual_stages  # noqa: E402
+from searcher.recipes import recipes  # noqa: E402
+from searcher.spec import load_spec  # noqa: E402
+from searcher.space import build_space  # noqa: E402
+from searcher.study import RANKING_IMAGES, baseline_settings, data_id, derive_groups, get_baseline, group_rules, load_spec_data  # noqa: E402
+
+TASKS = {
+    "default": {},
+    "cifar": {"model.name": "resnet20", "data.name": "imagefolder",
+              "data.dir": str(ROOT.parent / "shared" / "data" / "cifar10-12k"), "baseline.epochs": 15, "baseline.lr": 0.05},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=list(TASKS), default="default")
+    parser.add_argument("--epochs", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--weight", type=float, default=0.9)
+    parser.add_argument("--temperature", type=float, default=4.0)
+    parser.add_argument("--multiple", type=int, default=8, help="channel multiple of the widths")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = load_spec(overrides=TASKS[args.task])
+    data = load_spec_data(spec)
+    baseline, _ = get_baseline(spec["model.name"], data, data_id(spec), baseline_settings(spec), spec["model.checkpoint"],
+                               on_epoch=lambda e, loss: print(f"baseline epoch {e + 1}: loss {loss:.3f}", file=sys.stderr))
+    groups = derive_groups(baseline, group_rules(spec))
+    stages = residual_stages(baseline)
+    importance = block_importance(baseline, stages, data.x_val[:RANKING_IMAGES], data.y_val[:RANKING_IMAGES])
+    context = TrialContext(baseline, data, groups, device=None, stages=stages, block_importance=importance)
+    space = build_space(spec, baseline, groups, stages, ["f32"], args.multiple)
+    labels = data.y_val.numpy()
+    base_top1 = topk_accuracy(torch_logits(baseline, data.x_val), labels)
+    base_flops = flops_and_params(baseline, data.example_input(2))[0]
+    rows = []
+    for recipe in [r for r in recipes(space, groups, ["l1"]) if r.name.startswith("uniform") and "int8" not in r.name]:
+        p = recipe.params
+        plan = TrialPlan(inner={g: w.channels(p[f"inner.{g}"]) for g, w in space.inner.items() if f"inner.{g}" in p},
+                         stream={s: w.channels(p[f"width.{s}"]) for s, w in space.stream.items() if f"width.{s}" in p},
+                         depth={s: p[f"depth.{s}"] for s in space.depth if f"depth.{s}" in p}, channel_multiple=args.multiple)
+        pruned = copy.deepcopy(baseline).eval()
+        shrink(pruned, context, plan, _Clock(None))
+        share = flops_and_params(pruned, data.example_input(2))[0] / base_flops
+        for epochs in args.epochs:
+            result = {}
+            for distill in (0.0, args.weight):
+                scores = []
+                for seed in args.seeds:
+                    model = copy.deepcopy(pruned)
+                    settings = TrainSettings(epochs, spec["finetune.lr"], spec["finetune.batch_size"], seed=seed,
+                                             distill=distill, temperature=args.temperature)
+                    torch.manual_seed(seed)
+                    train(model, data.x_train, data.y_train, settings,
+                          teacher_logits=context.teacher_logits if distill else None)
+                    scores.append(topk_accuracy(torch_logits(model, data.x_val), labels))
+                result[distill] = scores
+            ce, kd = float(np.median(result[0.0])), float(np.median(result[args.weight]))
+            rows.append((recipe.name, epochs, share, ce, kd, result))
+            print(f"{recipe.name}, {epochs} epochs: CE {ce:.2f}, distilled {kd:.2f}", file=sys.stderr, flush=True)
+    print(f"## distillation: {spec['model.name']} on {data.name} (baseline Top-1 {base_top1:.2f}), weight {args.weight}, "
+          f"T = {args.temperature}, seeds {', '.join(map(str, args.seeds))}\n")
+    print("| structure | epochs | FLOPs share | Top-1 labels only | Top-1 distilled | difference | per seed (labels / distilled) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, epochs, share, ce, kd, result in rows:
+        seeds = "; ".join(f"{a:.2f} / {b:.2f}" for a, b in zip(result[0.0], result[args.weight]))
+        print(f"| {name} | {epochs} | {share:.2f} | {ce:.2f} | {kd:.2f} | {kd - ce:+.2f} | {seeds} |")
+
+
+if __name__ == "__main__":
+    main()
