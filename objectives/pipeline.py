@@ -196,13 +196,8 @@ def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None
     a model slower than the limit stops there (:class:`TooSlowError`)."""
     clock = _Clock(on_phase)
     model = copy.deepcopy(ctx.baseline).eval()
-    before = pruning.out_channels(model, ctx.groups)
-    removed = shrink(model, ctx, plan, clock)
-    channels = pruning.out_channels(model, ctx.groups)
-    achieved = pruning.achieved_sparsity(before, channels, ctx.groups)
-    quantized = int8_modules(model, ctx.groups, plan.int8_groups)
-    calibration = ctx.data.calibration_subset(ctx.calibration_size).numpy() if quantized else None
-    device_plan = PrecisionPlan(plan.float_precision, tuple(quantized), calibration)
+    shrink(model, ctx, plan, clock)
+    device_plan = device_plan_for(model, ctx, plan)
     untrained_ms = None
     if latency_limit_ms is not None:
         untrained_ms = screen_latency(model, ctx, device_plan, clock)
@@ -211,7 +206,24 @@ def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None
     epochs = plan.finetune.epochs
     if plan.max_epochs and plan.max_epochs > epochs:
         epochs = fine_tune_epochs(plan, ctx.baseline_flops, flops_and_params(model, ctx.data.example_input(2))[0])
-    settings = replace(plan.finetune, epochs=epochs)
+    outcome = fine_tune_and_measure(model, ctx, plan, replace(plan.finetune, epochs=epochs), device_plan, clock)
+    if untrained_ms is not None:
+        outcome.attributes["latency_untrained_ms"] = untrained_ms  # the screen's timing, to compare with latency_ms
+    return outcome
+
+
+def device_plan_for(model: nn.Module, ctx: TrialContext, plan: TrialPlan) -> PrecisionPlan:
+    """How the pruned model runs on the device: its float precision, its int8 modules, calibration images."""
+    quantized = int8_modules(model, ctx.groups, plan.int8_groups)
+    calibration = ctx.data.calibration_subset(ctx.calibration_size).numpy() if quantized else None
+    return PrecisionPlan(plan.float_precision, tuple(quantized), calibration)
+
+
+def fine_tune_and_measure(model: nn.Module, ctx: TrialContext, plan: TrialPlan, settings: TrainSettings,
+                          device_plan: PrecisionPlan, clock: "_Clock") -> TrialOutcome:
+    """Fine-tune a pruned model (in place; quantization-aware for its int8 modules), deploy it, evaluate
+    it on the device and measure it; the outcome records its structure as realized."""
+    quantized = list(device_plan.int8_modules)
     with clock.phase("fine_tune"):
         torch.manual_seed(settings.seed)
         teacher = ctx.teacher_logits if settings.distill > 0 else None
@@ -223,16 +235,17 @@ def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None
         if collapsed(check, ctx.data.num_classes, ctx.collapse_margin):
             raise CollapsedError(check, ctx.data.num_classes)
     attributes = deploy_and_measure(model, ctx, device_plan, clock)
-    if untrained_ms is not None:
-        attributes["latency_untrained_ms"] = untrained_ms  # the screen's timing, to compare with latency_ms
-    attributes.update(sparsity_achieved=achieved, channels=channels, inner_width=pruning.group_widths(channels, ctx.groups),
-                      fine_tune_epochs=epochs, distill=settings.distill, pruner=plan.pruner,
+    channels = pruning.out_channels(model, ctx.groups)
+    attributes.update(sparsity_achieved=pruning.achieved_sparsity(pruning.out_channels(ctx.baseline, ctx.groups), channels,
+                                                                  ctx.groups),
+                      channels=channels, inner_width=pruning.group_widths(channels, ctx.groups),
+                      fine_tune_epochs=settings.epochs, distill=settings.distill, pruner=plan.pruner,
                       precision_plan=plan.precision_plan(ctx.groups), quantization=plan.quantization if quantized else None,
                       calibration_size=len(device_plan.calibration) if quantized else 0, seconds=clock.seconds,
                       channel_multiple=plan.channel_multiple)
     if ctx.stages:
         attributes.update(depth=structure.depths(model, ctx.stages), stream_width=structure.stream_widths(model, ctx.stages),
-                          blocks_removed=removed)
+                          blocks_removed=structure.removed_blocks(model, ctx.stages))
     for other in ctx.also:
         attributes.update(measure_on(other, model, ctx, device_plan, clock))
     deployment = attributes.pop("_deployment")

@@ -85,6 +85,10 @@ class Objective:
         except Exception as error:  # noqa: BLE001 - any failure is recorded; the study goes on
             reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
             return TrialResult(TrialState.FAIL, attributes={"failure": reason})
+        return self.result_of(trial, outcome, limit)
+
+    def result_of(self, trial: optuna.Trial, outcome, limit: float | None = None) -> TrialResult:
+        """Pack a measured outcome: its files zipped, its values and its constraints (no storage touched)."""
         self.on_phase(trial.number, "store")
         start = time.perf_counter()
         archive = pack_outcome(outcome, self.spec, self.context.data, f"trial-{trial.number}", Path(self._scratch.name))

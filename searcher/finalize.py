@@ -1,0 +1,103 @@
+"""``tune finalize``: a longer fine-tune for the models on the front.
+
+Trials are ranked after a short fine-tune (NetAdapt's and AMC's practice: short to rank, long for
+the chosen). Finalizing re-trains a front model from its own pruned, fine-tuned weights for
+``--epochs`` more, deploys and measures it exactly as a trial, and stores it as a new trial of
+the study with the original's parameters, its own artifact and ``finalized_from`` = the original
+trial's number, so the dashboard, ``tune pareto``, ``tune report`` and ``tune export --pareto``
+see it. Finalized trials do not use up the search budget. An interrupted run is resumed by
+running it again: an original that already has a complete finalized trial is skipped.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from objectives.export import load_pruned
+from objectives.finetune import TrainSettings
+from objectives.pipeline import TrialPlan, _Clock, device_plan_for, fine_tune_and_measure
+
+from .artifacts import fetch
+from .pareto import front
+from .run import Objective, TrialResult
+from .spec import SpecError
+from .study import Prepared
+
+FINALIZED_FROM = "finalized_from"
+
+
+def originals(study: optuna.Study, numbers: list[int] | None) -> list[FrozenTrial]:
+    """The trials to finalize: the named ones, or the front's (never a finalized trial itself)."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if numbers:
+        chosen = []
+        for number in numbers:
+            trial = trials.get(number)
+            if trial is None:
+                raise SpecError(f"study '{study.study_name}' has no trial {number}")
+            if trial.state != TrialState.COMPLETE or "artifact_id" not in trial.user_attrs:
+                raise SpecError(f"trial {number} is {trial.state.name.lower()}: only complete trials have a model")
+            chosen.append(trial)
+    else:
+        chosen = [trials[row.number] for row in front(study)]
+    return [t for t in chosen if FINALIZED_FROM not in t.user_attrs]
+
+
+def already_finalized(study: optuna.Study) -> set[int]:
+    return {t.user_attrs[FINALIZED_FROM] for t in study.get_trials(deepcopy=False)
+            if t.state == TrialState.COMPLETE and FINALIZED_FROM in t.user_attrs}
+
+
+def _plan_of(original: FrozenTrial, epochs: int, spec) -> TrialPlan:
+    """The original trial's precisions and pruner, with the longer fine-tune (from its own weights)."""
+    attrs = original.user_attrs
+    precisions = attrs.get("precision_plan") or {}
+    floats = [p for p in precisions.values() if p != "int8"]
+    settings = TrainSettings(epochs, spec["finetune.lr"], spec["finetune.batch_size"], seed=spec["study.seed"] + original.number,
+                             distill=spec["finetune.distill"], temperature=spec["finetune.temperature"])
+    return TrialPlan(channel_multiple=attrs.get("channel_multiple", 1), pruner=attrs.get("pruner", "l1"),
+                     float_precision=floats[0] if floats else "f32",
+                     int8_groups=frozenset(g for g, p in precisions.items() if p == "int8"),
+                     quantization=attrs.get("quantization") or spec["search.quantization"], finetune=settings)
+
+
+def finalize(prepared: Prepared, spec, epochs: int, numbers: list[int] | None = None,
+             on_status: Callable[[str], None] = lambda s: None) -> list[tuple[int, int]]:
+    """Finalize each chosen trial; returns (original, finalized) trial numbers."""
+    study = prepared.study
+    objective = Objective(spec, prepared.context, prepared.baseline, prepared.space)
+    done = already_finalized(study)
+    pairs = []
+    for original in originals(study, numbers):
+        if original.number in done:
+            on_status(f"trial {original.number}: already finalized")
+            continue
+        plan = _plan_of(original, epochs, spec)
+        study.enqueue_trial(original.params, user_attrs={FINALIZED_FROM: original.number})
+        trial = study.ask()
+        try:
+            on_status(f"trial {original.number}: fine-tuning {epochs} epochs more (as trial {trial.number})")
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = fetch(spec["study.artifacts"], original.user_attrs["artifact_id"], Path(tmp),
+                               original.user_attrs.get("artifact_sha256"))
+                model = load_pruned(folder).train()
+            clock = _Clock(lambda phase: on_status(f"trial {original.number}: {phase}"))
+            outcome = fine_tune_and_measure(model, prepared.context, plan, plan.finetune,
+                                            device_plan_for(model, prepared.context, plan), clock)
+            outcome.attributes.update({k: original.user_attrs[k] for k in ("pruner", "seeded") if k in original.user_attrs})
+            result = objective.result_of(trial, outcome, objective.latency_limit_ms())
+        except KeyboardInterrupt:
+            trial.set_user_attr("failure", "interrupted: finalize was stopped")
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as error:  # noqa: BLE001 - recorded on the trial; the next one goes on
+            result = TrialResult(TrialState.FAIL, attributes={"failure": f"{type(error).__name__}: {error}"})
+        objective.record(trial, result)
+        study.tell(trial, result.values if result.state == TrialState.COMPLETE else None, state=result.state)
+        objective.discard(result)
+        pairs.append((original.number, trial.number))
+    return pairs
