@@ -129,7 +129,7 @@ def int8_modules(model: nn.Module, groups: list[LayerGroup], int8_groups: frozen
 
 @dataclass
 class TrialOutcome:
-    attributes: dict  # the contract of DESIGN.md, minus artifact_id (the searcher stores it)
+    attributes: dict  # the contract of docs/ARCHITECTURE.md, minus artifact_id (the searcher stores it)
     deployment: Deployment
     model: nn.Module  # the pruned, fine-tuned PyTorch model that was deployed
     predictions: np.ndarray  # the deployed model's class for each validation image
