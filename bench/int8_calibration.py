@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from devices.openvino import export_onnx  # noqa: E402
+from devices.onnx_export import export_onnx  # noqa: E402
 from objectives.evaluate import topk_accuracy  # noqa: E402
 from precision_plans import pruned_model  # noqa: E402
 

@@ -7,8 +7,8 @@ told otherwise, limits upload size, and serialises measurements so that several 
 sharing one device do not disturb each other's timings.
 
     POST   /deployments                 body: ONNX bytes; query: input_shape, float_precision, int8
-                                        (node-name prefixes, comma-separated); header X-Calibration
-                                        names an uploaded calibration array (see /arrays)
+                                        (node-name prefixes, comma-separated), calibration (the id
+                                        of an uploaded array, see /arrays; needed with int8)
     POST   /arrays                      body: .npy bytes (allow_pickle=False) -> id
     POST   /deployments/{id}/latency    query: reference (another deployment id)
     POST   /deployments/{id}/predict    query: array (an uploaded array id) -> .npy logits

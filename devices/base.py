@@ -4,17 +4,25 @@ from __future__ import annotations
 import abc
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from .protocol import LatencyProtocol
+from .protocol import LatencyProtocol, LatencyStats, measure, measure_paired
 
 
 class DeviceError(RuntimeError):
     """A device cannot be used as asked (unavailable, unsupported precision, ...)."""
+
+
+class DeviceUnavailable(DeviceError):
+    """This host lacks the device. :func:`devices.registry.create_device` appends the devices it has
+    (of ``kind`` only, when given): an adapter cannot ask the registry, which imports the adapters."""
+
+    def __init__(self, device: str, note: str = "", reason: str = "", kind: str = ""):
+        super().__init__(f"device {device!r}{note} is not available on this host{reason}")
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -68,39 +76,6 @@ class PrecisionPlan:
         return {self.float_precision} | ({"int8"} if self.int8_modules else set())
 
 
-@dataclass(frozen=True)
-class LatencyStats:
-    """One latency measurement by the protocol in :mod:`devices.protocol` (milliseconds)."""
-
-    median_ms: float
-    p90_ms: float
-    mean_ms: float
-    ci95_low_ms: float
-    ci95_high_ms: float
-    runs: int
-    seconds: float  # wall time spent timing, warm-up excluded
-    converged: bool  # the interval reached the target before the time limit
-    batch: int = 1
-    device_median_ms: float | None = None  # device time from the runtime's counters, if any
-    # Paired with a reference model (runs alternated): the median of the candidate/reference
-    # ratios and its interval. Drift of the host cancels out of the ratio.
-    reference_median_ms: float | None = None
-    ratio: float | None = None
-    ratio_ci95_rel: float | None = None
-
-    @property
-    def ci95_rel(self) -> float:
-        """Half-width of the 95% interval, relative: of the ratio when paired, else of the median."""
-        if self.ratio_ci95_rel is not None:
-            return self.ratio_ci95_rel
-        return (self.ci95_high_ms - self.ci95_low_ms) / 2.0 / self.median_ms
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["ci95_rel"] = self.ci95_rel
-        return data
-
-
 class Deployment(abc.ABC):
     """A model as it runs on a device: the artifact a user would ship.
 
@@ -111,7 +86,7 @@ class Deployment(abc.ABC):
     precision_used: Mapping[str, int]
     #: effective inference precision of the float parts (e.g. "f32")
     inference_precision: str
-    protocol: "LatencyProtocol"
+    protocol: LatencyProtocol
     batch: int = 1
 
     @abc.abstractmethod
@@ -132,8 +107,6 @@ class Deployment(abc.ABC):
 
     def measure_latency(self, reference: "Deployment | None" = None) -> LatencyStats:
         """Time one batch by the latency protocol; paired with ``reference`` when given."""
-        from .protocol import measure, measure_paired
-
         if reference is None:
             stats = measure(self.runner(), self.protocol, self.batch)
             return replace(stats, device_median_ms=self.device_time_ms())
@@ -164,7 +137,8 @@ class Deployment(abc.ABC):
 
 
 class Device(abc.ABC):
-    """A target that runs models. Subclasses register themselves in :mod:`devices.registry`.
+    """A target that runs models. :mod:`devices.registry` maps device strings to subclasses (a new
+    adapter gets a factory there; it does not register itself).
 
     Example::
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Device, DeviceError, DeviceInfo, PrecisionPlan
+from .base import Device, DeviceInfo, DeviceUnavailable, PrecisionPlan
 from .protocol import LatencyProtocol
 from .torchscript import TorchScriptDeployment, under
 
@@ -85,10 +85,7 @@ class CUDADevice(Device):
 
     def __init__(self, index: int = 0, threads: int = 0, protocol: LatencyProtocol = LatencyProtocol(), batch: int = 1):
         if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-            from .registry import available_devices
-
-            raise DeviceError(f"device 'cuda:{index}' is not available on this host (no such CUDA GPU); "
-                              f"available: {', '.join(available_devices())}")
+            raise DeviceUnavailable(f"cuda:{index}", reason=" (no such CUDA GPU)")
         self.index = index
         self.torch_device = torch.device("cuda", index)
         self.threads = threads

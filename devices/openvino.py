@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
-from .base import Deployment, Device, DeviceError, DeviceInfo, PrecisionPlan, cpu_channel_block
+from .base import Deployment, Device, DeviceInfo, DeviceUnavailable, PrecisionPlan, cpu_channel_block
+from .onnx_export import export_onnx, onnx_scope
 from .protocol import LatencyProtocol
 
 #: Layer types counted when reading back what really runs.
@@ -33,39 +32,6 @@ _INT8 = {"i8", "u8"}
 _PERF_COUNT_RUNS = 50
 #: Float precisions by OpenVINO device; int8 comes from NNCF where the device lists INT8.
 _FLOAT_PRECISIONS = {"CPU": ("f32", "bf16"), "GPU": ("f16", "f32"), "NPU": ("f16",)}
-
-
-def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Path:
-    """TorchScript-based ONNX export with a dynamic batch axis, module paths kept in names."""
-    model = model.eval()
-    with torch.no_grad():
-        torch.onnx.export(
-            model,
-            (example_input,),
-            str(path),
-            dynamo=False,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-        )
-    return path
-
-
-def onnx_scope(model: nn.Module, module_path: str) -> str:
-    """The node-name prefix the TorchScript exporter gives to everything inside ``module_path``.
-
-    Each level is named relative to its nearest ancestor that is not a container (Sequential,
-    ModuleList): ``layer1.0.conv1`` -> ``/layer1/layer1.0/conv1/``.
-    """
-    parts = module_path.split(".")
-    names, anchor, module = [], 0, model
-    for i, part in enumerate(parts):
-        if not isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
-            anchor = i
-        names.append(".".join(parts[anchor : i + 1]))
-        module = getattr(module, part) if not part.isdigit() else module[int(part)]
-    return "/" + "/".join(names) + "/"
 
 
 def _rt_str(info, key: str) -> str:
@@ -109,11 +75,8 @@ class OpenVINODeployment(Deployment):
         self._input_shape = input_shape  # (C, H, W)
         self._config = device.compile_config(float_precision)
         self._scopes = scopes  # module path -> ONNX node-name prefix, for precision_of
-        core = device.core
-        static = core.read_model(str(xml))
-        static.reshape([device.batch, *input_shape])
-        self._latency_model = core.compile_model(static, device.target, self._config)
-        self._eval_model = core.compile_model(core.read_model(str(xml)), device.target, self._config)
+        self._latency_model = self._compile()
+        self._eval_model = self._compile(static=False)
         self._layers = layer_precisions(self._latency_model)
         self.precision_used = dict(collections.Counter(p for _, p in self._layers))
         if device.target == "CPU":
@@ -121,6 +84,15 @@ class OpenVINODeployment(Deployment):
             self.threads = int(self._latency_model.get_property("INFERENCE_NUM_THREADS"))
         else:
             self.inference_precision, self.threads = float_precision, 0
+
+    def _compile(self, static: bool = True, **config):
+        """Compile the IR with the deployment's config updated by ``config``; ``static``: at the timed
+        batch size. Read afresh each time, since ``reshape`` changes the model in place."""
+        core = self._device.core
+        model = core.read_model(str(self._xml))
+        if static:
+            model.reshape([self.batch, *self._input_shape])
+        return core.compile_model(model, self._device.target, {**self._config, **config})
 
     def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         request = self._eval_model.create_infer_request()
@@ -142,11 +114,7 @@ class OpenVINODeployment(Deployment):
         """Images per second with several asynchronous requests (THROUGHPUT hint), its own figure."""
         import openvino as ov
 
-        core = self._device.core
-        model = core.read_model(str(self._xml))
-        model.reshape([self.batch, *self._input_shape])
-        config = {**self._config, "PERFORMANCE_HINT": "THROUGHPUT"}
-        compiled = core.compile_model(model, self._device.target, config)
+        compiled = self._compile(PERFORMANCE_HINT="THROUGHPUT")
         jobs = requests or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         queue = ov.AsyncInferQueue(compiled, jobs)
         x = _tensor(self._input())
@@ -162,13 +130,8 @@ class OpenVINODeployment(Deployment):
 
     def device_time_ms(self) -> float | None:
         """Median time the runtime spent in the graph itself (performance counters)."""
-        x = self._input()
-        core = self._device.core
-        model = core.read_model(str(self._xml))
-        model.reshape([self._device.batch, *self._input_shape])
-        compiled = core.compile_model(model, self._device.target, {**self._config, "PERF_COUNT": True})
-        request = compiled.create_infer_request()
-        request.set_input_tensor(_tensor(x))
+        request = self._compile(PERF_COUNT=True).create_infer_request()
+        request.set_input_tensor(_tensor(self._input()))
         totals = []
         for _ in range(_PERF_COUNT_RUNS):
             request.infer()
@@ -238,12 +201,10 @@ class OpenVINODevice(Device):
             # The MYRIAD plugin (Neural Compute Stick 2) left OpenVINO in 2023.0; Intel's NPU succeeds it.
             target = next((d for d in ("NPU", "MYRIAD") if d in available), "VPU")
             if target == "VPU":
-                choices = ", ".join(f"openvino:{d}" for d in available)
-                raise DeviceError("device 'openvino:VPU' (the NPU today, MYRIAD on runtimes before 2023.0) is not "
-                                  f"available on this host; available: {choices}")
+                raise DeviceUnavailable("openvino:VPU", note=" (the NPU today, MYRIAD on runtimes before 2023.0)",
+                                        kind="openvino")
         if target not in available:
-            choices = ", ".join(f"openvino:{d}" for d in available)
-            raise DeviceError(f"device 'openvino:{target}' is not available on this host; available: {choices}")
+            raise DeviceUnavailable(f"openvino:{target}", kind="openvino")
         self.target = target
         self.threads = threads
         self.protocol = protocol

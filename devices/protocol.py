@@ -16,19 +16,49 @@ model finds the caches full of that model's weights: small int8 candidates timed
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import math
 import re
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from filelock import FileLock
 
-from .base import LatencyStats
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """One latency measurement by this protocol (milliseconds)."""
+
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    ci95_low_ms: float
+    ci95_high_ms: float
+    runs: int
+    seconds: float  # wall time spent timing, warm-up excluded
+    converged: bool  # the interval reached the target before the time limit
+    batch: int = 1
+    device_median_ms: float | None = None  # device time from the runtime's counters, if any
+    # Paired with a reference model (runs alternated): the median of the candidate/reference
+    # ratios and its interval. Drift of the host cancels out of the ratio.
+    reference_median_ms: float | None = None
+    ratio: float | None = None
+    ratio_ci95_rel: float | None = None
+
+    @property
+    def ci95_rel(self) -> float:
+        """Half-width of the 95% interval, relative: of the ratio when paired, else of the median."""
+        if self.ratio_ci95_rel is not None:
+            return self.ratio_ci95_rel
+        return (self.ci95_high_ms - self.ci95_low_ms) / 2.0 / self.median_ms
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["ci95_rel"] = self.ci95_rel
+        return data
 
 
 @dataclass(frozen=True)
@@ -152,16 +182,9 @@ def measure(run_once: Callable[[], None], protocol: LatencyProtocol = LatencyPro
     return _stats(samples, seconds, converged, batch)
 
 
-@contextlib.contextmanager
-def exclusive(device_name: str):
-    """Hold the device for one measurement, host-wide: workers of a study (or several studies) on
-    this host sharing a device would otherwise time each other's load."""
+def exclusive(device_name: str) -> FileLock:
+    """Hold the device for one measurement, host-wide (``with exclusive(name):``): workers of a study
+    (or several studies) on this host sharing a device would otherwise time each other's load."""
     folder = Path(tempfile.gettempdir()) / "edgetune-locks"
     folder.mkdir(exist_ok=True)
-    path = folder / (re.sub(r"[^A-Za-z0-9_.-]+", "_", device_name) + ".lock")
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return FileLock(folder / (re.sub(r"[^A-Za-z0-9_.-]+", "_", device_name) + ".lock"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .base import Device, DeviceError
+from .base import Device, DeviceError, DeviceUnavailable
 
 _FACTORIES: dict[str, Callable[..., Device]] = {}
 
@@ -35,7 +35,11 @@ def parse_device_string(device: str) -> tuple[str, str | None]:
 def create_device(device: str, **options) -> Device:
     """Build the adapter for ``device`` (e.g. ``"openvino:CPU"``) with its options."""
     kind, target = parse_device_string(device)
-    return _FACTORIES[kind](target, **options)
+    try:
+        return _FACTORIES[kind](target, **options)
+    except DeviceUnavailable as error:
+        choices = [d for d in available_devices() if not error.kind or d.partition(":")[0] == error.kind]
+        raise DeviceError(f"{error}; available: {', '.join(choices)}") from None
 
 
 def available_devices() -> list[str]:

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Deployment, Device, DeviceError, DeviceInfo, LatencyStats, PrecisionPlan
+from .base import Deployment, Device, DeviceError, DeviceInfo, PrecisionPlan
+from .onnx_export import export_onnx, onnx_scope
+from .protocol import LatencyStats
 
 TOKEN_ENV = "EDGETUNE_AGENT_TOKEN"
 
@@ -138,8 +140,6 @@ class RemoteDevice(Device):
         return self._info
 
     def deploy(self, model, example_input, plan: PrecisionPlan = PrecisionPlan()) -> RemoteDeployment:
-        from .openvino import export_onnx, onnx_scope
-
         self.check_plan(plan)
         scopes = {name: onnx_scope(model, name) for name, _ in model.named_modules() if name}
         calibration = self._client.array(plan.calibration) if plan.int8_modules else None

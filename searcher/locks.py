@@ -8,10 +8,10 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 from pathlib import Path
 
+from filelock import FileLock, Timeout
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -68,12 +68,9 @@ class StudyLocks:
             yield
             return
         lock_path = Path(database).expanduser().with_name(Path(database).name + ".lock")
-        with open(lock_path, "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StorageError(f"{database} is in use by another worker; {SEVERAL_WORKERS_NEED_A_SERVER}") from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        try:
+            held = FileLock(lock_path, timeout=0).acquire()  # one try: a second worker is refused, not queued
+        except Timeout:
+            raise StorageError(f"{database} is in use by another worker; {SEVERAL_WORKERS_NEED_A_SERVER}") from None
+        with held:
+            yield

@@ -50,7 +50,7 @@ def test_unsupported_precision_is_refused():
 
 
 def test_onnx_scopes_follow_the_exporters_names():
-    from devices.openvino import onnx_scope
+    from devices.onnx_export import onnx_scope
 
     resnet = create_model("resnet20", 10)
     assert onnx_scope(resnet, "layer1") == "/layer1/"
