@@ -2,7 +2,7 @@
 
 Why ONNX and not ``ov.convert_model(torch_module)``: the TorchScript ONNX exporter keeps the
 module paths in node names (``/layer2/layer2.0/conv1/Conv``), so an NNCF ignored scope can keep
-exactly the float layer groups float after BatchNorm folding (see DESIGN.md).
+exactly the float layer groups float after BatchNorm folding (docs/ARCHITECTURE.md).
 
 On CPUs with AMX/AVX512-BF16, OpenVINO runs bf16 by default, so ``INFERENCE_PRECISION_HINT`` is
 always pinned, and the precision each layer really runs in is read back from the compiled model.
