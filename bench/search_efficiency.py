@@ -45,6 +45,7 @@ import optuna
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from searcher import record  # noqa: E402
 from searcher.locks import StudyLocks  # noqa: E402
 from searcher.report import hypervolume_history  # noqa: E402
 from searcher.run import Objective  # noqa: E402
@@ -123,7 +124,7 @@ def score(study: optuna.Study, trials: int) -> dict:
     Latency is taken relative to the study's own baseline: each study measures its baseline once,
     and on a drifting host those absolute medians differ between studies by tens of percent, while
     the paired ratios do not."""
-    baseline = {k[len("baseline_"):]: v for k, v in study.user_attrs.items() if k.startswith("baseline_")}
+    baseline = record.baseline(study)
     # A trial whose worker died (stopped bench) is re-run under a later number: skip it, not the last one.
     ordered = [t for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number) if counts_toward_budget(t)][:trials]
     complete = [types.SimpleNamespace(number=t.number, user_attrs={

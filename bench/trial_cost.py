@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from searcher import record
+
 ROOT = Path(__file__).resolve().parents[1]
 USER_WORK = ("fine_tune", "evaluate")  # what the user's own compression pipeline does anyway
 
@@ -46,10 +48,10 @@ def main() -> None:
     trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     walls = np.array([(t.datetime_complete - t.datetime_start).total_seconds() for t in trials])
     phases = sorted({k for t in trials for k in t.user_attrs["seconds"]},
-                    key=lambda k: ("prune", "speedup", "fine_tune", "deploy", "evaluate", "measure", "store").index(k))
+                    key=lambda k: ("prune", "speedup", "screen", "fine_tune", "deploy", "evaluate", "measure", "store").index(k))
     times = {k: np.array([t.user_attrs["seconds"].get(k, 0.0) for t in trials]) for k in phases}
     times["sampler + database"] = walls - sum(times.values())
-    spec = study.user_attrs["spec"]
+    spec = record.spec_values(study)
     print(f"## trial cost: {spec['model.name']} on {spec['data.name']}, {spec['device.name']}, "
           f"{len(trials)} complete trials (mean {walls.mean():.1f} s a trial, this machine)\n")
     print("| phase | mean s | share of the trial |\n|---|---|---|")

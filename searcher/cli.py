@@ -127,7 +127,9 @@ def worker(
         import torch
 
         torch.set_num_threads(threads)
-    stored = load_study(storage, study_name).user_attrs.get("spec")
+    from . import record
+
+    stored = record.spec_values(load_study(storage, study_name))
     if not stored:
         raise SpecError(f"study '{study_name}' has no edgetune spec; start it with `tune start`")
     overrides = {"study.storage": storage, "study.workers": 1}
@@ -219,7 +221,9 @@ app.command("status", help="Same as `tune pareto`.")(pareto)
 
 
 def _artifacts_dir(study, given: Optional[str]) -> str:
-    return given or study.user_attrs.get("spec", {}).get("study.artifacts", "edgetune-artifacts")
+    from . import record
+
+    return record.artifacts_dir(study, given)
 
 
 @app.command()
@@ -261,7 +265,9 @@ def report(
 
     study = load_study(storage, study_name)
     splits = None
-    stored = study.user_attrs.get("spec")
+    from . import record
+
+    stored = record.spec_values(study)
     if classes and stored:
         try:
             splits = load_spec_data(Spec(stored, "stored"))

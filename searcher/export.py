@@ -14,7 +14,7 @@ from pathlib import Path
 
 import optuna
 
-from . import artifacts
+from . import artifacts, record
 from .pareto import front
 
 LIBRARIES = ("edgetune", "torch", "torchvision", "nni", "optuna", "openvino", "nncf", "onnx")
@@ -73,9 +73,8 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, artifacts
         "metrics": {k: v for k, v in attrs.items() if k not in ("device", "seconds")},
         "device": attrs.get("device"),
         "seconds": attrs.get("seconds"),
-        "baseline": {k[len("baseline_"):]: v for k, v in study.user_attrs.items()
-                     if k.startswith("baseline_") and k not in ("baseline_device",)},
-        "input": study.user_attrs.get("data", {}),
+        "baseline": {k: v for k, v in record.baseline(study).items() if k != "device"},
+        "input": record.data_info(study),
         "libraries": library_versions(),
         "files": {str(p.relative_to(folder)): {"sha256": artifacts.sha256(p), "bytes": p.stat().st_size} for p in files},
     }

@@ -13,6 +13,7 @@ import optuna
 from rich import box
 from rich.table import Table
 
+from . import record
 from .spec import target_unit
 
 
@@ -54,11 +55,10 @@ def dominated_by_baseline(study: optuna.Study, attrs: dict) -> bool:
 
 
 def _targets(study: optuna.Study) -> list[str]:
-    return list(study.user_attrs.get("spec", {}).get("study.targets", []))
+    return record.targets(study)
 
 
-def baseline(study: optuna.Study) -> dict:
-    return {k[len("baseline_"):]: v for k, v in study.user_attrs.items() if k.startswith("baseline_")}
+baseline = record.baseline  # the baseline's record (kept here: bench scripts read it from pareto)
 
 
 def _rel(value, base) -> str:
@@ -117,21 +117,17 @@ def settings_short(row_params: dict, attrs: dict, groups: list[str] | None = Non
 _PRECISION_SHORT = {"int8": "i8", "f32": "f32", "bf16": "bf16", "f16": "f16"}
 
 
-def _group_names(study: optuna.Study) -> list[str]:
-    return [g["name"] for g in study.user_attrs.get("groups", [])]
-
-
 def front_table(study: optuna.Study, title: str | None = None) -> Table:
     base = baseline(study)
     stats = counts(study)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=title or f"Pareto front of '{study.study_name}' "
                   f"({stats.get('complete', 0)} complete, {stats.get('pruned', 0)} collapsed, {stats.get('fail', 0)} failed)")
-    groups = _group_names(study)
+    groups = record.group_names(study)
     if study.user_attrs.get("channel_multiple"):  # d: blocks, s: stream channels, i: inner channels
         settings = f"d/s/i {'/'.join(groups)}, pruner, precision +other"
     else:
         settings = f"pruner, sparsity {'/'.join(groups)}, precision {'/'.join([*groups, 'other'])}"
-    others = list(study.user_attrs.get("spec", {}).get("device.also") or [])  # latency on each further device
+    others = list(record.spec_values(study).get("device.also") or [])  # latency on each further device
     for column in ("trial", "latency ms", *(f"ms@{name}" for name in others), "Top-1 %", "params", "FLOPs", "size", settings):
         if column == settings:
             table.add_column(column, justify="left", overflow="fold", min_width=20)
@@ -152,6 +148,6 @@ def front_table(study: optuna.Study, title: str | None = None) -> Table:
             _with_delta(_human(a.get("params")), _rel(a.get("params"), base.get("params"))),
             _with_delta(_human(a.get("flops")), _rel(a.get("flops"), base.get("flops"))),
             _human(a.get("size_bytes")) + "B",
-            settings_short(row.params, a, _group_names(study)),
+            settings_short(row.params, a, record.group_names(study)),
         )
     return table

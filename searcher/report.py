@@ -47,9 +47,8 @@ def collect(study: optuna.Study) -> ReportData:
     """Load the study's trials once (on 10,000 trials the load is most of the report's time)."""
     every = study.get_trials(deepcopy=False)
     trials = [t for t in every if t.state == optuna.trial.TrialState.COMPLETE]
-    targets = list(study.user_attrs.get("spec", {}).get("study.targets") or
-                   [target_of_unit(m) for m in (study.metric_names or [])])
-    data = ReportData(study, trials, targets, pareto.baseline(study), pareto.front(study, every),
+    targets = record.targets(study) or [target_of_unit(m) for m in (study.metric_names or [])]
+    data = ReportData(study, trials, targets, record.baseline(study), pareto.front(study, every),
                       pareto.counts(study, every))
     data.sample = _in_memory_sample(data)
     return data
@@ -190,7 +189,7 @@ def _fmt(value: float, digits: int = 3) -> str:
 
 
 def front_markdown(data: ReportData) -> list[str]:
-    groups = pareto._group_names(data.study)
+    groups = record.group_names(data.study)
     base = data.baseline
     lines = ["| trial | latency ms | Δ latency | Top-1 % | Δ Top-1 | params | FLOPs | size | settings |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -26,6 +26,7 @@ from objectives.pipeline import OtherDevice, TrialContext, deploy_baseline, eval
 from objectives.structure import block_importance, residual_stages
 
 from .artifacts import ArtifactError, fetch, store_outcome
+from . import record
 from .locks import StudyLocks
 from .recipes import enqueue_recipes
 from .space import SearchSpace, allowed_precisions, build_space, channel_multiple, check_fixed_precisions
@@ -61,7 +62,7 @@ def open_study(spec: Spec, storage: optuna.storages.BaseStorage | None = None) -
     storage = storage or open_storage(spec["study.storage"])
     name = spec["study.name"]
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    if name in existing and existing[name].user_attrs.get("spec"):
+    if name in existing and existing[name].user_attrs.get("spec"):  # a summary, not a study: no record helper
         stored = stored_spec(existing[name].user_attrs["spec"])  # today's defaults fill keys added since
         for key in FIXED_ON_RESUME:
             if stored[key] != spec[key]:
@@ -133,11 +134,11 @@ class Prepared:
 def _baseline_model(spec: Spec, study: optuna.Study, data: DataSplits, on_status: Callable[[str], None]):
     """The study's own baseline when it has one (stored once, shared by every worker on every host),
     else the local cache or a training run."""
-    artifact = study.user_attrs.get("baseline_artifact_id")
-    if artifact:
+    stored = record.baseline(study)
+    if stored.get("artifact_id"):
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                folder = fetch(spec["study.artifacts"], artifact, Path(tmp), study.user_attrs.get("baseline_artifact_sha256"))
+                folder = fetch(spec["study.artifacts"], stored["artifact_id"], Path(tmp), stored.get("artifact_sha256"))
             except ArtifactError as error:
                 raise SpecError(f"study '{study.study_name}': its baseline {error}; point --set study.artifacts= "
                                 "to the study's artifact store") from None
@@ -147,14 +148,21 @@ def _baseline_model(spec: Spec, study: optuna.Study, data: DataSplits, on_status
                         on_epoch=lambda e, loss: on_status(f"baseline: training epoch {e + 1}/{epochs} (loss {loss:.3f})"))
 
 
-def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joining: bool = False) -> Prepared:
-    """Open or create the study; on first use, derive groups and measure the baseline.
+@dataclass
+class _Checked:
+    """Everything a user can get wrong, checked before a study is created or a model trained."""
 
-    The bootstrap runs under the study's lock: with several workers, the first one trains and
-    measures the baseline, the others wait, then reuse what it stored. A ``joining`` worker
-    (``tune worker``) runs the stored spec and leaves it as it is.
-    """
-    # Everything a user can get wrong fails here, before a study is created or a model trained.
+    device: object
+    also: list[OtherDevice]
+    precisions: list[str]
+    storage: optuna.storages.BaseStorage
+    locks: StudyLocks
+    data: DataSplits
+    groups: list[LayerGroup]
+    checkpoint: tuple | None  # (model, "checkpoint") when the spec names one
+
+
+def validate(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> _Checked:
     device = make_device(spec)
     also = [OtherDevice(name, make_device(spec, name)) for name in spec["device.also"]]
     precisions = allowed_precisions(spec, device.info())
@@ -165,59 +173,67 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
     groups = derive_groups(create_model(spec["model.name"], data.num_classes), group_rules(spec))
     check_fixed_precisions(spec, groups)
     checkpoint = None
-    if spec["model.checkpoint"]:  # a bad checkpoint must fail before a study is created
+    if spec["model.checkpoint"]:
         checkpoint = get_baseline(spec["model.name"], data, data_id(spec), baseline_settings(spec), spec["model.checkpoint"])
+    return _Checked(device, also, precisions, storage, locks, data, groups, checkpoint)
+
+
+def _structure_facts(spec: Spec, study: optuna.Study, checked: _Checked, model, on_status) -> None:
+    """Once per study, from the trained baseline: the residual stages, which blocks a shallower
+    model drops first, and the channel multiple widths are made of."""
+    attrs = study.user_attrs
+    if "block_importance" not in attrs:
+        on_status("baseline: ranking its blocks")
+        stages = residual_stages(model)
+        images, labels = checked.data.x_val[:RANKING_IMAGES], checked.data.y_val[:RANKING_IMAGES]
+        record.write_stages(study, stages, block_importance(model, stages, images, labels))
+    if "channel_multiple" not in attrs:
+        record.write_channel_multiple(study, *channel_multiple(spec, checked.device.info(), checked.precisions))
+
+
+def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joining: bool = False) -> Prepared:
+    """Open or create the study; on first use, derive groups and measure the baseline.
+
+    Three steps: :func:`validate` (before anything is created), the bootstrap under the study's
+    lock (with several workers, the first one trains and measures the baseline and stores what
+    the study keeps about itself; the others wait, then reuse it), then the trial context. A
+    ``joining`` worker (``tune worker``, ``tune finalize``) runs the stored spec and leaves it as it is.
+    """
+    checked = validate(spec, on_status)
     on_status("waiting for the study's lock")
-    with locks.critical("bootstrap"):
-        study = open_study(spec, storage)
+    with checked.locks.critical("bootstrap"):
+        study = open_study(spec, checked.storage)
         if not joining:  # workers joining later read the spec (and the latest trial budget) from here
             study.set_user_attr("spec", stored_values(spec))
         on_status("baseline: loading or training")
-        model, source = checkpoint or _baseline_model(spec, study, data, on_status)
-        attrs = study.user_attrs
-        if "groups" in attrs:  # a resumed study keeps the groups it started with
-            groups = [LayerGroup.from_dict(g) for g in attrs["groups"]]
+        model, source = checked.checkpoint or _baseline_model(spec, study, checked.data, on_status)
+        groups = record.groups(study) or checked.groups  # a resumed study keeps the groups it started with
+        _structure_facts(spec, study, checked, model, on_status)
         stages = residual_stages(model)
-        if "block_importance" not in attrs:  # once per study: which blocks a shallower model drops first
-            on_status("baseline: ranking its blocks")
-            images, labels = data.x_val[:RANKING_IMAGES], data.y_val[:RANKING_IMAGES]
-            study.set_user_attr("block_importance", block_importance(model, stages, images, labels))
-            study.set_user_attr("stages", [s.to_dict() for s in stages])
-        if "channel_multiple" not in attrs:
-            multiple, source = channel_multiple(spec, device.info(), precisions)
-            study.set_user_attr("channel_multiple", multiple)
-            study.set_user_attr("channel_multiple_source", source)
-        attrs = study.user_attrs
-        space = build_space(spec, model, groups, stages, precisions, attrs["channel_multiple"], attrs["channel_multiple_source"])
-        if spec["search.recipes"] and not joining and "recipes" not in attrs:
-            study.set_user_attr("recipes", enqueue_recipes(study, space, groups, spec["search.pruners"], spec["study.trials"]))
-        context = TrialContext(model, data, groups, device, collapse_margin=spec["search.collapse_margin"],
+        multiple, multiple_source = record.channel_multiple(study)
+        space = build_space(spec, model, groups, stages, checked.precisions, multiple, multiple_source)
+        if spec["search.recipes"] and not joining and "recipes" not in study.user_attrs:
+            record.write_recipes(study, enqueue_recipes(study, space, groups, spec["search.pruners"], spec["study.trials"]))
+        context = TrialContext(model, checked.data, groups, checked.device, collapse_margin=spec["search.collapse_margin"],
                                calibration_size=spec["data.calibration_size"], throughput=spec["device.throughput"],
-                               also=also, stages=stages, block_importance=dict(attrs["block_importance"]))
-        if "baseline_top1" not in attrs:
+                               also=checked.also, stages=stages, block_importance=record.block_importance(study))
+        if not record.has_baseline(study):
             on_status("baseline: deploying and measuring on the device")
             outcome = evaluate_baseline(context)
             context.reference = outcome.deployment
-            record = dict(outcome.attributes)
-            stored = store_outcome(study, outcome, spec, data, "baseline")
-            record.update(artifact_id=stored["artifact_id"], artifact_sha256=stored["artifact_sha256"])
-            study.set_user_attr("groups", [g.to_dict() for g in groups])
-            study.set_user_attr("groups_described", [
-                {k: v for k, v in d.items() if k != "layers"} for d in describe_groups(model, groups, data.example_input(2))])
-            study.set_user_attr("baseline_source", source)
-            study.set_user_attr("data", {"name": data.name, "classes": data.classes, "mean": list(data.mean),
-                                         "std": list(data.std), "input_shape": list(data.image_shape)})
-            # the record last, and its Top-1 last of all: that tells a resumed run the bootstrap completed
-            for key in sorted(record, key=lambda k: k == "top1"):
-                study.set_user_attr(f"baseline_{key}", record[key])
+            measured = dict(outcome.attributes)
+            measured.update(store_outcome(study, outcome, spec, checked.data, "baseline"))
+            record.write_bootstrap(study, groups, describe_groups(model, groups, checked.data.example_input(2)), source,
+                                   checked.data)
+            record.write_baseline(study, measured)  # last: its Top-1 tells a resumed run the bootstrap completed
         else:
             on_status("baseline: deploying (recorded latency reused)")
             context.reference = deploy_baseline(context)
-    baseline = {k[len("baseline_"):]: v for k, v in study.user_attrs.items() if k.startswith("baseline_")}
+    baseline = record.baseline(study)
     context.reference_latency_ms = baseline["latency_ms"]
-    for other in also:
+    for other in checked.also:
         other.reference_latency_ms = baseline[f"latency_ms@{other.name}"]
-    return Prepared(study, context, baseline, source, space, locks)
+    return Prepared(study, context, baseline, source, space, checked.locks)
 
 
 def stored_values(spec: Spec) -> dict:

@@ -1,0 +1,99 @@
+"""What a study stores about itself (Optuna user attributes), written and read in one place.
+
+Written once, under the study's lock, when the first worker bootstraps it (:mod:`searcher.study`);
+read by every command. The keys are the contract of docs/ARCHITECTURE.md: ``spec``, ``groups``,
+``groups_described``, ``stages``, ``block_importance``, ``channel_multiple`` (+ ``_source``),
+``recipes``, ``data``, ``baseline_source`` and the baseline's record under ``baseline_<name>``.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import optuna
+
+if TYPE_CHECKING:
+    from objectives.groups import LayerGroup
+
+BASELINE = "baseline_"
+
+
+def baseline(study: optuna.Study) -> dict:
+    """The baseline's record, under the names a trial uses (``latency_ms``, ``top1``, ...)."""
+    return {k[len(BASELINE):]: v for k, v in study.user_attrs.items() if k.startswith(BASELINE)}
+
+
+def has_baseline(study: optuna.Study) -> bool:
+    """The bootstrap finished: the baseline's Top-1 is written last."""
+    return f"{BASELINE}top1" in study.user_attrs
+
+
+def write_baseline(study: optuna.Study, record: dict) -> None:
+    # Top-1 last of all: its presence tells a resumed run that the bootstrap completed.
+    for key in sorted(record, key=lambda k: k == "top1"):
+        study.set_user_attr(f"{BASELINE}{key}", record[key])
+
+
+def write_bootstrap(study: optuna.Study, groups: list[LayerGroup], described: list[dict], source: str, data) -> None:
+    """The layer groups (with their parameter and FLOP shares), where the baseline came from, the data set."""
+    study.set_user_attr("groups", [g.to_dict() for g in groups])
+    study.set_user_attr("groups_described", [{k: v for k, v in d.items() if k != "layers"} for d in described])
+    study.set_user_attr("baseline_source", source)
+    study.set_user_attr("data", {"name": data.name, "classes": data.classes, "mean": list(data.mean),
+                                 "std": list(data.std), "input_shape": list(data.image_shape)})
+
+
+def write_stages(study: optuna.Study, stages: list, importance: dict[str, float]) -> None:
+    study.set_user_attr("block_importance", importance)
+    study.set_user_attr("stages", [s.to_dict() for s in stages])
+
+
+def block_importance(study: optuna.Study) -> dict[str, float]:
+    return dict(study.user_attrs.get("block_importance") or {})
+
+
+def write_channel_multiple(study: optuna.Study, multiple: int, source: str) -> None:
+    study.set_user_attr("channel_multiple", multiple)
+    study.set_user_attr("channel_multiple_source", source)
+
+
+def channel_multiple(study: optuna.Study) -> tuple[int, str]:
+    """The multiple every searched width is made of, and where it came from (spec or device)."""
+    return int(study.user_attrs.get("channel_multiple", 1)), str(study.user_attrs.get("channel_multiple_source", "spec"))
+
+
+def write_recipes(study: optuna.Study, names: list[str]) -> None:
+    study.set_user_attr("recipes", names)
+
+
+def spec_values(study: optuna.Study) -> dict:
+    """The spec the study was started with (flat dotted keys), or {} for a study edgetune did not start."""
+    return dict(study.user_attrs.get("spec") or {})
+
+
+def targets(study: optuna.Study) -> list[str]:
+    return list(spec_values(study).get("study.targets") or [])
+
+
+def artifacts_dir(study: optuna.Study, given: str | None = None) -> str:
+    """Where the study's artifacts are: ``given`` (this host's view of the store), else the spec's."""
+    return given or spec_values(study).get("study.artifacts", "edgetune-artifacts")
+
+
+def groups(study: optuna.Study) -> list[LayerGroup] | None:
+    from objectives.groups import LayerGroup
+
+    stored = study.user_attrs.get("groups")
+    return [LayerGroup.from_dict(g) for g in stored] if stored is not None else None
+
+
+def group_names(study: optuna.Study) -> list[str]:
+    return [g["name"] for g in study.user_attrs.get("groups", [])]
+
+
+def stage_names(study: optuna.Study) -> list[str]:
+    return [s["name"] for s in study.user_attrs.get("stages") or []]
+
+
+def data_info(study: optuna.Study) -> dict:
+    """The data set's name, classes, input normalisation and shape."""
+    return dict(study.user_attrs.get("data") or {})
