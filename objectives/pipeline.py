@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from devices import Deployment, Device, PrecisionPlan
+from devices import Deployment, Device, LatencyStats, PrecisionPlan
 from devices.protocol import exclusive
 
 from . import prune as pruning
@@ -182,12 +182,20 @@ def screen_latency(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan, clo
     with clock.phase("screen"):
         deployment = ctx.device.deploy(model, ctx.data.example_input(2), plan)
         try:
-            with exclusive(ctx.device.info().name):
-                paired = ctx.reference is not None and ctx.reference_latency_ms
-                stats = deployment.measure_latency(ctx.reference if paired else None)
+            return timed(deployment, ctx.device, ctx.reference, ctx.reference_latency_ms)[1]
         finally:
             deployment.close()
-    return ctx.reference_latency_ms * stats.ratio if paired else stats.median_ms
+
+
+def timed(deployment: Deployment, device: Device, reference: Deployment | None,
+          reference_latency_ms: float | None) -> tuple[LatencyStats, float]:
+    """Measure by the protocol, holding the device host-wide; paired with ``reference`` when there is
+    one, the latency is put on the baseline's scale: its recorded latency x the paired ratio, so
+    drift of the host between trials cancels out (see devices.protocol.measure_paired)."""
+    paired = reference is not None and bool(reference_latency_ms)
+    with exclusive(device.info().name):
+        stats = deployment.measure_latency(reference if paired else None)
+    return stats, (reference_latency_ms * stats.ratio if paired else stats.median_ms)
 
 
 def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None] | None = None,
@@ -234,7 +242,8 @@ def fine_tune_and_measure(model: nn.Module, ctx: TrialContext, plan: TrialPlan, 
         check = topk_accuracy(torch_logits(model, ctx.data.x_val), ctx.data.y_val.numpy())
         if collapsed(check, ctx.data.num_classes, ctx.collapse_margin):
             raise CollapsedError(check, ctx.data.num_classes)
-    attributes = deploy_and_measure(model, ctx, device_plan, clock)
+    measured = deploy_and_measure(model, ctx, device_plan, clock)
+    attributes = measured.attributes
     channels = pruning.out_channels(model, ctx.groups)
     attributes.update(sparsity_achieved=pruning.achieved_sparsity(pruning.out_channels(ctx.baseline, ctx.groups), channels,
                                                                   ctx.groups),
@@ -248,10 +257,8 @@ def fine_tune_and_measure(model: nn.Module, ctx: TrialContext, plan: TrialPlan, 
                           blocks_removed=structure.removed_blocks(model, ctx.stages))
     for other in ctx.also:
         attributes.update(measure_on(other, model, ctx, device_plan, clock))
-    deployment = attributes.pop("_deployment")
-    predictions = attributes.pop("_predictions")
-    attributes["precision_used_by_group"] = precision_by_group(deployment, model, ctx.groups)
-    return TrialOutcome(attributes, deployment, model, predictions)
+    attributes["precision_used_by_group"] = precision_by_group(measured.deployment, model, ctx.groups)
+    return TrialOutcome(attributes, measured.deployment, model, measured.predictions)
 
 
 def precision_by_group(deployment: Deployment, model: nn.Module, groups: list[LayerGroup]) -> dict[str, dict[str, int]]:
@@ -261,8 +268,17 @@ def precision_by_group(deployment: Deployment, model: nn.Module, groups: list[La
     return result
 
 
+@dataclass
+class Measured:
+    """A deployed model's record (JSON-safe attributes) and the live objects beside it."""
+
+    attributes: dict
+    deployment: Deployment
+    predictions: np.ndarray  # the deployed model's class for each validation image
+
+
 def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan = PrecisionPlan(),
-                       clock: _Clock | None = None) -> dict:
+                       clock: _Clock | None = None) -> Measured:
     """Deploy ``model`` on the device; Top-1 on the deployed artifact; latency by the protocol."""
     clock = clock or _Clock(None)
     example = ctx.data.example_input(2)
@@ -274,16 +290,15 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
         labels = ctx.data.y_val.numpy()
         top1, top5 = topk_accuracy(logits, labels, 1), topk_accuracy(logits, labels, 5)
         class_top1 = per_class_accuracy(logits.argmax(axis=1), labels, ctx.data.num_classes)
-    with clock.phase("measure"), exclusive(ctx.device.info().name):
-        paired = ctx.reference is not None and ctx.reference_latency_ms
-        stats = deployment.measure_latency(ctx.reference if paired else None)
-        throughput = deployment.measure_throughput() if ctx.throughput else None
-    # Paired: express the candidate on the scale of the baseline as first measured.
-    drift = stats.reference_median_ms / ctx.reference_latency_ms if paired else 1.0
+    with clock.phase("measure"):
+        stats, latency_ms = timed(deployment, ctx.device, ctx.reference, ctx.reference_latency_ms)
+        with exclusive(ctx.device.info().name):
+            throughput = deployment.measure_throughput() if ctx.throughput else None
+    drift = stats.reference_median_ms / ctx.reference_latency_ms if stats.ratio is not None else 1.0
     info = ctx.device.info().to_dict()
     info.update(inference_precision=deployment.inference_precision, threads_used=getattr(deployment, "threads", info["threads"]))
-    return {
-        "latency_ms": ctx.reference_latency_ms * stats.ratio if paired else stats.median_ms,
+    attributes = {
+        "latency_ms": latency_ms,
         "latency_p90_ms": stats.p90_ms / drift,
         "latency_mean_ms": stats.mean_ms / drift,
         "latency_ci95_rel": stats.ci95_rel,
@@ -305,9 +320,8 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
         "precision_used": dict(deployment.precision_used),
         "device": info,
         "seconds": clock.seconds,
-        "_deployment": deployment,
-        "_predictions": logits.argmax(axis=1).astype(np.int16),
     }
+    return Measured(attributes, deployment, logits.argmax(axis=1).astype(np.int16))
 
 
 def measure_on(other: OtherDevice, model: nn.Module, ctx: TrialContext, plan: PrecisionPlan,
@@ -316,13 +330,12 @@ def measure_on(other: OtherDevice, model: nn.Module, ctx: TrialContext, plan: Pr
     with clock.phase("deploy"):
         deployment = other.device.deploy(model, ctx.data.example_input(2), other.plan_for(plan))
     try:
-        with clock.phase("measure"), exclusive(other.device.info().name):
-            paired = other.reference is not None and other.reference_latency_ms
-            stats = deployment.measure_latency(other.reference if paired else None)
+        with clock.phase("measure"):
+            stats, latency_ms = timed(deployment, other.device, other.reference, other.reference_latency_ms)
     finally:
         deployment.close()
     at = f"@{other.name}"
-    return {f"latency_ms{at}": other.reference_latency_ms * stats.ratio if paired else stats.median_ms,
+    return {f"latency_ms{at}": latency_ms,
             f"latency_ci95_rel{at}": stats.ci95_rel, f"latency_raw_ms{at}": stats.median_ms,
             f"inference_precision{at}": deployment.inference_precision}
 
@@ -337,7 +350,8 @@ def evaluate_baseline(ctx: TrialContext) -> TrialOutcome:
     Also deploys the baseline on every further device and keeps it there as that device's reference."""
     unpaired = TrialContext(ctx.baseline, ctx.data, ctx.groups, ctx.device, throughput=ctx.throughput)
     model = copy.deepcopy(ctx.baseline).eval()
-    attributes = deploy_and_measure(model, unpaired, PrecisionPlan("f32"))
+    measured = deploy_and_measure(model, unpaired, PrecisionPlan("f32"))
+    attributes = measured.attributes
     for other in ctx.also:
         other.reference = _deploy_baseline_on(other.device, ctx)
         with exclusive(other.device.info().name):
@@ -345,7 +359,7 @@ def evaluate_baseline(ctx: TrialContext) -> TrialOutcome:
         other.reference_latency_ms = stats.median_ms
         attributes.update({f"latency_ms@{other.name}": stats.median_ms, f"latency_ci95_rel@{other.name}": stats.ci95_rel,
                            f"inference_precision@{other.name}": other.reference.inference_precision})
-    return TrialOutcome(attributes, attributes.pop("_deployment"), model, attributes.pop("_predictions"))
+    return TrialOutcome(attributes, measured.deployment, model, measured.predictions)
 
 
 def deploy_baseline(ctx: TrialContext) -> Deployment:
