@@ -281,6 +281,53 @@ def report(
 
 @app.command()
 @user_errors_are_one_line
+def finalize(
+    study_name: Optional[str] = typer.Argument(None, help="Study name (optional if the storage holds one)."),
+    epochs: int = typer.Option(10, help="Fine-tune epochs for each finalized model."),
+    trial: Optional[list[int]] = typer.Option(None, "--trial", help="Finalize this trial (repeatable); default: the front."),
+    storage: str = STORAGE_OPTION,
+    artifacts: Optional[str] = typer.Option(None, help="The study's artifact store as this host sees it (default: the study's)."),
+):
+    """Fine-tune the front's models longer; each becomes a new trial (finalized_from = the original)."""
+    from . import record
+    from .finalize import finalize as run_finalize
+    from .finalize import originals
+    from .spec import stored_spec
+    from .study import load_study, prepare
+
+    if epochs < 1:
+        raise SpecError(f"--epochs: must be an integer >= 1, got {epochs}")
+    found = load_study(storage, study_name)
+    originals(found, trial)  # an unknown or unfinished trial fails here, before anything is loaded
+    stored = record.spec_values(found)
+    if not stored:
+        raise SpecError(f"study '{study_name}' has no edgetune spec; start it with `tune start`")
+    overrides = {"study.storage": storage, "study.workers": 1}
+    if artifacts:
+        overrides["study.artifacts"] = artifacts
+    spec = stored_spec(stored, overrides)
+
+    def run(spec, progress):
+        prepared = prepare(spec, on_status=progress.status, joining=True)
+        return run_finalize(prepared, spec, epochs, trial, on_status=progress.status), prepared.study
+
+    from .locks import StudyLocks
+
+    with StudyLocks(spec["study.storage"], spec["study.name"]).exclusive_worker():  # SQLite: one process at a time
+        pairs, study = _run_interruptible(spec, run)
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for original, finalized in pairs:
+        before, after = by_number[original].user_attrs, by_number[finalized].user_attrs
+        if "top1" in after:
+            console.print(f"trial {original} -> {finalized}: Top-1 {before['top1']:.2f} -> {after['top1']:.2f}%, "
+                          f"latency {before['latency_ms']:.3f} -> {after['latency_ms']:.3f} ms")
+        else:
+            console.print(f"trial {original} -> {finalized}: [red]failed[/]: {after.get('failure')}")
+    _print_front(study)
+
+
+@app.command()
+@user_errors_are_one_line
 def dashboard(
     storage: str = STORAGE_OPTION,
     artifacts: str = typer.Option("edgetune-artifacts", help="Artifact store folder (trial models show in the UI)."),

@@ -5,7 +5,7 @@ import optuna
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from . import pareto
+from . import pareto, record
 
 
 class StudyProgress:
@@ -36,5 +36,5 @@ class StudyProgress:
         else:
             result = f"[yellow]{trial.state.name.lower()}[/]: {a.get('failure', '')}"
         size = len(pareto.front(study))
-        self.console.print(f"trial {trial.number:>3}  {result}  [dim]{pareto.settings_short(trial.params, a, pareto._group_names(study))}[/]  front: {size}")
+        self.console.print(f"trial {trial.number:>3}  {result}  [dim]{pareto.settings_short(trial.params, a, record.group_names(study))}[/]  front: {size}")
         self.progress.advance(self.task)
