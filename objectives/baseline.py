@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from .data import DataSplits
 from .finetune import TrainSettings, train
-from .models import create_model
+from .models import create_model, source_sha256
 
 
 class CheckpointError(ValueError):
@@ -29,8 +30,12 @@ def cache_dir() -> Path:
 
 
 def cache_key(model_name: str, data: DataSplits, data_id: dict, settings: TrainSettings) -> str:
+    train = {k: v for k, v in settings.__dict__.items() if k not in ("distill", "temperature")}  # a baseline never distills
     payload = {"model": model_name, "data": data_id, "classes": data.num_classes,
-               "shape": list(data.image_shape), "train": settings.__dict__}
+               "shape": list(data.image_shape), "train": train}
+    source = source_sha256(model_name)
+    if source:  # the user's own model: a changed file is another model
+        payload["source"] = source
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -64,7 +69,8 @@ def get_baseline(model_name: str, data: DataSplits, data_id: dict, settings: Tra
     model = create_model(model_name, data.num_classes)
     if checkpoint:
         return load_checkpoint(model, checkpoint).eval(), "checkpoint"
-    path = cache_dir() / "baselines" / f"{model_name}-{data.name}-{cache_key(model_name, data, data_id, settings)}.pt"
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name.rpartition("/")[2])  # a reference holds / and :
+    path = cache_dir() / "baselines" / f"{label}-{data.name}-{cache_key(model_name, data, data_id, settings)}.pt"
     if path.is_file():
         return load_checkpoint(model, path).eval(), "cache"
     torch.manual_seed(settings.seed)

@@ -1,11 +1,25 @@
-"""Model registry (the shape of timm's): CIFAR ResNets here, every torchvision classifier by name.
+"""Model registry (the shape of timm's): CIFAR ResNets here, every torchvision classifier by name,
+and the user's own model by reference.
 
     >>> model = create_model("resnet56", num_classes=10)
     >>> "resnet18" in list_models()
     True
+
+A reference names a factory the way uvicorn and entry points do: ``package.module:factory``
+(imported from the current folder or the installed packages) or ``path/to/file.py:factory``.
+The factory is called with ``num_classes`` when it accepts it (else with nothing) and must
+return an ``nn.Module``. :func:`source_sha256` fingerprints the code, so a study can tell when
+the file behind its model changed.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -42,8 +56,79 @@ def list_models() -> list[str]:
     return sorted(set(_REGISTRY) | set(_torchvision_names()))
 
 
+def is_reference(name: str) -> bool:
+    """``module:factory`` or ``file.py:factory`` (a registry name has no colon)."""
+    module, sep, factory = name.rpartition(":")
+    return bool(sep and module and factory)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def _module_of(reference: str):
+    source, _, _ = reference.rpartition(":")
+    if source.endswith(".py"):
+        path = Path(source)
+        if not path.is_file():
+            raise ModelError(f"model {reference!r}: file {source} does not exist")
+        name = f"edgetune_user_model_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses and pickling look modules up by name
+        loader = spec.loader.exec_module
+    else:
+        if os.getcwd() not in sys.path:  # as uvicorn: a module in the current folder is found
+            sys.path.insert(0, os.getcwd())
+        module, loader = None, None
+    try:
+        if loader is None:
+            return importlib.import_module(source)
+        loader(module)
+        return module
+    except ModelError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the user's code: any failure is one line
+        raise ModelError(f"model {reference!r}: {source} does not import: {_first_line(error)}") from None
+
+
+def _from_reference(reference: str, num_classes: int) -> nn.Module:
+    module = _module_of(reference)
+    factory_name = reference.rpartition(":")[2]
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise ModelError(f"model {reference!r}: {reference.rpartition(':')[0]} has no factory {factory_name!r}")
+    try:
+        parameters = inspect.signature(factory).parameters
+        takes_classes = "num_classes" in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+    except (TypeError, ValueError):
+        takes_classes = True
+    try:
+        model = factory(num_classes=num_classes) if takes_classes else factory()
+    except Exception as error:  # noqa: BLE001 - the user's code
+        raise ModelError(f"model {reference!r}: {factory_name}(num_classes={num_classes}) failed: "
+                         f"{_first_line(error)}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model {reference!r}: {factory_name} returned {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+def source_sha256(name: str) -> str | None:
+    """SHA-256 of the file that defines a referenced model (None for registry models)."""
+    if not is_reference(name):
+        return None
+    source = name.rpartition(":")[0]
+    path = Path(source) if source.endswith(".py") else Path(getattr(_module_of(name), "__file__", "") or "")
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def create_model(name: str, num_classes: int) -> nn.Module:
     """A freshly initialised (untrained) classifier; weights never come from a hub."""
+    if is_reference(name):
+        return _from_reference(name, num_classes)
     if name in _REGISTRY:
         return _REGISTRY[name](num_classes=num_classes)
     if name in _torchvision_names():
@@ -54,7 +139,8 @@ def create_model(name: str, num_classes: int) -> nn.Module:
         except (TypeError, ValueError) as error:
             raise ModelError(f"model {name!r} cannot be built with {num_classes} classes: {error}") from None
     raise ModelError(f"unknown model {name!r}; CIFAR ResNets: {', '.join(sorted(_REGISTRY))}; "
-                     "or any torchvision classifier (`tune models` lists them)")
+                     "or any torchvision classifier (`tune models` lists them); or your own, as "
+                     "package.module:factory or path/to/file.py:factory")
 
 
 def count_params(model: nn.Module) -> int:

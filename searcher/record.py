@@ -65,6 +65,21 @@ def write_recipes(study: optuna.Study, names: list[str]) -> None:
     study.set_user_attr("recipes", names)
 
 
+def check_model_source(study: optuna.Study, model: str, sha256: str | None) -> None:
+    """A study of the user's own model keeps the SHA-256 of its file: a resume, a worker on another
+    host or an export must build the same model, not silently another one."""
+    if sha256 is None:
+        return
+    stored = study.user_attrs.get("model_sha256")
+    if stored is None:
+        study.set_user_attr("model_sha256", sha256)
+    elif stored != sha256:
+        from .spec import SpecError
+
+        raise SpecError(f"study '{study.study_name}': the file behind model {model!r} changed since the study started "
+                        f"(SHA-256 {stored[:12]}... then, {sha256[:12]}... now); restore it or choose another --study-name")
+
+
 def spec_values(study: optuna.Study) -> dict:
     """The spec the study was started with (flat dotted keys), or {} for a study edgetune did not start."""
     return dict(study.user_attrs.get("spec") or {})

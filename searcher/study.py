@@ -21,7 +21,7 @@ from objectives.data import DataSplits, load_data
 from objectives.export import load_pruned
 from objectives.finetune import TrainSettings
 from objectives.groups import GroupRules, LayerGroup, derive_groups, describe_groups
-from objectives.models import create_model
+from objectives.models import create_model, source_sha256
 from objectives.pipeline import OtherDevice, TrialContext, deploy_baseline, evaluate_baseline
 from objectives.structure import block_importance, residual_stages
 
@@ -203,6 +203,7 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
     on_status("waiting for the study's lock")
     with checked.locks.critical("bootstrap"):
         study = open_study(spec, checked.storage)
+        record.check_model_source(study, spec["model.name"], source_sha256(spec["model.name"]))
         if not joining:  # workers joining later read the spec (and the latest trial budget) from here
             study.set_user_attr("spec", stored_values(spec))
         on_status("baseline: loading or training")

@@ -48,7 +48,32 @@ def stored(tiny_study, tmp_path_factory):
 
     torch.save(create_model("resnet32", 10).state_dict(), folder / "resnet32.pt")
     (folder / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    (folder / "broken_model.py").write_text("import no_such_package\n")
+    (folder / "mynet.py").write_text(MYNET)
+    # a study of the custom model whose file then changes: resuming it must refuse
+    study = optuna.create_study(study_name="custom", storage=f"sqlite:///{folder}/custom.db",
+                                directions=["minimize", "maximize"])
+    study.set_user_attr("model_sha256", "0" * 64)
     return folder
+
+
+MYNET = """
+from torch import nn
+
+
+def build(num_classes=10):
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+
+def not_a_module(num_classes=10):
+    return {"classes": num_classes}
+
+
+def two_classes_only(num_classes):
+    if num_classes != 2:
+        raise ValueError("this model has 2 classes")
+    return build(2)
+"""
 
 
 def _snapshot(folder: Path):
@@ -82,7 +107,23 @@ CASES = [
      "(--storage postgresql://user@host/db or $EDGETUNE_STORAGE)"),
     (["start", "--spec", S, "--model", "resnet57"],
      "error: unknown model 'resnet57'; CIFAR ResNets: resnet20, resnet32, resnet44, resnet56; or any torchvision "
-     "classifier (`tune models` lists them)"),
+     "classifier (`tune models` lists them); or your own, as package.module:factory or path/to/file.py:factory"),
+    # custom models
+    (["start", "--spec", S, "--study-name", "other", "--model", "{dir}/nofile.py:build"],
+     "error: model '{dir}/nofile.py:build': file {dir}/nofile.py does not exist"),
+    (["start", "--spec", S, "--study-name", "other", "--model", "{dir}/broken_model.py:build"],
+     "error: model '{dir}/broken_model.py:build': {dir}/broken_model.py does not import: "
+     "ModuleNotFoundError: No module named 'no_such_package'"),
+    (["start", "--spec", S, "--study-name", "other", "--model", "{dir}/mynet.py:missing"],
+     "error: model '{dir}/mynet.py:missing': {dir}/mynet.py has no factory 'missing'"),
+    (["start", "--spec", S, "--study-name", "other", "--model", "{dir}/mynet.py:not_a_module"],
+     "error: model '{dir}/mynet.py:not_a_module': not_a_module returned dict, not a torch nn.Module"),
+    (["start", "--spec", S, "--study-name", "other", "--model", "{dir}/mynet.py:two_classes_only"],
+     "error: model '{dir}/mynet.py:two_classes_only': two_classes_only(num_classes=10) failed: "
+     "ValueError: this model has 2 classes"),
+    (["start", "--spec", S, "--study-name", "custom", "--model", "{dir}/mynet.py:build", "--storage", "sqlite:///{dir}/custom.db"],
+     "error: study 'custom': the file behind model '{dir}/mynet.py:build' changed since the study started "
+     "(SHA-256 "),
     (["start", "--spec", S, "--model", "resnet32"],
      "error: study 'tiny' exists with model.name = 'resnet20', not 'resnet32'; resume it with the same settings or "
      "choose another --study-name"),
