@@ -1,0 +1,68 @@
+"""A user's own model by reference: built, searched, exported and rebuilt from its file."""
+import optuna
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from objectives.models import ModelError, create_model, source_sha256
+from searcher.cli import app
+
+MYNET = """
+from torch import nn
+
+
+class Block(nn.Module):  # a depthwise-separable residual block
+    def __init__(self, c):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                                  nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return nn.functional.relu(x + self.body(x))
+
+
+def build(num_classes=10):
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+                         Block(64), Block(64), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+
+
+def no_arguments():
+    return build(10)
+"""
+
+
+def test_a_reference_builds_the_users_model(tmp_path, monkeypatch):
+    (tmp_path / "mynet.py").write_text(MYNET)
+    model = create_model(f"{tmp_path}/mynet.py:build", 4)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 4)
+    assert create_model(f"{tmp_path}/mynet.py:no_arguments", 4)(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    monkeypatch.chdir(tmp_path)  # package.module:factory, found from the current folder
+    assert create_model("mynet:build", 3)(torch.rand(2, 3, 32, 32)).shape == (2, 3)
+    assert source_sha256("mynet:build") == source_sha256(f"{tmp_path}/mynet.py:build") and source_sha256("resnet20") is None
+    with pytest.raises(ModelError, match="has no factory 'nope'"):
+        create_model("mynet:nope", 3)
+
+
+@pytest.mark.slow
+def test_a_study_of_a_custom_model_runs_and_exports(tmp_path, monkeypatch):
+    (tmp_path / "mynet.py").write_text(MYNET)
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path}/custom.db"
+    result = CliRunner().invoke(app, ["start", "--model", "mynet.py:build", "--trials", "3", "--storage", storage,
+                                      "--study-name", "mine", "--set", "baseline.epochs=2", "--set", "finetune.epochs=1",
+                                      "--set", f"study.artifacts={tmp_path}/artifacts", "--set", "device.latency_max_seconds=1",
+                                      "--set", "search.recipes=false"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="mine", storage=storage)
+    assert study.user_attrs["model_sha256"] == source_sha256("mynet.py:build")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete, [t.user_attrs.get("failure") for t in study.trials]
+    base = study.user_attrs
+    assert any(t.user_attrs["params"] < base["baseline_params"] and t.user_attrs["flops"] < base["baseline_flops"]
+               for t in complete)
+    exported = CliRunner().invoke(app, ["export", "mine", "--pareto", "--storage", storage, "--out", str(tmp_path / "out")])
+    assert exported.exit_code == 0, exported.output
+    from objectives.export import load_pruned
+
+    for folder in (tmp_path / "out").iterdir():
+        assert load_pruned(folder)(torch.rand(2, 3, 32, 32)).shape == (2, 10)
