@@ -152,7 +152,12 @@ def _imagefolder(data_dir: str | None, size: int):
 
 
 def _rgb_loader(path: str):
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as error:  # corrupt, truncated or unreadable
+        reason = ("not an image file Pillow can read" if isinstance(error, UnidentifiedImageError)
+                  else str(error).splitlines()[0] if str(error).strip() else type(error).__name__)
+        raise DataError(f"image {path} cannot be read: {reason}") from None

@@ -18,6 +18,7 @@ from devices import create_device
 from devices.protocol import LatencyProtocol
 from objectives.baseline import get_baseline
 from objectives.data import DataSplits, load_data
+from objectives.evaluate import collapsed
 from objectives.export import load_pruned
 from objectives.finetune import TrainSettings
 from objectives.groups import GroupRules, LayerGroup, derive_groups, describe_groups
@@ -191,6 +192,14 @@ def _structure_facts(spec: Spec, study: optuna.Study, checked: _Checked, model, 
         record.write_channel_multiple(study, *channel_multiple(spec, checked.device.info(), checked.precisions))
 
 
+def check_baseline_learned(top1: float, classes: int, spec: Spec) -> None:
+    """A baseline at chance level makes every front meaningless: stop before searching against it."""
+    if collapsed(top1, classes, spec["search.collapse_margin"]):
+        raise SpecError(f"the baseline learned nothing: Top-1 {top1:.1f}% on the validation split, chance is "
+                        f"{100 / classes:.1f}%; train it longer (--set baseline.epochs=N, now {spec['baseline.epochs']}), "
+                        "give more data, or pass trained weights with --checkpoint")
+
+
 def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joining: bool = False) -> Prepared:
     """Open or create the study; on first use, derive groups and measure the baseline.
 
@@ -221,6 +230,7 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
         if not record.has_baseline(study):
             on_status("baseline: deploying and measuring on the device")
             outcome = evaluate_baseline(context)
+            check_baseline_learned(outcome.attributes["top1"], checked.data.num_classes, spec)
             context.reference = outcome.deployment
             measured = dict(outcome.attributes)
             measured.update(store_outcome(study, outcome, spec, checked.data, "baseline"))

@@ -43,6 +43,12 @@ def stored(tiny_study, tmp_path_factory):
     (folder / "words.toml").write_text("[study]\ntrials = 'ten'\n")
     (folder / "binary.toml").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
     (folder / "empty-images" / "train").mkdir(parents=True)
+    from PIL import Image
+
+    for split in ("train", "val"):
+        (folder / "corrupt-images" / split / "cat").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(folder / "corrupt-images" / split / "cat" / "ok.png")
+    (folder / "corrupt-images" / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     torch.save(Exploit(folder / "pwned"), folder / "exploit.pt")
     from objectives.models import create_model
 
@@ -140,6 +146,8 @@ CASES = [
      "error: spec key 'data.dir' is missing: data set 'imagefolder' needs a directory with train/ and val/"),
     (["start", "--spec", S, "--study-name", "other", "--data", "imagefolder", "--data-dir", "{dir}/empty-images"],
      "error: data directory {dir}/empty-images has no val/ folder (imagefolder needs train/ and val/)"),
+    (["start", "--spec", S, "--study-name", "other", "--data", "imagefolder", "--data-dir", "{dir}/corrupt-images"],
+     "error: image {dir}/corrupt-images/train/cat/broken.jpg cannot be read: not an image file Pillow can read"),
     # checkpoints
     (["start", "--spec", S, "--study-name", "other", "--checkpoint", "{dir}/exploit.pt"],
      "error: checkpoint {dir}/exploit.pt cannot be loaded safely (weights only): "),
