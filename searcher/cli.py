@@ -120,24 +120,30 @@ def worker(
 ):
     """Join a study from this host and run its trials until the study has them all."""
     from .locks import StudyLocks
-    from .spec import stored_spec
     from .study import load_study
 
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    from . import record
+    spec = _stored_spec_of(load_study(storage, study_name), storage, artifacts)
+    with StudyLocks(spec["study.storage"], spec["study.name"]).exclusive_worker():
+        _run_interruptible(spec, functools.partial(_run_study, quiet=quiet, joining=True))
 
-    stored = record.spec_values(load_study(storage, study_name))
+
+def _stored_spec_of(study, storage: str, artifacts: Optional[str]):
+    """The spec a study was started with, as this host joins it: its storage URL, its view of the
+    artifact store, one worker."""
+    from . import record
+    from .spec import stored_spec
+
+    stored = record.spec_values(study)
     if not stored:
-        raise SpecError(f"study '{study_name}' has no edgetune spec; start it with `tune start`")
+        raise SpecError(f"study '{study.study_name}' has no edgetune spec; start it with `tune start`")
     overrides = {"study.storage": storage, "study.workers": 1}
     if artifacts:
         overrides["study.artifacts"] = artifacts
-    spec = stored_spec(stored, overrides)
-    with StudyLocks(spec["study.storage"], spec["study.name"]).exclusive_worker():
-        _run_interruptible(spec, functools.partial(_run_study, quiet=quiet, joining=True))
+    return stored_spec(stored, overrides)
 
 
 def _run_interruptible(spec, run):
@@ -289,23 +295,15 @@ def finalize(
     artifacts: Optional[str] = typer.Option(None, help="The study's artifact store as this host sees it (default: the study's)."),
 ):
     """Fine-tune the front's models longer; each becomes a new trial (finalized_from = the original)."""
-    from . import record
     from .finalize import finalize as run_finalize
     from .finalize import originals
-    from .spec import stored_spec
     from .study import load_study, prepare
 
     if epochs < 1:
         raise SpecError(f"--epochs: must be an integer >= 1, got {epochs}")
     found = load_study(storage, study_name)
     originals(found, trial)  # an unknown or unfinished trial fails here, before anything is loaded
-    stored = record.spec_values(found)
-    if not stored:
-        raise SpecError(f"study '{study_name}' has no edgetune spec; start it with `tune start`")
-    overrides = {"study.storage": storage, "study.workers": 1}
-    if artifacts:
-        overrides["study.artifacts"] = artifacts
-    spec = stored_spec(stored, overrides)
+    spec = _stored_spec_of(found, storage, artifacts)
 
     def run(spec, progress):
         prepared = prepare(spec, on_status=progress.status, joining=True)
