@@ -69,6 +69,7 @@ def main() -> None:
     print("| step | seconds |\n|---|---|")
     for name, seconds in timings.items():
         print(f"| {name} | {seconds:.2f} |")
+    print(f"\nreport: {timings['whole report (fresh load)']:.1f} s for {args.trials} trials")
 
 
 if __name__ == "__main__":

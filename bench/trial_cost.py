@@ -66,6 +66,7 @@ def main() -> None:
             share = sum(times[k][index].sum() for k in times if k not in USER_WORK) / walls[index].sum()
             print(f"- trials {label}: {len(index)}, overhead {share:.1%}, deploy {times['deploy'][index].mean():.2f} s, "
                   f"measure {times['measure'][index].mean():.2f} s")
+    print(f"\noverhead: {overhead:.1%} of trial time")
 
 
 if __name__ == "__main__":
