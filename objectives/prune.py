@@ -20,6 +20,18 @@ warnings.filterwarnings("ignore", message=r".*already registered as pytree node.
 for _name in ("nni", "nni.compression", "nni.common"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
+
+class _IdentityNeedsNoReplacer(logging.Filter):
+    """NNI logs an error for each module it has no replacer for; a removed block (``nn.Identity``)
+    has no weights, so there is nothing to replace and nothing to tell the user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "replacing module with type: Identity," not in record.getMessage()
+
+
+SPEEDUP_LOG = logging.getLogger("nni.speedup")
+SPEEDUP_LOG.addFilter(_IdentityNeedsNoReplacer())
+
 PRUNERS = ("l1", "l2", "fpgm")
 
 
@@ -113,7 +125,7 @@ def speedup(model: nn.Module, masks: dict, example_input: torch.Tensor) -> nn.Mo
     model.eval()
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # NNI 3.0 prints debug lines on stdout
-            ModelSpeedup(model, dummy, masks, logger=logging.getLogger("nni.speedup")).speedup_model()
+            ModelSpeedup(model, dummy, masks, logger=SPEEDUP_LOG).speedup_model()
     except Exception as error:  # NNI raises bare errors (EmptyLayerError, shape asserts)
         raise PruneError(f"speedup failed: {type(error).__name__}: {error}") from error
     # NNI can finish without error yet leave inconsistent shapes (seen on channel shuffles).

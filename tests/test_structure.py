@@ -92,7 +92,7 @@ def test_stream_width_prunes_every_coupled_layer_runs_and_exports(name, widths, 
     assert torch.allclose(reloaded(X), model(X), atol=1e-5)
 
 
-def test_depth_stream_and_inner_widths_together_reload_exactly(tmp_path):
+def test_depth_stream_and_inner_widths_together_reload_exactly(tmp_path, caplog):
     from objectives import prune
 
     model, stages = _stages("resnet20")
@@ -102,6 +102,7 @@ def test_depth_stream_and_inner_widths_together_reload_exactly(tmp_path):
     keep = prune.kept_channels(model, groups, {"layer3": 32}, multiple=8)
     prune.speedup(model, prune.compute_masks(model, prune.config_list(model, groups, keep, X), "l1"), X)
     assert prune.out_channels(model, groups)["layer3.0.conv1"] == 32
+    assert not [r for r in caplog.records if "Identity" in r.getMessage()]  # removed blocks: nothing to tell
     assert "layer3.2.conv1" not in prune.out_channels(model, groups)
     write_model_files(model, "resnet20", 10, X, tmp_path)
     reloaded = load_pruned(tmp_path)
