@@ -141,7 +141,7 @@ def test_a_latency_limit_screens_trials_before_fine_tuning(study_dir):
         assert trial.user_attrs["finetune_skipped"] == "latency"
         assert trial.user_attrs["latency_untrained_ms"] > trial.user_attrs["latency_limit_ms"] == 0.0001
         assert "fine_tune" not in trial.user_attrs["seconds"] and "screen" in trial.user_attrs["seconds"]
-    _start(study_dir, "--study-name", "fast-enough", "--trials", "2", "--max-latency", "1000")
+    _start(study_dir, "--study-name", "fast-enough", "--trials", "1", "--max-latency", "1000")
     study = optuna.load_study(study_name="fast-enough", storage=f"sqlite:///{study_dir}/tiny.db")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert complete
