@@ -1,10 +1,11 @@
 # make demo: set up .venv and run the default study (studies/default.toml)
-# make test: set up .venv with the test extras and run the test suite
+# make test: set up .venv with the test extras and run the test suite (all of it, as CI does)
+# make check: the quick tier for a development loop (tests not marked slow)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup setup-test clean
+.PHONY: demo test check setup setup-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ demo: setup
 
 test: setup-test
 	$(BIN)/python -m pytest -q
+
+check: setup-test
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) edgetune.db edgetune-artifacts
