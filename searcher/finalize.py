@@ -79,6 +79,7 @@ def finalize(prepared: Prepared, spec, epochs: int, numbers: list[int] | None = 
         plan = _plan_of(original, epochs, spec)
         study.enqueue_trial(original.params, user_attrs={FINALIZED_FROM: original.number})
         trial = study.ask()
+        objective.plan(trial)  # records the original's parameters (enqueued) with their distributions
         try:
             on_status(f"trial {original.number}: fine-tuning {epochs} epochs more (as trial {trial.number})")
             with tempfile.TemporaryDirectory() as tmp:
