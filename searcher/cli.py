@@ -152,11 +152,14 @@ def _run_interruptible(spec, run):
 
     from .progress import StudyProgress
     from .storage import redact
+    from .worker import stop_requested
 
-    def terminate(signum, frame):
+    def interrupt(signum, frame):
+        stop_requested.set()  # the worker stops at its next step even if a library swallows the interrupt
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    stop_requested.clear()
+    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         with StudyProgress(console, spec["study.trials"], 0) as progress:
             return run(spec, progress)
@@ -165,7 +168,10 @@ def _run_interruptible(spec, run):
                       "run the same command to resume")
         raise typer.Exit(130) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            if handler is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(number, handler)
+        stop_requested.clear()
 
 
 def _run_study(spec, progress, quiet: bool = False, joining: bool = False):

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 import optuna
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 #: the storage URL when no --storage is given (keeps passwords out of command lines and shell history)
 STORAGE_ENV = "EDGETUNE_STORAGE"
@@ -82,6 +84,37 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None) -> optuna.storage
             time.sleep(0.5 + attempt)
         except (SQLAlchemyError, ImportError, ModuleNotFoundError, ValueError) as error:
             raise StorageError(f"cannot open storage {redact(url)}: {error_reason(error)}") from None
+
+
+def database_answers(url: str, timeout_s: float = 5.0) -> bool:
+    """Whether the database answers a query on a new connection now (never raises).
+
+    Tells an outage (no answer: worth waiting for) from a failure of this process's own connection or
+    session, or of the statement itself (the database answers: waiting changes nothing). An SQLite file
+    that is gone does not answer (it is not created again).
+    """
+    try:
+        parsed = make_url(url)
+        backend = parsed.get_backend_name()
+        if backend == "sqlite":
+            database = parsed.database
+            if database and database != ":memory:" and not database.startswith("file:") \
+                    and not Path(database).expanduser().is_file():
+                return False
+            connect_args, query = {"timeout": timeout_s}, "SELECT count(*) FROM sqlite_master"  # reads the file
+        else:
+            connect_args, query = {}, "SELECT 1"
+            if backend in ("postgresql", "mysql", "mariadb"):
+                connect_args = {"connect_timeout": max(1, int(timeout_s))}
+        engine = create_engine(sqlalchemy_url(url), poolclass=NullPool, connect_args=connect_args)
+        try:
+            with engine.connect() as connection:
+                connection.execute(text(query))
+        finally:
+            engine.dispose()
+        return True
+    except Exception:  # noqa: BLE001 - any failure to answer is "no answer"
+        return False
 
 
 def error_reason(error: Exception) -> str:

@@ -1,5 +1,6 @@
 import os
 import pickle
+import shlex
 
 import pytest
 import torch
@@ -10,8 +11,13 @@ from objectives.models import create_model
 
 
 class _Exploit:
+    """Unpickling it runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, ("touch /tmp/edgetune-pwned",))
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
 
 
 def test_baseline_is_trained_once_then_cached(digits):
@@ -37,11 +43,12 @@ def test_checkpoint_is_loaded_as_weights_only(tmp_path, digits):
 
 def test_a_pickle_that_runs_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
+    marker = tmp_path / "pwned"
     with open(path, "wb") as handle:
-        pickle.dump({"state_dict": _Exploit()}, handle)
+        pickle.dump({"state_dict": _Exploit(marker)}, handle)
     with pytest.raises(CheckpointError, match="cannot be loaded safely"):
         load_checkpoint(create_model("resnet20", 10), path)
-    assert not os.path.exists("/tmp/edgetune-pwned")
+    assert not marker.exists()
 
 
 def test_checkpoint_errors(tmp_path):
