@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import math
 import logging
@@ -103,7 +104,9 @@ def config_list(model: nn.Module, groups: list[LayerGroup], keep: dict[str, int]
 
         dummy = example_input if example_input.shape[0] > 1 else example_input.repeat(2, 1, 1, 1)
         was_training = model.training
-        graph = concrete_trace(model.eval(), {"x": dummy})
+        # the tracer takes the input by the name of forward's first parameter (``x``, ``input``, ...)
+        first = next(iter(inspect.signature(model.forward).parameters))
+        graph = concrete_trace(model.eval(), {first: dummy})
         model.train(was_training)
         configs += [{**c, "op_types": ["Conv2d"]} for c in auto_set_denpendency_group_ids(graph, coupled)]
     return configs
