@@ -124,7 +124,8 @@ def test_two_workers_finish_exactly_the_budget_and_share_one_baseline(postgres, 
     study = _study(postgres.url, "pair")
     trials = study.get_trials()
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # exactly the budget: none lost, none extra
-    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert all(t.state == TrialState.COMPLETE for t in trials), [(t.number, t.state.name, t.user_attrs.get("failure"),
+                                                                  t.user_attrs.get("seeded")) for t in trials]
     assert len({t.user_attrs["artifact_id"] for t in trials}) == 4  # each its own model
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers ran trials
     assert "postgresql" in study.user_attrs["spec"]["study.storage"]
@@ -144,15 +145,18 @@ def test_a_killed_worker_trial_is_failed_and_retried_and_finished_trials_stay(po
     worker = _tune("start", "--spec", str(spec), "--trials", "3", *slow, cache=cache, storage=postgres.url)
     storage = postgres.url
 
-    def one_done_one_running():
+    def one_done_one_in_its_fine_tuning():
+        """A trial finished, and the next one past its sampling (all its parameters stored): a kill now
+        interrupts its fine-tuning, and its re-run gets exactly its parameters."""
         try:
             trials = _study(storage, "crash").get_trials()
         except KeyError:
             return False
-        states = [t.state for t in trials]
-        return TrialState.COMPLETE in states and TrialState.RUNNING in states
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        return bool(complete and running) and running[0].params.keys() >= complete[0].params.keys()
 
-    assert wait_for(one_done_one_running), _finish(worker)[1]
+    assert wait_for(one_done_one_in_its_fine_tuning), _finish(worker)[1]
     worker.send_signal(signal.SIGKILL)
     worker.communicate()
     before = {t.number: t for t in _study(storage, "crash").get_trials()}
@@ -160,12 +164,12 @@ def test_a_killed_worker_trial_is_failed_and_retried_and_finished_trials_stay(po
     done = [t for t in before.values() if t.state == TrialState.COMPLETE]
 
     assert wait_for(lambda: _left_to_the_next_worker(storage, "crash"), seconds=60)  # its heartbeat is stale
-    code, output = _finish(_tune("start", "--spec", str(spec), "--trials", "3", cache=cache, storage=storage))
+    code, output = _finish(_tune("start", "--spec", str(spec), "--trials", "3", *slow, cache=cache, storage=storage))
     assert code == 0, output
     after = {t.number: t for t in _study(storage, "crash").get_trials()}
     assert after[killed.number].state == TrialState.FAIL
     retry = [t for t in after.values() if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed.number]
-    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE, [(t.number, t.state.name, t.user_attrs) for t in retry]
     assert retry[0].params == killed.params  # re-run with the same parameters
     for trial in done:  # finished trials are intact
         assert after[trial.number].values == trial.values and after[trial.number].user_attrs == trial.user_attrs
