@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from . import pareto
+from . import pareto, record
 from .spec import target_direction, target_of_unit, target_unit
 
 #: Importances and the interactive plot use at most this many trials (all front trials plus a fixed
