@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -58,6 +59,22 @@ def start_tiny(folder, *args):
 def study_dir(tmp_path_factory):
     """A folder with the tiny study's spec; the first test that runs it creates the study."""
     folder = tmp_path_factory.mktemp("study")
+    (folder / "tiny.toml").write_text(TINY_STUDY.format(folder=folder))
+    return folder
+
+
+def copy_of_study(source, folder):
+    """A copy of the study in ``source`` (database, artifacts, spec with its paths moved) that a test may change:
+    the shared tiny study is read by many tests, and one that adds trials or studies would change what the
+    others see, depending on the order they run in."""
+    shutil.copy(source / "tiny.db", folder / "tiny.db")
+    shutil.copytree(source / "artifacts", folder / "artifacts")
+    (folder / "tiny.toml").write_text((source / "tiny.toml").read_text().replace(str(source), str(folder)))
+    return folder
+
+
+def fresh_tiny_spec(folder):
+    """The tiny study's spec in its own folder (its own database and artifacts), for a test's own studies."""
     (folder / "tiny.toml").write_text(TINY_STUDY.format(folder=folder))
     return folder
 

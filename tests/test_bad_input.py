@@ -5,7 +5,6 @@ The cases run in-process (typer's runner) against a copy of the tiny study; two 
 the real ``tune`` entry point in a subprocess.
 """
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import copy_of_study
 from searcher.cli import app
 
 pytestmark = pytest.mark.slow  # needs the tiny study
@@ -33,11 +33,7 @@ class Exploit:
 @pytest.fixture(scope="module")
 def stored(tiny_study, tmp_path_factory):
     """A copy of the tiny study (database, artifacts, spec) and files holding bad inputs."""
-    folder = tmp_path_factory.mktemp("bad-input")
-    shutil.copy(tiny_study / "tiny.db", folder / "tiny.db")
-    shutil.copytree(tiny_study / "artifacts", folder / "artifacts")
-    spec = (tiny_study / "tiny.toml").read_text().replace(str(tiny_study), str(folder))
-    (folder / "tiny.toml").write_text(spec)
+    folder = copy_of_study(tiny_study, tmp_path_factory.mktemp("bad-input"))
     (folder / "broken.toml").write_text("[study\nname = 'x'\n")
     (folder / "typo.toml").write_text("[study]\nnmae = 'x'\n")
     (folder / "words.toml").write_text("[study]\ntrials = 'ten'\n")

@@ -3,18 +3,21 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
+from conftest import copy_of_study
 from searcher.cli import app
 from searcher.pareto import front
 from searcher.worker import budget_used
 
 
 @pytest.mark.slow
-def test_finalize_adds_a_trial_from_the_original_weights_and_resumes(tiny_study):
-    storage = f"sqlite:///{tiny_study}/tiny.db"
+def test_finalize_adds_a_trial_from_the_original_weights_and_resumes(tiny_study, tmp_path):
+    folder = copy_of_study(tiny_study, tmp_path)  # finalizing adds trials: not to the study other tests share
+    storage = f"sqlite:///{folder}/tiny.db"
+    moved = ["--artifacts", str(folder / "artifacts")]
     study = optuna.load_study(study_name="tiny", storage=storage)
     used = budget_used(study.get_trials(deepcopy=False))
     original = front(study)[0]
-    result = CliRunner().invoke(app, ["finalize", "tiny", "--storage", storage, "--epochs", "1", "--trial", str(original.number)])
+    result = CliRunner().invoke(app, ["finalize", "tiny", "--storage", storage, "--epochs", "1", "--trial", str(original.number), *moved])
     assert result.exit_code == 0, result.output
     assert f"trial {original.number} -> " in result.output
     study = optuna.load_study(study_name="tiny", storage=storage)
@@ -27,7 +30,7 @@ def test_finalize_adds_a_trial_from_the_original_weights_and_resumes(tiny_study)
     assert (a["params"], a["channels"], a.get("depth")) == (before["params"], before["channels"], before.get("depth"))
     assert budget_used(study.get_trials(deepcopy=False)) == used  # finalizing spends no search budget
     # run again: already finalized, nothing new
-    again = CliRunner().invoke(app, ["finalize", "tiny", "--storage", storage, "--epochs", "1", "--trial", str(original.number)])
+    again = CliRunner().invoke(app, ["finalize", "tiny", "--storage", storage, "--epochs", "1", "--trial", str(original.number), *moved])
     assert again.exit_code == 0, again.output
     assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == len(study.trials)
 

@@ -14,6 +14,7 @@ CONTRACT = ["latency_ms", "latency_p90_ms", "latency_ci95_rel", "latency_runs", 
 PHASES = ["prune", "speedup", "fine_tune", "deploy", "evaluate", "measure", "store"]
 
 
+from conftest import copy_of_study, fresh_tiny_spec  # noqa: E402
 from conftest import start_tiny as _start  # noqa: E402
 
 
@@ -65,24 +66,26 @@ def test_a_study_of_three_trials_end_to_end(study_dir):
 
 
 @pytest.mark.slow
-def test_resuming_adds_trials_without_recomputing_the_baseline(study_dir, monkeypatch):
+def test_resuming_adds_trials_without_recomputing_the_baseline(tiny_study, tmp_path, monkeypatch):
     import searcher.study
+
+    folder = copy_of_study(tiny_study, tmp_path)  # resuming adds a trial: not to the study other tests share
 
     def no_second_ranking(*args, **kwargs):
         raise AssertionError("the block ranking was computed again on resume")
 
     monkeypatch.setattr(searcher.study, "block_importance", no_second_ranking)
-    before = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir}/tiny.db").user_attrs
+    before = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder}/tiny.db").user_attrs
     assert set(before["block_importance"]) == {"layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2",
                                                "layer3.1", "layer3.2"}
-    output = _start(study_dir, "--trials", "4")
+    output = _start(folder, "--trials", "4")
     assert "baseline (the study's artifact)" in output
-    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir}/tiny.db")
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder}/tiny.db")
     assert len(study.get_trials()) == 4
     assert study.user_attrs["baseline_latency_ms"] == before["baseline_latency_ms"]  # measured once
     assert study.user_attrs["groups"] == before["groups"]
     assert study.user_attrs["block_importance"] == before["block_importance"]
-    result = CliRunner().invoke(app, ["pareto", "tiny", "--storage", f"sqlite:///{study_dir}/tiny.db"])
+    result = CliRunner().invoke(app, ["pareto", "tiny", "--storage", f"sqlite:///{folder}/tiny.db"])
     assert result.exit_code == 0 and "Pareto front of 'tiny'" in result.output
 
 
@@ -94,12 +97,13 @@ def test_resume_with_another_model_is_refused(study_dir):
 
 
 @pytest.mark.slow
-def test_three_targets_latency_top1_size(study_dir):
-    output = _start(study_dir, "--study-name", "three", "--target", "latency,top1,size", "--trials", "2",
+def test_three_targets_latency_top1_size(tmp_path):
+    folder = fresh_tiny_spec(tmp_path)  # its own database: the shared one holds 'tiny' alone
+    output = _start(folder, "--study-name", "three", "--target", "latency,top1,size", "--trials", "2",
                     "--set", "search.fixed_precisions={layer3='int8'}", "--max-class-drop", "100", "--max-top1-drop", "100",
                     "--set", "device.throughput=true")
     assert "Pareto front of 'three'" in output
-    study = optuna.load_study(study_name="three", storage=f"sqlite:///{study_dir}/tiny.db")
+    study = optuna.load_study(study_name="three", storage=f"sqlite:///{folder}/tiny.db")
     assert study.metric_names == ["latency_ms", "top1", "size_bytes"]
     assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE", "MINIMIZE"]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -117,11 +121,12 @@ def test_three_targets_latency_top1_size(study_dir):
 
 
 @pytest.mark.slow
-def test_a_second_device_is_its_own_objective(study_dir):
-    output = _start(study_dir, "--study-name", "two-devices", "--trials", "2", "--set", 'device.also=["cpu"]',
+def test_a_second_device_is_its_own_objective(tmp_path):
+    folder = fresh_tiny_spec(tmp_path)  # its own database: the shared one holds 'tiny' alone
+    output = _start(folder, "--study-name", "two-devices", "--trials", "2", "--set", 'device.also=["cpu"]',
                     "--target", "latency,latency@cpu,top1")
     assert "ms@cpu" in output  # the front shows the second device's latency
-    study = optuna.load_study(study_name="two-devices", storage=f"sqlite:///{study_dir}/tiny.db")
+    study = optuna.load_study(study_name="two-devices", storage=f"sqlite:///{folder}/tiny.db")
     assert study.metric_names == ["latency_ms", "latency_ms@cpu", "top1"]
     assert study.user_attrs["baseline_latency_ms@cpu"] > 0
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -133,16 +138,17 @@ def test_a_second_device_is_its_own_objective(study_dir):
 
 
 @pytest.mark.slow
-def test_a_latency_limit_screens_trials_before_fine_tuning(study_dir):
-    _start(study_dir, "--study-name", "too-slow", "--trials", "2", "--max-latency", "0.0001")
-    study = optuna.load_study(study_name="too-slow", storage=f"sqlite:///{study_dir}/tiny.db")
+def test_a_latency_limit_screens_trials_before_fine_tuning(tmp_path):
+    folder = fresh_tiny_spec(tmp_path)  # its own database: the shared one holds 'tiny' alone
+    _start(folder, "--study-name", "too-slow", "--trials", "2", "--max-latency", "0.0001")
+    study = optuna.load_study(study_name="too-slow", storage=f"sqlite:///{folder}/tiny.db")
     for trial in study.trials:  # nothing meets 0.1 µs: every trial stops after its first timing
         assert trial.state == optuna.trial.TrialState.PRUNED
         assert trial.user_attrs["finetune_skipped"] == "latency"
         assert trial.user_attrs["latency_untrained_ms"] > trial.user_attrs["latency_limit_ms"] == 0.0001
         assert "fine_tune" not in trial.user_attrs["seconds"] and "screen" in trial.user_attrs["seconds"]
-    _start(study_dir, "--study-name", "fast-enough", "--trials", "1", "--max-latency", "1000")
-    study = optuna.load_study(study_name="fast-enough", storage=f"sqlite:///{study_dir}/tiny.db")
+    _start(folder, "--study-name", "fast-enough", "--trials", "1", "--max-latency", "1000")
+    study = optuna.load_study(study_name="fast-enough", storage=f"sqlite:///{folder}/tiny.db")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert complete
     for trial in complete:  # both timings recorded: before fine-tuning, and of the deployed model
