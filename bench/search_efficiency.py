@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import sys
 import types
@@ -46,12 +45,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from searcher import record  # noqa: E402
-from searcher.locks import StudyLocks  # noqa: E402
 from searcher.report import hypervolume_history  # noqa: E402
-from searcher.run import Objective  # noqa: E402
+from searcher.runner import RunEvents, run_study  # noqa: E402
 from searcher.spec import load_spec  # noqa: E402
-from searcher.study import prepare  # noqa: E402
-from searcher.worker import Retry, budget_used, counts_toward_budget, run_worker  # noqa: E402
+from searcher.worker import budget_used, counts_toward_budget  # noqa: E402
 
 METHODS = ("nsga2", "tpe", "random", "inner-only", "uniform", "uniform-int8", "latency-only")
 INNER_ONLY = {"search.depth": False, "search.stream_width": False}  # the space before depth and stream widths
@@ -69,9 +66,10 @@ def method_spec(task: str, method: str, seed: int, trials: int, db: str, extra: 
     overrides = {**TASKS[task], **extra, "study.storage": db, "study.name": f"{task}-{method}-{seed}",
                  "study.trials": trials, "study.seed": seed, "study.artifacts": str(Path(db.split("///")[-1]).parent / "artifacts")}
     if method == "latency-only":
-        overrides.update({"study.targets": ["latency"], "study.sampler": "tpe"})
-    elif method in SWEEPS:
-        overrides.update({"study.targets": ["latency", "top1"], "study.sampler": "random", **INNER_ONLY})
+        overrides.update({"study.targets": ["latency"], "study.sampler": "tpe", "search.recipes": False})
+    elif method in SWEEPS:  # its own points only: no recipe seeds
+        overrides.update({"study.targets": ["latency", "top1"], "study.sampler": "random", "search.recipes": False,
+                          **INNER_ONLY})
     elif method == "inner-only":
         overrides.update({"study.targets": ["latency", "top1"], "study.sampler": "tpe", **INNER_ONLY})
     else:
@@ -86,8 +84,7 @@ def enqueue_uniform(study: optuna.Study, space, groups: list[str], trials: int, 
     if study.trials:
         return
     for ratio in np.random.default_rng(seed).permutation(np.linspace(0.0, sparsity_max, trials)):
-        params = {f"inner.{g}": max(w.fewest, math.ceil(w.full * (1 - ratio) / w.multiple - 1e-9))
-                  for g, w in space.inner.items() if w.searched}
+        params = {f"inner.{g}": w.kept_at(1 - ratio) for g, w in space.inner.items() if w.searched}
         params.update({"pruner": "l1", "precision.float": "f32", **{f"precision.{g}": precision for g in [*groups, "other"]}})
         study.enqueue_trial(params, skip_if_exists=False)
 
@@ -102,19 +99,24 @@ def finished(db, name: str, trials: int) -> bool:
     return budget_used([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]) >= trials
 
 
+class Notices(RunEvents):
+    def notice(self, text: str) -> None:  # a database retry, re-queued trials: worth a line in the log
+        print(f"  {text}", flush=True)
+
+
 def run_method(task: str, method: str, seed: int, trials: int, db: str, extra: dict) -> None:
     spec = method_spec(task, method, seed, trials, db, extra)
     if finished(db, spec["study.name"], trials):
         print(f"  {spec['study.name']}: all {trials} trials done", flush=True)
         return
-    prepared = prepare(spec, on_status=lambda text: None)
-    study = prepared.study
-    if method in SWEEPS:
-        enqueue_uniform(study, prepared.space, [g.name for g in prepared.context.groups], trials,
-                        spec["search.sparsity_max"], seed, SWEEPS[method])
-    objective = Objective(spec, prepared.context, prepared.baseline, prepared.space)
-    done = run_worker(study, objective, trials, StudyLocks(db, spec["study.name"]), Retry(db, 30))
-    print(f"  {study.study_name}: {done} trials run now, {len(study.trials)} in all", flush=True)
+
+    def enqueue_sweep(prepared) -> None:
+        if method in SWEEPS:
+            enqueue_uniform(prepared.study, prepared.space, [g.name for g in prepared.context.groups], trials,
+                            spec["search.sparsity_max"], seed, SWEEPS[method])
+
+    study = run_study(spec, Notices(), before_trials=enqueue_sweep).study
+    print(f"  {study.study_name}: {len(study.trials)} trials in all", flush=True)
 
 
 def score(study: optuna.Study, trials: int) -> dict:

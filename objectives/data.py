@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-DATASETS = ("digits", "cifar10", "imagefolder")
+from .choices import DATASETS
 
 
 class DataError(ValueError):

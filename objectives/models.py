@@ -68,8 +68,12 @@ def _first_line(error: BaseException) -> str:
 
 
 def _module_of(reference: str):
-    source, _, _ = reference.rpartition(":")
-    if source.endswith(".py"):
+    source = reference.rpartition(":")[0]
+    try:
+        if not source.endswith(".py"):
+            if os.getcwd() not in sys.path:  # as uvicorn: a module in the current folder is found
+                sys.path.insert(0, os.getcwd())
+            return importlib.import_module(source)
         path = Path(source)
         if not path.is_file():
             raise ModelError(f"model {reference!r}: file {source} does not exist")
@@ -77,15 +81,7 @@ def _module_of(reference: str):
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # dataclasses and pickling look modules up by name
-        loader = spec.loader.exec_module
-    else:
-        if os.getcwd() not in sys.path:  # as uvicorn: a module in the current folder is found
-            sys.path.insert(0, os.getcwd())
-        module, loader = None, None
-    try:
-        if loader is None:
-            return importlib.import_module(source)
-        loader(module)
+        spec.loader.exec_module(module)
         return module
     except ModelError:
         raise

@@ -48,14 +48,22 @@ class CollapsedError(RuntimeError):
         self.top1 = top1
 
 
-@dataclass
+@dataclass(frozen=True)
+class Reference:
+    """The baseline deployed on a device, and its recorded latency there: every trial is timed paired
+    with it, so drift of the host between trials cancels out (see devices.protocol.measure_paired)."""
+
+    deployment: Deployment
+    latency_ms: float
+
+
+@dataclass(frozen=True)
 class OtherDevice:
     """A further device each model is timed on (spec ``device.also``), paired with its own baseline."""
 
     name: str  # as the spec names it: the attributes are ``latency_ms@<name>``, ...
     device: Device
-    reference: Deployment | None = None
-    reference_latency_ms: float | None = None
+    reference: Reference | None = None
 
     def plan_for(self, plan: PrecisionPlan) -> PrecisionPlan:
         """The same model within what this device runs: a float precision it lacks becomes f32,
@@ -74,10 +82,7 @@ class TrialContext:
     device: Device
     collapse_margin: float = 1.5
     calibration_size: int = 300
-    # The deployed baseline and its recorded latency: every trial is timed paired with it, so
-    # drift of the host between trials cancels out (see devices.protocol.measure_paired).
-    reference: Deployment | None = None
-    reference_latency_ms: float | None = None
+    reference: Reference | None = None  # None only while the baseline itself is measured (see paired_with)
     throughput: bool = False  # also measure images/s with asynchronous requests
     also: list[OtherDevice] = field(default_factory=list)
     stages: list[Stage] = field(default_factory=list)  # residual stages: depth and stream width
@@ -159,8 +164,8 @@ def fine_tune_epochs(plan: TrialPlan, baseline_flops: int, flops: int) -> int:
     return max(epochs, min(plan.max_epochs, round(epochs * baseline_flops / flops)))
 
 
-def shrink(model: nn.Module, ctx: TrialContext, plan: TrialPlan, clock: "_Clock") -> list[str]:
-    """Remove blocks, prune residual streams, prune inner widths (in place); returns the removed blocks."""
+def shrink(model: nn.Module, ctx: TrialContext, plan: TrialPlan, clock: "_Clock") -> None:
+    """Remove blocks, prune residual streams, prune inner widths (in place)."""
     example = ctx.data.example_input(2)
     with clock.phase("prune"):
         removed = [b for s in ctx.stages if s.name in plan.depth
@@ -173,7 +178,6 @@ def shrink(model: nn.Module, ctx: TrialContext, plan: TrialPlan, clock: "_Clock"
     with clock.phase("speedup"):
         if masks:
             pruning.speedup(model, masks, example)
-    return removed
 
 
 def screen_latency(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan, clock: "_Clock") -> float:
@@ -182,20 +186,18 @@ def screen_latency(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan, clo
     with clock.phase("screen"):
         deployment = ctx.device.deploy(model, ctx.data.example_input(2), plan)
         try:
-            return timed(deployment, ctx.device, ctx.reference, ctx.reference_latency_ms)[1]
+            return timed(deployment, ctx.device, ctx.reference)[1]
         finally:
             deployment.close()
 
 
-def timed(deployment: Deployment, device: Device, reference: Deployment | None,
-          reference_latency_ms: float | None) -> tuple[LatencyStats, float]:
+def timed(deployment: Deployment, device: Device, reference: Reference | None) -> tuple[LatencyStats, float]:
     """Measure by the protocol, holding the device host-wide; paired with ``reference`` when there is
     one, the latency is put on the baseline's scale: its recorded latency x the paired ratio, so
     drift of the host between trials cancels out (see devices.protocol.measure_paired)."""
-    paired = reference is not None and bool(reference_latency_ms)
     with exclusive(device.info().name):
-        stats = deployment.measure_latency(reference if paired else None)
-    return stats, (reference_latency_ms * stats.ratio if paired else stats.median_ms)
+        stats = deployment.measure_latency(reference.deployment if reference else None)
+    return stats, (reference.latency_ms * stats.ratio if reference else stats.median_ms)
 
 
 def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None] | None = None,
@@ -291,10 +293,10 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
         top1, top5 = topk_accuracy(logits, labels, 1), topk_accuracy(logits, labels, 5)
         class_top1 = per_class_accuracy(logits.argmax(axis=1), labels, ctx.data.num_classes)
     with clock.phase("measure"):
-        stats, latency_ms = timed(deployment, ctx.device, ctx.reference, ctx.reference_latency_ms)
+        stats, latency_ms = timed(deployment, ctx.device, ctx.reference)
         with exclusive(ctx.device.info().name):
             throughput = deployment.measure_throughput() if ctx.throughput else None
-    drift = stats.reference_median_ms / ctx.reference_latency_ms if stats.ratio is not None else 1.0
+    drift = stats.reference_median_ms / ctx.reference.latency_ms if stats.ratio is not None else 1.0
     info = ctx.device.info().to_dict()
     info.update(inference_precision=deployment.inference_precision, threads_used=getattr(deployment, "threads", info["threads"]))
     attributes = {
@@ -331,7 +333,7 @@ def measure_on(other: OtherDevice, model: nn.Module, ctx: TrialContext, plan: Pr
         deployment = other.device.deploy(model, ctx.data.example_input(2), other.plan_for(plan))
     try:
         with clock.phase("measure"):
-            stats, latency_ms = timed(deployment, other.device, other.reference, other.reference_latency_ms)
+            stats, latency_ms = timed(deployment, other.device, other.reference)
     finally:
         deployment.close()
     at = f"@{other.name}"
@@ -344,26 +346,31 @@ def _deploy_baseline_on(device: Device, ctx: TrialContext) -> Deployment:
     return device.deploy(copy.deepcopy(ctx.baseline).eval(), ctx.data.example_input(2), PrecisionPlan("f32"))
 
 
-def evaluate_baseline(ctx: TrialContext) -> TrialOutcome:
-    """The baseline's record, under the same names as a trial's, with its deployment.
-
-    Also deploys the baseline on every further device and keeps it there as that device's reference."""
-    unpaired = TrialContext(ctx.baseline, ctx.data, ctx.groups, ctx.device, throughput=ctx.throughput)
+def evaluate_baseline(ctx: TrialContext) -> tuple[TrialOutcome, dict[str, Deployment]]:
+    """The baseline's record, under the same names as a trial's, with its deployment; and the
+    baseline deployed on every further device (by name), timed there too."""
+    assert ctx.reference is None, "the baseline is measured on its own, not paired"
     model = copy.deepcopy(ctx.baseline).eval()
-    measured = deploy_and_measure(model, unpaired, PrecisionPlan("f32"))
-    attributes = measured.attributes
+    measured = deploy_and_measure(model, ctx, PrecisionPlan("f32"))
+    attributes, others = measured.attributes, {}
     for other in ctx.also:
-        other.reference = _deploy_baseline_on(other.device, ctx)
+        others[other.name] = _deploy_baseline_on(other.device, ctx)
         with exclusive(other.device.info().name):
-            stats = other.reference.measure_latency()
-        other.reference_latency_ms = stats.median_ms
+            stats = others[other.name].measure_latency()
         attributes.update({f"latency_ms@{other.name}": stats.median_ms, f"latency_ci95_rel@{other.name}": stats.ci95_rel,
-                           f"inference_precision@{other.name}": other.reference.inference_precision})
-    return TrialOutcome(attributes, measured.deployment, model, measured.predictions)
+                           f"inference_precision@{other.name}": others[other.name].inference_precision})
+    return TrialOutcome(attributes, measured.deployment, model, measured.predictions), others
 
 
-def deploy_baseline(ctx: TrialContext) -> Deployment:
-    """The baseline on the devices at f32, to pair trials with (a resumed study: not re-measured)."""
-    for other in ctx.also:
-        other.reference = _deploy_baseline_on(other.device, ctx)
-    return _deploy_baseline_on(ctx.device, ctx)
+def deploy_baseline(ctx: TrialContext) -> tuple[Deployment, dict[str, Deployment]]:
+    """The baseline at f32 on the device and on every further one (by name), to pair trials with
+    (a resumed study: not re-measured)."""
+    return _deploy_baseline_on(ctx.device, ctx), {o.name: _deploy_baseline_on(o.device, ctx) for o in ctx.also}
+
+
+def paired_with(ctx: TrialContext, deployment: Deployment, others: dict[str, Deployment], baseline: dict) -> TrialContext:
+    """The context trials run in: ``ctx`` with the deployed baseline on each device and its recorded
+    latency there (``baseline``: the study's baseline record), so every trial is timed paired."""
+    return replace(
+        ctx, reference=Reference(deployment, baseline["latency_ms"]),
+        also=[replace(o, reference=Reference(others[o.name], baseline[f"latency_ms@{o.name}"])) for o in ctx.also])

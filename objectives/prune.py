@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from . import nni_compat
+from .choices import PRUNERS
 from .groups import LayerGroup
 
 nni_compat.apply()
@@ -32,8 +33,6 @@ class _IdentityNeedsNoReplacer(logging.Filter):
 
 SPEEDUP_LOG = logging.getLogger("nni.speedup")
 SPEEDUP_LOG.addFilter(_IdentityNeedsNoReplacer())
-
-PRUNERS = ("l1", "l2", "fpgm")
 
 
 class PruneError(RuntimeError):

@@ -78,8 +78,8 @@ def start(
     device: Optional[str] = typer.Option(None, help="Target device, e.g. openvino:CPU (`tune devices`)."),
     trials: Optional[int] = typer.Option(None, help="Run until the study has this many trials."),
     sampler: Optional[str] = typer.Option(None, help="auto, tpe, nsga2 or random."),
-    storage: Optional[str] = typer.Option(None, help=f"SQLAlchemy URL of the study database (default: ${STORAGE_ENV}, "
-                                                     "else the spec's)."),
+    storage: Optional[str] = typer.Option(None, help=f"SQLAlchemy URL of the study database (default: the spec file's "
+                                                     f"study.storage, else ${STORAGE_ENV}, else {DEFAULT_STORAGE})."),
     study_name: Optional[str] = typer.Option(None, help="Study name; an existing study is resumed."),
     seed: Optional[int] = typer.Option(None, help="Seed of the sampler and of training."),
     workers: Optional[int] = typer.Option(None, help="Local worker processes (several need PostgreSQL or MySQL)."),
@@ -128,7 +128,7 @@ def worker(
         torch.set_num_threads(threads)
     spec = _stored_spec_of(load_study(storage, study_name), storage, artifacts)
     with StudyLocks(spec["study.storage"], spec["study.name"]).exclusive_worker():
-        _run_interruptible(spec, functools.partial(_run_study, quiet=quiet, joining=True))
+        _run_interruptible(spec, functools.partial(_run_study, joining=True), quiet=quiet)
 
 
 def _stored_spec_of(study, storage: str, artifacts: Optional[str]):
@@ -146,7 +146,7 @@ def _stored_spec_of(study, storage: str, artifacts: Optional[str]):
     return stored_spec(stored, overrides)
 
 
-def _run_interruptible(spec, run):
+def _run_interruptible(spec, run, quiet: bool = False):
     """Run with a progress display; Ctrl-C or SIGTERM fails the running trial cleanly and exits 130."""
     import signal
 
@@ -161,7 +161,7 @@ def _run_interruptible(spec, run):
     stop_requested.clear()
     previous = {number: signal.signal(number, interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with StudyProgress(console, spec["study.trials"], 0) as progress:
+        with StudyProgress(console, spec["study.trials"], 0, quiet=quiet) as progress:
             return run(spec, progress)
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/]: finished trials are stored in {redact(spec['study.storage'])}; "
@@ -174,41 +174,20 @@ def _run_interruptible(spec, run):
         stop_requested.clear()
 
 
-def _run_study(spec, progress, quiet: bool = False, joining: bool = False):
-    from .local_workers import run_local_workers
-    from .run import Objective
-    from .storage import is_sqlite
-    from .study import prepare
-    from .worker import Retry, budget_used, fail_orphans, run_worker
+def _run_study(spec, progress, joining: bool = False):
+    from .runner import run_study
 
-    prepared = prepare(spec, on_status=progress.status, joining=joining)
-    study = prepared.study
-    if is_sqlite(spec["study.storage"]):  # this process holds the file: a RUNNING trial is a dead run's
-        orphans = fail_orphans(study)
-        if orphans and not quiet:
-            console.print(f"trials {', '.join(map(str, orphans))} were left running by a stopped run: failed and re-queued")
-    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-    progress.progress.update(progress.task, completed=budget_used(finished))
-    base = prepared.baseline
-    if not quiet:
-        console.print(f"baseline ({prepared.baseline_source}): latency {base['latency_ms']:.3f} ms "
-                      f"(±{base['latency_ci95_rel'] * 100:.1f}%, {base['latency_runs']} runs), Top-1 {base['top1']:.2f}%, "
-                      f"params {base['params']:,}, FLOPs {base['flops']:,}; groups: "
-                      + ", ".join(f"{g.name} ({len(g.layers)} layers)" for g in prepared.context.groups)
-                      + f"; precisions: {', '.join(prepared.precisions)}"
-                      + f"; widths in multiples of {prepared.space.multiple} ({prepared.space.multiple_source})")
-    if spec["study.workers"] > 1:
-        progress.status(f"{spec['study.workers']} workers running")
-        run_local_workers(study, spec, progress, spec["study.workers"])
-    else:
-        objective = Objective(spec, prepared.context, base, prepared.space,
-                              on_phase=None if quiet else progress.on_phase)
-        retry = Retry(spec["study.storage"], spec["study.db_patience"],
-                      on_retry=lambda text: console.print(f"[yellow]{text}[/]"))
-        run_worker(study, objective, spec["study.trials"], prepared.locks, retry,
-                   on_trial_end=(lambda s, t: None) if quiet else progress.on_trial_end)
-    progress.status("done")
-    return study
+    def show_baseline(prepared) -> None:
+        base = prepared.baseline
+        if not progress.quiet:
+            console.print(f"baseline ({prepared.baseline_source}): latency {base['latency_ms']:.3f} ms "
+                          f"(±{base['latency_ci95_rel'] * 100:.1f}%, {base['latency_runs']} runs), Top-1 {base['top1']:.2f}%, "
+                          f"params {base['params']:,}, FLOPs {base['flops']:,}; groups: "
+                          + ", ".join(f"{g.name} ({len(g.layers)} layers)" for g in prepared.context.groups)
+                          + f"; precisions: {', '.join(prepared.precisions)}"
+                          + f"; widths in multiples of {prepared.space.multiple} ({prepared.space.multiple_source})")
+
+    return run_study(spec, progress, joining=joining, before_trials=show_baseline).study
 
 
 def _print_front(study) -> None:

@@ -89,7 +89,8 @@ def finalize(prepared: Prepared, spec, epochs: int, numbers: list[int] | None = 
             clock = _Clock(lambda phase: on_status(f"trial {original.number}: {phase}"))
             outcome = fine_tune_and_measure(model, prepared.context, plan, plan.finetune,
                                             device_plan_for(model, prepared.context, plan), clock)
-            outcome.attributes.update({k: original.user_attrs[k] for k in ("pruner", "seeded") if k in original.user_attrs})
+            if "seeded" in original.user_attrs:  # the recipe it grew from (its pruner comes with the plan)
+                outcome.attributes["seeded"] = original.user_attrs["seeded"]
             result = objective.result_of(trial, outcome, objective.latency_limit_ms())
         except KeyboardInterrupt:
             trial.set_user_attr("failure", "interrupted: finalize was stopped")

@@ -33,7 +33,9 @@ def _spawn(study_name: str, storage: str, artifacts: str, threads: int, index: i
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def run_local_workers(study: optuna.Study, spec, progress, count: int) -> None:
+def run_local_workers(study: optuna.Study, spec, events, count: int) -> None:
+    """Run ``count`` ``tune worker`` processes on the study until its budget is spent; report to ``events``
+    (a :class:`searcher.runner.RunEvents`) every trial they finish and every line they print."""
     threads = max(1, (os.cpu_count() or 1) // count)
     children = [_spawn(study.study_name, spec["study.storage"], spec["study.artifacts"], threads, i) for i in range(count)]
     last_lines: dict[int, str] = {}
@@ -43,7 +45,7 @@ def run_local_workers(study: optuna.Study, spec, progress, count: int) -> None:
             line = line.rstrip()
             if line:
                 last_lines[index] = line
-                progress.console.print(f"[dim]worker {index}:[/] {line}")
+                events.notice(f"worker {index}: {line}")
 
     readers = [threading.Thread(target=forward, args=(i, c), daemon=True) for i, c in enumerate(children)]
     for reader in readers:
@@ -56,9 +58,9 @@ def run_local_workers(study: optuna.Study, spec, progress, count: int) -> None:
             for trial in trials:
                 if trial.state.is_finished() and trial.number not in seen:
                     seen.add(trial.number)
-                    progress.on_trial_end(study, trial)
+                    events.on_trial_end(study, trial)
             done = budget_used([t for t in trials if t.state.is_finished()])
-            progress.progress.update(progress.task, completed=done)
+            events.budget_spent(done)
             if not running:
                 break
             time.sleep(POLL_SECONDS)

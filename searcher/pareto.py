@@ -25,17 +25,20 @@ class FrontRow:
 
 
 def front(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> list[FrontRow]:
-    """The feasible non-dominated complete trials (Optuna's own rule), sorted by the first target."""
-    from optuna.study._constrained_optimization import _get_feasible_trials
-    from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
+    """The feasible non-dominated complete trials, sorted by the first target; identical points are all
+    kept (as Optuna's ``best_trials``), and a point the baseline dominates is left off."""
+    import moocore
 
     trials = study.get_trials(deepcopy=False) if trials is None else trials
-    complete = _get_feasible_trials([t for t in trials if t.state == optuna.trial.TrialState.COMPLETE])
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE
+                and all(v <= 0 for v in t.constraints.values())]  # Optuna's rule: a constraint <= 0 is met
     if len(study.directions) == 1:
         sign = 1 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1
         complete = sorted(complete, key=lambda t: sign * t.value)[:1]
-    else:
-        complete = _get_pareto_front_trials_by_trials(complete, study.directions)
+    elif complete:
+        maximise = [d == optuna.study.StudyDirection.MAXIMIZE for d in study.directions]
+        keep = moocore.is_nondominated([t.values for t in complete], maximise=maximise, keep_weakly=True)
+        complete = [t for t, kept in zip(complete, keep) if kept]
     first = target_unit(_targets(study)[0]) if _targets(study) else "latency_ms"
     rows = [FrontRow(t.number, t.user_attrs, t.params) for t in complete
             if not dominated_by_baseline(study, t.user_attrs)]
@@ -123,7 +126,7 @@ def front_table(study: optuna.Study, title: str | None = None) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=title or f"Pareto front of '{study.study_name}' "
                   f"({stats.get('complete', 0)} complete, {stats.get('pruned', 0)} collapsed, {stats.get('fail', 0)} failed)")
     groups = record.group_names(study)
-    if study.user_attrs.get("channel_multiple"):  # d: blocks, s: stream channels, i: inner channels
+    if record.searches_structure(study):  # d: blocks, s: stream channels, i: inner channels
         settings = f"d/s/i {'/'.join(groups)}, pruner, precision +other"
     else:
         settings = f"pruner, sparsity {'/'.join(groups)}, precision {'/'.join([*groups, 'other'])}"

@@ -12,7 +12,6 @@ A study gets at most a quarter of its budget in recipes, in the order above.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import optuna
@@ -39,8 +38,8 @@ def _precisions(space: SearchSpace, groups: list[LayerGroup], int8: bool) -> dic
 
 
 def _uniform(space: SearchSpace, share: float) -> dict:
-    params = {f"inner.{g}": max(w.fewest, math.ceil(w.most * share)) for g, w in space.inner.items() if w.searched}
-    params.update({f"width.{s}": max(w.fewest, math.ceil(w.most * share)) for s, w in space.stream.items() if w.searched})
+    params = {f"inner.{g}": w.kept_at(share) for g, w in space.inner.items() if w.searched}
+    params.update({f"width.{s}": w.kept_at(share) for s, w in space.stream.items() if w.searched})
     params.update({f"depth.{s}": max(lo, round(hi * share)) for s, (lo, hi) in space.depth.items() if hi > lo})
     return params
 

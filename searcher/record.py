@@ -56,6 +56,11 @@ def write_channel_multiple(study: optuna.Study, multiple: int, source: str) -> N
     study.set_user_attr("channel_multiple_source", source)
 
 
+def searches_structure(study: optuna.Study) -> bool:
+    """The study searches widths in multiples (and depth); older studies searched a sparsity."""
+    return "channel_multiple" in study.user_attrs
+
+
 def channel_multiple(study: optuna.Study) -> tuple[int, str]:
     """The multiple every searched width is made of, and where it came from (spec or device)."""
     return int(study.user_attrs.get("channel_multiple", 1)), str(study.user_attrs.get("channel_multiple_source", "spec"))

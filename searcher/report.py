@@ -4,9 +4,9 @@
 baseline marked and dominated trials faded; ``hypervolume.png``; ``report.md`` with the front and
 its deltas, hypervolume over trials, parameter importances per objective (Optuna's PED-ANOVA,
 fast on large studies), the correlation of each group's sparsity with each objective, time per
-phase, and the classes that compression hurts (``classes.md``/``flips-*.png`` via
-:mod:`searcher.harm`). Everything is computed from the stored study with Optuna's own Pareto
-and importance functions.
+phase, and the classes that compression hurts (a section of ``report.md`` and ``flips-trial-<n>.png``,
+via :mod:`searcher.harm`). Everything is computed from the stored study: the front as
+:func:`searcher.pareto.front`, the hypervolume with moocore, importances with Optuna.
 """
 from __future__ import annotations
 
@@ -122,8 +122,8 @@ def reference_point(data: ReportData) -> np.ndarray:
 
 
 def hypervolume_history(data: ReportData) -> list[tuple[int, float]]:
-    """Hypervolume of the front after each complete trial (Optuna's own computation)."""
-    from optuna._hypervolume import compute_hypervolume
+    """Hypervolume of the front after each complete trial."""
+    import moocore
 
     if len(data.targets) < 2 or not data.trials:
         return []
@@ -135,7 +135,7 @@ def hypervolume_history(data: ReportData) -> list[tuple[int, float]]:
         # Keep the running front only, so 10,000 trials cost 10,000 small computations.
         if np.all(point < reference) and not np.any(np.all(front <= point, axis=1)):
             front = np.vstack([front[~np.all(point <= front, axis=1)], point])
-        volume = compute_hypervolume(front, reference, assume_pareto=True) if len(front) else 0.0
+        volume = moocore.hypervolume(front, ref=reference) if len(front) else 0.0
         history.append((trial.number, float(volume)))
     return history
 
@@ -221,10 +221,10 @@ def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = Non
             written.append(plot_front_html(data, out / "front.html"))
             lines += ["![Pareto front](front.png) — interactive: [front.html](front.html)", ""]
         lines += ["## Pareto front", ""] + front_markdown(data) + [""]
-        if data.study.user_attrs.get("channel_multiple"):
+        if record.searches_structure(data.study):
             lines += [f"Settings, as realized: `d` blocks kept per stage, `s` residual-stream channels per stage, "
                       f"`i` inner channels per group (its widest layer), in multiples of "
-                      f"{data.study.user_attrs['channel_multiple']}; then the pruner and, where any group runs "
+                      f"{record.channel_multiple(data.study)[0]}; then the pruner and, where any group runs "
                       "int8, each group's precision (groups, then other).", ""]
         history = hypervolume_history(data)
         if history:

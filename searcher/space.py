@@ -88,6 +88,10 @@ class Widths:
     def channels(self, multiples: int) -> int:
         return min(self.full, multiples * self.multiple)
 
+    def kept_at(self, share: float) -> int:
+        """The multiples that keep ``share`` of the width (rounded up, never fewer than allowed)."""
+        return max(self.fewest, math.ceil(self.most * share - 1e-9))
+
     def describe(self) -> str:
         if not self.searched:
             return f"{self.full} (fixed)"

@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
+from objectives.choices import DATASETS, PRUNERS
+
 from .storage import default_storage
 
 TARGETS = {"latency": "minimize", "top1": "maximize", "size": "minimize", "params": "minimize", "flops": "minimize"}
@@ -38,10 +40,8 @@ def target_of_unit(unit: str) -> str:
 
 
 SAMPLERS = ("auto", "tpe", "nsga2", "random")
-PRUNERS = ("l1", "l2", "fpgm")
 PRECISIONS = ("f32", "bf16", "f16", "int8")
 QUANTIZATION = ("qat", "ptq")
-DATASETS = ("digits", "cifar10", "imagefolder")
 
 
 class SpecError(ValueError):

@@ -23,7 +23,7 @@ from objectives.export import load_pruned
 from objectives.finetune import TrainSettings
 from objectives.groups import GroupRules, LayerGroup, derive_groups, describe_groups
 from objectives.models import create_model, source_sha256
-from objectives.pipeline import OtherDevice, TrialContext, deploy_baseline, evaluate_baseline
+from objectives.pipeline import OtherDevice, TrialContext, deploy_baseline, evaluate_baseline, paired_with
 from objectives.structure import block_importance, residual_stages
 
 from .artifacts import ArtifactError, fetch, store_outcome
@@ -179,13 +179,12 @@ def validate(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> _
     return _Checked(device, also, precisions, storage, locks, data, groups, checkpoint)
 
 
-def _structure_facts(spec: Spec, study: optuna.Study, checked: _Checked, model, on_status) -> None:
+def _structure_facts(spec: Spec, study: optuna.Study, checked: _Checked, model, stages, on_status) -> None:
     """Once per study, from the trained baseline: the residual stages, which blocks a shallower
     model drops first, and the channel multiple widths are made of."""
     attrs = study.user_attrs
     if "block_importance" not in attrs:
         on_status("baseline: ranking its blocks")
-        stages = residual_stages(model)
         images, labels = checked.data.x_val[:RANKING_IMAGES], checked.data.y_val[:RANKING_IMAGES]
         record.write_stages(study, stages, block_importance(model, stages, images, labels))
     if "channel_multiple" not in attrs:
@@ -218,20 +217,20 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
         on_status("baseline: loading or training")
         model, source = checked.checkpoint or _baseline_model(spec, study, checked.data, on_status)
         groups = record.groups(study) or checked.groups  # a resumed study keeps the groups it started with
-        _structure_facts(spec, study, checked, model, on_status)
         stages = residual_stages(model)
+        _structure_facts(spec, study, checked, model, stages, on_status)
         multiple, multiple_source = record.channel_multiple(study)
         space = build_space(spec, model, groups, stages, checked.precisions, multiple, multiple_source)
         if spec["search.recipes"] and not joining and "recipes" not in study.user_attrs:
             record.write_recipes(study, enqueue_recipes(study, space, groups, spec["search.pruners"], spec["study.trials"]))
-        context = TrialContext(model, checked.data, groups, checked.device, collapse_margin=spec["search.collapse_margin"],
+        unpaired = TrialContext(model, checked.data, groups, checked.device, collapse_margin=spec["search.collapse_margin"],
                                calibration_size=spec["data.calibration_size"], throughput=spec["device.throughput"],
                                also=checked.also, stages=stages, block_importance=record.block_importance(study))
         if not record.has_baseline(study):
             on_status("baseline: deploying and measuring on the device")
-            outcome = evaluate_baseline(context)
+            outcome, others = evaluate_baseline(unpaired)
             check_baseline_learned(outcome.attributes["top1"], checked.data.num_classes, spec)
-            context.reference = outcome.deployment
+            deployment = outcome.deployment
             measured = dict(outcome.attributes)
             measured.update(store_outcome(study, outcome, spec, checked.data, "baseline"))
             record.write_bootstrap(study, groups, describe_groups(model, groups, checked.data.example_input(2)), source,
@@ -239,12 +238,9 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
             record.write_baseline(study, measured)  # last: its Top-1 tells a resumed run the bootstrap completed
         else:
             on_status("baseline: deploying (recorded latency reused)")
-            context.reference = deploy_baseline(context)
+            deployment, others = deploy_baseline(unpaired)
     baseline = record.baseline(study)
-    context.reference_latency_ms = baseline["latency_ms"]
-    for other in checked.also:
-        other.reference_latency_ms = baseline[f"latency_ms@{other.name}"]
-    return Prepared(study, context, baseline, source, space, checked.locks)
+    return Prepared(study, paired_with(unpaired, deployment, others, baseline), baseline, source, space, checked.locks)
 
 
 def stored_values(spec: Spec) -> dict:

@@ -1,0 +1,62 @@
+"""Running a study: prepare it, then spend its trial budget in this process or in local worker
+processes. The one entry point that `tune start`, `tune worker` and the benchmarks share."""
+from __future__ import annotations
+
+from typing import Callable
+
+import optuna
+
+from .spec import Spec
+from .storage import is_sqlite
+from .study import Prepared, prepare
+from .worker import Retry, budget_used, fail_orphans, run_worker
+
+
+class RunEvents:
+    """What a run reports as it goes. This one shows nothing; the CLI's progress display shows it all."""
+
+    def status(self, text: str) -> None:
+        """What the run is doing now (loading data, training the baseline, ...)."""
+
+    def notice(self, text: str) -> None:
+        """Something the user should read: a database retry, trials failed and re-queued, a worker's line."""
+
+    def on_phase(self, number: int, phase: str) -> None:
+        """Trial ``number`` entered ``phase`` (prune, fine_tune, measure, ...)."""
+
+    def on_trial_end(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """A trial finished (in this process or in a worker process)."""
+
+    def budget_spent(self, done: int) -> None:
+        """How many trials of the budget are spent so far."""
+
+
+def run_study(spec: Spec, events: RunEvents | None = None, joining: bool = False,
+              before_trials: Callable[[Prepared], None] = lambda prepared: None) -> Prepared:
+    """Prepare the study (see :func:`searcher.study.prepare`), then run trials until its budget is spent.
+
+    ``before_trials`` sees the prepared study before the first trial (to print the baseline, or for a
+    benchmark to enqueue its own trials). Several ``study.workers`` run as local worker processes.
+    """
+    from .local_workers import run_local_workers
+
+    events = events or RunEvents()
+    prepared = prepare(spec, on_status=events.status, joining=joining)
+    study = prepared.study
+    if is_sqlite(spec["study.storage"]):  # this process holds the file: a RUNNING trial is a dead run's
+        orphans = fail_orphans(study)
+        if orphans:
+            events.notice(f"trials {', '.join(map(str, orphans))} were left running by a stopped run: failed and re-queued")
+    events.budget_spent(budget_used([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]))
+    before_trials(prepared)
+    if spec["study.workers"] > 1:
+        events.status(f"{spec['study.workers']} workers running")
+        run_local_workers(study, spec, events, spec["study.workers"])
+    else:
+        from .run import Objective
+
+        objective = Objective(spec, prepared.context, prepared.baseline, prepared.space, on_phase=events.on_phase)
+        retry = Retry(spec["study.storage"], spec["study.db_patience"], on_retry=events.notice)
+        run_worker(study, objective, spec["study.trials"], prepared.locks, retry, on_trial_end=events.on_trial_end)
+    events.status("done")
+    return prepared
