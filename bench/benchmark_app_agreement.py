@@ -21,11 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from devices import create_device  # noqa: E402
-from devices.protocol import LatencyProtocol  # noqa: E402
-from objectives.models import create_model  # noqa: E402
+from edgetune.devices import create_device
+from edgetune.devices.protocol import LatencyProtocol
+from edgetune.objectives.models import create_model
 
 MEDIAN = re.compile(r"Median:\s+([0-9.]+)\s*ms")
 

@@ -22,17 +22,16 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from objectives.evaluate import topk_accuracy, torch_logits  # noqa: E402
-from objectives.finetune import TrainSettings, train  # noqa: E402
-from objectives.models import flops_and_params  # noqa: E402
-from objectives.pipeline import TrialContext, TrialPlan, _Clock, shrink  # noqa: E402
-from objectives.structure import block_importance, residual_stages  # noqa: E402
-from searcher.recipes import recipes  # noqa: E402
-from searcher.spec import load_spec  # noqa: E402
-from searcher.space import build_space  # noqa: E402
-from searcher.study import RANKING_IMAGES, baseline_settings, data_id, derive_groups, get_baseline, group_rules, load_spec_data  # noqa: E402
+from edgetune.objectives.evaluate import topk_accuracy, torch_logits
+from edgetune.objectives.finetune import TrainSettings, train
+from edgetune.objectives.models import flops_and_params
+from edgetune.objectives.pipeline import TrialContext, TrialPlan, _Clock, shrink
+from edgetune.objectives.structure import block_importance, residual_stages
+from edgetune.searcher.recipes import recipes
+from edgetune.searcher.spec import load_spec
+from edgetune.searcher.space import build_space
+from edgetune.searcher.study import RANKING_IMAGES, baseline_settings, data_id, derive_groups, get_baseline, group_rules, load_spec_data
 
 TASKS = {
     "default": {},

@@ -17,16 +17,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from devices import PrecisionPlan, create_device  # noqa: E402
-from devices.protocol import LatencyProtocol  # noqa: E402
+from edgetune.devices import PrecisionPlan, create_device
+from edgetune.devices.protocol import LatencyProtocol
 
 
 def conv_pairs(stream: int, inner: int, pairs: int) -> nn.Module:

@@ -14,19 +14,15 @@ import argparse
 import contextlib
 import io
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from devices.onnx_export import export_onnx  # noqa: E402
-from objectives.evaluate import topk_accuracy  # noqa: E402
-from precision_plans import pruned_model  # noqa: E402
+from edgetune.devices.onnx_export import export_onnx
+from edgetune.objectives.evaluate import topk_accuracy
+from precision_plans import pruned_model
 
 VARIANTS = {"single images, bias correction (edgetune)": (1, True), "batches of 32, bias correction": (32, True),
             "single images, no bias correction": (1, False), "batches of 32, no bias correction": (32, False)}

@@ -22,18 +22,14 @@ import argparse
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from devices.base import PrecisionPlan  # noqa: E402
-from devices.protocol import LatencyProtocol, _sample_until_tight, _timed, _warm_up, exclusive, measure_paired  # noqa: E402
-from devices.registry import create_device  # noqa: E402
-from objectives.models import create_model  # noqa: E402
+from edgetune.devices.base import PrecisionPlan
+from edgetune.devices.protocol import LatencyProtocol, _sample_until_tight, _timed, _warm_up, exclusive, measure_paired
+from edgetune.devices.registry import create_device
+from edgetune.objectives.models import create_model
 
 PROTOCOL = LatencyProtocol(target_ci_rel=0.02, max_seconds=5.0)
 

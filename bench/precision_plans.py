@@ -14,27 +14,23 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from devices import PrecisionPlan  # noqa: E402
-from objectives import prune  # noqa: E402
-from objectives.evaluate import topk_accuracy  # noqa: E402
-from objectives.finetune import TrainSettings, train  # noqa: E402
-from objectives.groups import OTHER  # noqa: E402
-from objectives.pipeline import int8_modules  # noqa: E402
-from searcher.spec import load_spec  # noqa: E402
-from searcher.study import baseline_settings, data_id, derive_groups, get_baseline, group_rules, load_spec_data, make_device  # noqa: E402
+from edgetune.devices import PrecisionPlan
+from edgetune.objectives import prune
+from edgetune.objectives.evaluate import topk_accuracy
+from edgetune.objectives.finetune import TrainSettings, train
+from edgetune.objectives.groups import OTHER
+from edgetune.objectives.pipeline import int8_modules
+from edgetune.searcher.spec import load_spec
+from edgetune.searcher.study import baseline_settings, data_id, derive_groups, get_baseline, group_rules, load_spec_data, make_device
 
 
 def mixed_from_study(storage: str, name: str) -> tuple[frozenset[str], str]:
     """The fastest mixed-precision model on the study's front within 1 point of the baseline's Top-1."""
-    from searcher.pareto import baseline, front
-    from searcher.study import load_study
+    from edgetune.searcher.pareto import baseline, front
+    from edgetune.searcher.study import load_study
 
     study = load_study(storage, name)
     rows = [r for r in front(study) if len(set((r.attrs.get("precision_plan") or {}).values())) > 1

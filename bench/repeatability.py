@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from devices import PrecisionPlan, create_device  # noqa: E402
-from devices.protocol import LatencyProtocol  # noqa: E402
-from objectives import prune  # noqa: E402
-from objectives.groups import GroupRules, derive_groups  # noqa: E402
-from objectives.models import create_model  # noqa: E402
+from edgetune.devices import PrecisionPlan, create_device
+from edgetune.devices.protocol import LatencyProtocol
+from edgetune.objectives import prune
+from edgetune.objectives.groups import GroupRules, derive_groups
+from edgetune.objectives.models import create_model
 
 
 def main() -> None:

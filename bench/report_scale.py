@@ -8,7 +8,6 @@ attributes shaped like edgetune's), then times loading it and writing the report
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,9 +15,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from searcher import report  # noqa: E402
+from edgetune.searcher import report
 
 
 def build(storage: str, n: int) -> None:

@@ -42,13 +42,12 @@ import numpy as np
 import optuna
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from searcher import record  # noqa: E402
-from searcher.report import hypervolume_history  # noqa: E402
-from searcher.runner import RunEvents, run_study  # noqa: E402
-from searcher.spec import load_spec  # noqa: E402
-from searcher.worker import budget_used, counts_toward_budget  # noqa: E402
+from edgetune.searcher import record
+from edgetune.searcher.report import hypervolume_history
+from edgetune.searcher.runner import RunEvents, run_study
+from edgetune.searcher.spec import load_spec
+from edgetune.searcher.worker import budget_used, counts_toward_budget
 
 METHODS = ("nsga2", "tpe", "random", "inner-only", "uniform", "uniform-int8", "latency-only")
 INNER_ONLY = {"search.depth": False, "search.stream_width": False}  # the space before depth and stream widths
@@ -317,7 +316,7 @@ def main() -> None:
     args = parser.parse_args()
     if "uniform" not in args.methods:
         parser.error("the comparison is against the uniform sweep: keep 'uniform' in --methods")
-    from searcher.spec import parse_override
+    from edgetune.searcher.spec import parse_override
 
     if args.threads:
         import torch

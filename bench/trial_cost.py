@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from searcher import record
+from edgetune.searcher import record
 
 ROOT = Path(__file__).resolve().parents[1]
 USER_WORK = ("fine_tune", "evaluate")  # what the user's own compression pipeline does anyway
@@ -27,7 +27,7 @@ USER_WORK = ("fine_tune", "evaluate")  # what the user's own compression pipelin
 
 def run(args, folder: Path) -> optuna.Study:
     storage = f"sqlite:///{folder}/cost.db"
-    command = [sys.executable, "-m", "searcher.cli", "start", "--storage", storage, "--study-name", "cost",
+    command = [sys.executable, "-m", "edgetune.searcher.cli", "start", "--storage", storage, "--study-name", "cost",
                "--trials", str(args.trials), "--set", f"study.artifacts={folder / 'artifacts'}"]
     if args.spec:
         command += ["--spec", args.spec]

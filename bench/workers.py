@@ -25,23 +25,22 @@ from pathlib import Path
 import optuna
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from objectives.groups import derive_groups  # noqa: E402
-from objectives.models import create_model  # noqa: E402
-from searcher.artifacts import fetch  # noqa: E402
-from searcher.locks import StudyLocks  # noqa: E402
-from searcher.run import Objective, TrialResult  # noqa: E402
-from searcher.spec import load_spec  # noqa: E402
-from searcher.storage import open_storage  # noqa: E402
-from searcher.study import group_rules, heartbeat, open_study  # noqa: E402
-from searcher.worker import Retry, run_worker  # noqa: E402
-from tests.postgres import PostgresServer  # noqa: E402
+from edgetune.objectives.groups import derive_groups
+from edgetune.objectives.models import create_model
+from edgetune.searcher.artifacts import fetch
+from edgetune.searcher.locks import StudyLocks
+from edgetune.searcher.run import Objective, TrialResult
+from edgetune.searcher.spec import load_spec
+from edgetune.searcher.storage import open_storage
+from edgetune.searcher.study import group_rules, heartbeat, open_study
+from edgetune.searcher.worker import Retry, run_worker
+from tests.postgres import PostgresServer
 
 
 def run_study(name: str, workers: int, args, storage: str, folder: Path) -> float:
     """Run the study; trials per hour between the first trial's start and the last one's end."""
-    command = [sys.executable, "-m", "searcher.cli", "start", "--study-name", name, "--model", args.model,
+    command = [sys.executable, "-m", "edgetune.searcher.cli", "start", "--study-name", name, "--model", args.model,
                "--trials", str(args.trials), "--workers", str(workers), "--set", f"finetune.epochs={args.finetune_epochs}",
                "--set", f"study.artifacts={folder / 'artifacts'}", "--set", "baseline.epochs=3",
                "--set", "search.sparsity_max=0.6", "--set", f"device.latency_max_seconds={args.latency_seconds}"]
@@ -57,8 +56,8 @@ class ReplayObjective(Objective):
 
     def __init__(self, spec, template: optuna.trial.FrozenTrial, archive: Path):
         self.spec = spec
-        from objectives.structure import residual_stages
-        from searcher.space import build_space
+        from edgetune.objectives.structure import residual_stages
+        from edgetune.searcher.space import build_space
 
         model = create_model(spec["model.name"], 10)
         self.groups = derive_groups(model, group_rules(spec))
@@ -67,7 +66,7 @@ class ReplayObjective(Objective):
         self.on_phase = lambda n, p: None
 
     def plan(self, trial):
-        from searcher.space import suggest_plan
+        from edgetune.searcher.space import suggest_plan
 
         return suggest_plan(trial, self.spec, self.groups, self.space)
 

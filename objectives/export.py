@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from devices.onnx_export import export_onnx
+from edgetune.devices.onnx_export import export_onnx
 
 from .models import create_model
 from .structure import remove_blocks

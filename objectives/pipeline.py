@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from devices import Deployment, Device, LatencyStats, PrecisionPlan
-from devices.protocol import exclusive
+from edgetune.devices import Deployment, Device, LatencyStats, PrecisionPlan
+from edgetune.devices.protocol import exclusive
 
 from . import prune as pruning
 from . import structure

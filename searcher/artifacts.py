@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from objectives.data import DataSplits
-from objectives.export import write_model_files
-from objectives.pipeline import TrialOutcome
+from edgetune.objectives.data import DataSplits
+from edgetune.objectives.export import write_model_files
+from edgetune.objectives.pipeline import TrialOutcome
 
 from .spec import Spec
 from .storage import artifact_store

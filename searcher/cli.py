@@ -22,11 +22,11 @@ STORAGE_OPTION = typer.Option(DEFAULT_STORAGE, "--storage", envvar=STORAGE_ENV, 
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from devices import DeviceError
-    from objectives.baseline import CheckpointError
-    from objectives.data import DataError
-    from objectives.groups import GroupError
-    from objectives.models import ModelError
+    from edgetune.devices import DeviceError
+    from edgetune.objectives.baseline import CheckpointError
+    from edgetune.objectives.data import DataError
+    from edgetune.objectives.groups import GroupError
+    from edgetune.objectives.models import ModelError
 
     from .storage import StorageError
 
@@ -248,7 +248,7 @@ def report(
     classes: bool = typer.Option(True, help="Class-level harm of the front (loads the data set)."),
 ):
     """Write the study's report: front plots (PNG, HTML), tables, hypervolume, importances, class harm."""
-    from objectives.data import DataError
+    from edgetune.objectives.data import DataError
 
     from .report import write_report
     from .spec import Spec
@@ -345,9 +345,9 @@ def groups(
     searches on it, with its range on the spec's device."""
     import torch
 
-    from objectives.groups import OTHER, derive_groups, describe_groups
-    from objectives.models import create_model
-    from objectives.structure import residual_stages
+    from edgetune.objectives.groups import OTHER, derive_groups, describe_groups
+    from edgetune.objectives.models import create_model
+    from edgetune.objectives.structure import residual_stages
 
     from .space import allowed_precisions, build_space, channel_multiple
     from .study import group_rules, make_device
@@ -384,7 +384,7 @@ def groups(
 @user_errors_are_one_line
 def devices():
     """List the devices available on this host, with the facts that change a timing."""
-    from devices import available_devices, create_device
+    from edgetune.devices import available_devices, create_device
 
     table = Table(title="devices on this host")
     for column in ("device", "full name", "runtime", "precisions", "channel granularity", "capabilities"):
@@ -413,10 +413,10 @@ def device_agent(
 
     import uvicorn
 
-    from devices import create_device
-    from devices.agent import create_app
-    from devices.protocol import LatencyProtocol
-    from devices.remote import TOKEN_ENV
+    from edgetune.devices import create_device
+    from edgetune.devices.agent import create_app
+    from edgetune.devices.protocol import LatencyProtocol
+    from edgetune.devices.remote import TOKEN_ENV
 
     token = os.environ.get(TOKEN_ENV, "")
     if not token:
@@ -432,7 +432,7 @@ def device_agent(
 @app.command()
 def models(contains: Optional[str] = typer.Argument(None, help="Only names containing this text.")):
     """List the model names `--model` accepts."""
-    from objectives.models import list_models
+    from edgetune.objectives.models import list_models
 
     names = [n for n in list_models() if not contains or contains in n]
     console.print(" ".join(names))

@@ -17,9 +17,9 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from objectives.export import load_pruned
-from objectives.finetune import TrainSettings
-from objectives.pipeline import TrialPlan, _Clock, device_plan_for, fine_tune_and_measure
+from edgetune.objectives.export import load_pruned
+from edgetune.objectives.finetune import TrainSettings
+from edgetune.objectives.pipeline import TrialPlan, _Clock, device_plan_for, fine_tune_and_measure
 
 from .artifacts import fetch
 from .pareto import front

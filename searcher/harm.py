@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from objectives.evaluate import per_class_accuracy
+from edgetune.objectives.evaluate import per_class_accuracy
 
 from . import artifacts
 

@@ -28,7 +28,7 @@ class WorkerFailed(RuntimeError):
 
 def _spawn(study_name: str, storage: str, artifacts: str, threads: int, index: int) -> subprocess.Popen:
     env = dict(os.environ, **{STORAGE_ENV: storage, "EDGETUNE_WORKER": str(index)})
-    command = [sys.executable, "-m", "searcher.cli", "worker", study_name, "--artifacts", artifacts,
+    command = [sys.executable, "-m", "edgetune.searcher.cli", "worker", study_name, "--artifacts", artifacts,
                "--threads", str(threads), "--quiet"]
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import optuna
 
-from objectives.groups import OTHER, LayerGroup
+from edgetune.objectives.groups import OTHER, LayerGroup
 
 from .space import SearchSpace
 

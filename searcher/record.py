@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import optuna
 
 if TYPE_CHECKING:
-    from objectives.groups import LayerGroup
+    from edgetune.objectives.groups import LayerGroup
 
 BASELINE = "baseline_"
 
@@ -100,7 +100,7 @@ def artifacts_dir(study: optuna.Study, given: str | None = None) -> str:
 
 
 def groups(study: optuna.Study) -> list[LayerGroup] | None:
-    from objectives.groups import LayerGroup
+    from edgetune.objectives.groups import LayerGroup
 
     stored = study.user_attrs.get("groups")
     return [LayerGroup.from_dict(g) for g in stored] if stored is not None else None

@@ -20,7 +20,7 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
-from objectives.pipeline import CollapsedError, TooSlowError, TrialContext, TrialPlan, run_trial
+from edgetune.objectives.pipeline import CollapsedError, TooSlowError, TrialContext, TrialPlan, run_trial
 
 from .artifacts import pack_outcome, upload
 from .space import SearchSpace, suggest_plan

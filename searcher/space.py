@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 import optuna
 from torch import nn
 
-from devices import DeviceInfo
-from objectives.finetune import TrainSettings
-from objectives.groups import OTHER, LayerGroup
-from objectives.pipeline import TrialPlan
-from objectives.structure import Stage
+from edgetune.devices import DeviceInfo
+from edgetune.objectives.finetune import TrainSettings
+from edgetune.objectives.groups import OTHER, LayerGroup
+from edgetune.objectives.pipeline import TrialPlan
+from edgetune.objectives.structure import Stage
 
 from .spec import Spec, SpecError
 

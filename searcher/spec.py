@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from objectives.choices import DATASETS, PRUNERS
+from edgetune.objectives.choices import DATASETS, PRUNERS
 
 from .storage import default_storage
 
@@ -238,7 +238,7 @@ def stored_spec(values: dict[str, Any], overrides: dict[str, Any] | None = None)
 
 
 def default_spec_text() -> str:
-    return resources.files("studies").joinpath("default.toml").read_text()
+    return resources.files("edgetune.studies").joinpath("default.toml").read_text()
 
 
 def load_spec(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Spec:

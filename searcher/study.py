@@ -14,17 +14,17 @@ from typing import Callable
 
 import optuna
 
-from devices import create_device
-from devices.protocol import LatencyProtocol
-from objectives.baseline import get_baseline
-from objectives.data import DataSplits, load_data
-from objectives.evaluate import collapsed
-from objectives.export import load_pruned
-from objectives.finetune import TrainSettings
-from objectives.groups import GroupRules, LayerGroup, derive_groups, describe_groups
-from objectives.models import create_model, source_sha256
-from objectives.pipeline import OtherDevice, TrialContext, deploy_baseline, evaluate_baseline, paired_with
-from objectives.structure import block_importance, residual_stages
+from edgetune.devices import create_device
+from edgetune.devices.protocol import LatencyProtocol
+from edgetune.objectives.baseline import get_baseline
+from edgetune.objectives.data import DataSplits, load_data
+from edgetune.objectives.evaluate import collapsed
+from edgetune.objectives.export import load_pruned
+from edgetune.objectives.finetune import TrainSettings
+from edgetune.objectives.groups import GroupRules, LayerGroup, derive_groups, describe_groups
+from edgetune.objectives.models import create_model, source_sha256
+from edgetune.objectives.pipeline import OtherDevice, TrialContext, deploy_baseline, evaluate_baseline, paired_with
+from edgetune.objectives.structure import block_importance, residual_stages
 
 from .artifacts import ArtifactError, fetch, store_outcome
 from . import record

@@ -1,12 +1,8 @@
 import os
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -18,7 +14,7 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits():
-    from objectives.data import load_data
+    from edgetune.objectives.data import load_data
 
     return load_data("digits")
 
@@ -48,7 +44,7 @@ def start_tiny(folder, *args):
     """``tune start`` on the tiny study (ResNet-20 on digits) in ``folder``; returns the output."""
     from typer.testing import CliRunner
 
-    from searcher.cli import app
+    from edgetune.searcher.cli import app
 
     result = CliRunner().invoke(app, ["start", "--spec", str(folder / "tiny.toml"), *args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -99,7 +95,7 @@ def tune_process(*args, cwd, env):
     """``tune ARGS`` as its own process, as a user would start it; stdout and stderr together."""
     import subprocess
 
-    return subprocess.Popen([sys.executable, "-m", "searcher.cli", *args], cwd=cwd, env=env, text=True,
+    return subprocess.Popen([sys.executable, "-m", "edgetune.searcher.cli", *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from devices import DeviceError, PrecisionPlan, create_device
-from devices.protocol import LatencyProtocol
-from objectives.models import create_model
+from edgetune.devices import DeviceError, PrecisionPlan, create_device
+from edgetune.devices.protocol import LatencyProtocol
+from edgetune.objectives.models import create_model
 
 TOKEN = "s3cret-token"
 FAST = LatencyProtocol(warmup_runs=3, warmup_seconds=0.1, min_runs=20, max_seconds=1.0)
@@ -23,7 +23,7 @@ FAST = LatencyProtocol(warmup_runs=3, warmup_seconds=0.1, min_runs=20, max_secon
 def agent_url():
     import uvicorn
 
-    from devices.agent import create_app
+    from edgetune.devices.agent import create_app
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import copy_of_study
-from searcher.cli import app
+from edgetune.searcher.cli import app
 
 pytestmark = pytest.mark.slow  # needs the tiny study
 
@@ -46,7 +46,7 @@ def stored(tiny_study, tmp_path_factory):
         Image.new("RGB", (8, 8)).save(folder / "corrupt-images" / split / "cat" / "ok.png")
     (folder / "corrupt-images" / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     torch.save(Exploit(folder / "pwned"), folder / "exploit.pt")
-    from objectives.models import create_model
+    from edgetune.objectives.models import create_model
 
     torch.save(create_model("resnet32", 10).state_dict(), folder / "resnet32.pt")
     (folder / "garbage.pt").write_bytes(b"not a checkpoint at all")
@@ -196,7 +196,7 @@ def test_bad_input_is_one_line_exit_2_and_the_study_is_unchanged(stored, args, m
 ])
 def test_the_installed_command_prints_only_the_line(tmp_path, args, message):
     env = {k: v for k, v in os.environ.items() if k not in ("EDGETUNE_AGENT_TOKEN", "EDGETUNE_STORAGE")}
-    result = subprocess.run([sys.executable, "-m", "searcher.cli", *args], capture_output=True, text=True, cwd=tmp_path,
+    result = subprocess.run([sys.executable, "-m", "edgetune.searcher.cli", *args], capture_output=True, text=True, cwd=tmp_path,
                             timeout=300, env={**env, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == message

@@ -5,9 +5,9 @@ import shlex
 import pytest
 import torch
 
-from objectives.baseline import CheckpointError, get_baseline, load_checkpoint
-from objectives.finetune import TrainSettings
-from objectives.models import create_model
+from edgetune.objectives.baseline import CheckpointError, get_baseline, load_checkpoint
+from edgetune.objectives.finetune import TrainSettings
+from edgetune.objectives.models import create_model
 
 
 class _Exploit:

@@ -2,9 +2,9 @@
 import optuna
 from typer.testing import CliRunner
 
-from searcher.cli import app
-from searcher.spec import load_spec
-from searcher.study import make_sampler
+from edgetune.searcher.cli import app
+from edgetune.searcher.spec import load_spec
+from edgetune.searcher.study import make_sampler
 
 runner = CliRunner()
 

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from devices import DeviceError, PrecisionPlan, create_device
-from devices.protocol import LatencyProtocol
-from objectives.models import create_model
+from edgetune.devices import DeviceError, PrecisionPlan, create_device
+from edgetune.devices.protocol import LatencyProtocol
+from edgetune.objectives.models import create_model
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this host")
 FAST = LatencyProtocol(warmup_runs=5, warmup_seconds=0.2, min_runs=20, max_seconds=2.0)

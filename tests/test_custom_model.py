@@ -4,8 +4,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from objectives.models import ModelError, create_model, source_sha256
-from searcher.cli import app
+from edgetune.objectives.models import ModelError, create_model, source_sha256
+from edgetune.searcher.cli import app
 
 MYNET = """
 from torch import nn
@@ -62,7 +62,7 @@ def test_a_study_of_a_custom_model_runs_and_exports(tmp_path, monkeypatch):
                for t in complete)
     exported = CliRunner().invoke(app, ["export", "mine", "--pareto", "--storage", storage, "--out", str(tmp_path / "out")])
     assert exported.exit_code == 0, exported.output
-    from objectives.export import load_pruned
+    from edgetune.objectives.export import load_pruned
 
     for folder in (tmp_path / "out").iterdir():
         assert load_pruned(folder)(torch.rand(2, 3, 32, 32)).shape == (2, 10)

@@ -22,7 +22,7 @@ def test_dashboard_starts_on_loopback_and_lists_the_study(tmp_path):
     optuna.create_study(study_name="watched", storage=storage, directions=["minimize", "maximize"])
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    server = subprocess.Popen([sys.executable, "-m", "searcher.cli", "dashboard", "--storage", storage, "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "edgetune.searcher.cli", "dashboard", "--storage", storage, "--port", str(port),
                                "--artifacts", str(tmp_path / "artifacts")], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT)
     try:

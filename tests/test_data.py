@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from objectives.data import DataError, load_data
+from edgetune.objectives.data import DataError, load_data
 
 
 def test_digits_is_a_fixed_stratified_32px_split(digits):

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from devices import DeviceError, PrecisionPlan, available_devices, create_device
-from devices.protocol import LatencyProtocol, measure, median_ci95
-from objectives.models import create_model
+from edgetune.devices import DeviceError, PrecisionPlan, available_devices, create_device
+from edgetune.devices.protocol import LatencyProtocol, measure, median_ci95
+from edgetune.objectives.models import create_model
 
 FAST = LatencyProtocol(warmup_runs=5, warmup_seconds=0.2, min_runs=20, max_seconds=2.0)
 
@@ -51,7 +51,7 @@ def test_unsupported_precision_is_refused():
 
 
 def test_onnx_scopes_follow_the_exporters_names():
-    from devices.onnx_export import onnx_scope
+    from edgetune.devices.onnx_export import onnx_scope
 
     resnet = create_model("resnet20", 10)
     assert onnx_scope(resnet, "layer1") == "/layer1/"
@@ -99,7 +99,7 @@ def test_paired_measurement_gives_the_ratio_to_a_reference():
 
 
 def test_paired_protocol_alternates_segments_and_converges():
-    from devices.protocol import measure_paired
+    from edgetune.devices.protocol import measure_paired
 
     order = []
     candidate, reference, ratio, ci = measure_paired(lambda: (order.append("r"), time.sleep(0.001)),
@@ -114,7 +114,7 @@ def test_paired_protocol_alternates_segments_and_converges():
 def test_paired_protocol_times_a_model_after_it_has_settled():
     """A candidate that runs slowly right after the reference (its caches evicted), as small int8
     models did next to the f32 baseline, is timed at its settled speed, not at the cold one."""
-    from devices.protocol import measure_paired
+    from edgetune.devices.protocol import measure_paired
 
     runs_since_reference = [0]
 

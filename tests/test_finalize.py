@@ -4,9 +4,9 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import copy_of_study
-from searcher.cli import app
-from searcher.pareto import front
-from searcher.worker import budget_used
+from edgetune.searcher.cli import app
+from edgetune.searcher.pareto import front
+from edgetune.searcher.worker import budget_used
 
 
 @pytest.mark.slow

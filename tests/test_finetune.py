@@ -4,7 +4,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from objectives.finetune import TrainSettings, batch_loss, logits_of, train
+from edgetune.objectives.finetune import TrainSettings, batch_loss, logits_of, train
 
 
 def _data(n=64):

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from objectives.groups import GroupError, GroupRules, derive_groups, describe_groups
-from objectives.models import ModelError, create_model
+from edgetune.objectives.groups import GroupError, GroupRules, derive_groups, describe_groups
+from edgetune.objectives.models import ModelError, create_model
 
 
 def _names(groups):

@@ -1,5 +1,7 @@
 """The import graph of edgetune's packages: no cycles at module level, and the layering
-searcher -> objectives -> devices (a lower package never imports a higher one).
+searcher -> objectives -> devices (a lower package never imports a higher one). Every import of
+them names the installed namespace (``edgetune.devices``): a bare ``devices`` would load a second
+copy of the module from the current folder.
 
 Only imports that run when a module is imported count: one inside a function (a lazy import) or
 under ``if TYPE_CHECKING:`` cannot take part in a cycle at import time.
@@ -10,6 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("searcher", "objectives", "devices")
+NAMESPACE = "edgetune."
 LOWER_MAY_NOT_IMPORT = {"devices": ("objectives", "searcher"), "objectives": ("searcher",)}
 
 
@@ -56,7 +59,7 @@ def _imported(name: str, is_package: bool, node: ast.stmt, modules: dict[str, Pa
         targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
     found = set()
     for target in targets:
-        parts = target.split(".")
+        parts = target.removeprefix(NAMESPACE).split(".")  # the graph names modules by their folder
         if parts[0] in PACKAGES:  # the deepest of our modules it names
             found.add(next(".".join(parts[:i]) for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in modules))
     return found
@@ -101,6 +104,19 @@ def test_every_package_is_walked():
     assert {"devices.base", "devices.protocol", "devices.onnx_export", "objectives.export", "searcher.locks"} <= set(graph)
     assert "devices.onnx_export" in graph["objectives.export"]  # an absolute import, resolved
     assert "devices.protocol" in graph["devices.base"]  # a relative one
+
+
+def test_every_import_names_the_edgetune_namespace():
+    bare = []
+    for path in [*ROOT.glob("[!.]*/**/*.py")]:
+        if path.parts[len(ROOT.parts)] in ("build", "edgetune.egg-info") or ".venv" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and not node.level and node.module else [])
+            bare += [f"{path.relative_to(ROOT)}:{node.lineno} {name}" for name in names
+                     if name.split(".")[0] in (*PACKAGES, "studies")]
+    assert not bare, bare
 
 
 def test_no_import_cycles():

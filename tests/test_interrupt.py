@@ -10,7 +10,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import tune_process, wait_for
-from searcher.worker import INTERRUPTED, budget_used
+from edgetune.searcher.worker import INTERRUPTED, budget_used
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,8 +72,8 @@ def test_ctrl_c_fails_the_running_trial_cleanly_and_the_study_resumes(study_dir,
 
 def test_a_trial_that_died_before_its_first_heartbeat_is_failed_and_requeued(tmp_path):
     """Optuna's stale check skips RUNNING trials without any heartbeat; edgetune's claim does not."""
-    from searcher.storage import Heartbeat, open_storage
-    from searcher.worker import fail_silent_trials
+    from edgetune.searcher.storage import Heartbeat, open_storage
+    from edgetune.searcher.worker import fail_silent_trials
 
     storage = open_storage(f"sqlite:///{tmp_path / 'silent.db'}", Heartbeat(interval=1, grace_period=3, max_retry=2))
     study = optuna.create_study(study_name="silent", storage=storage)

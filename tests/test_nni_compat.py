@@ -1,7 +1,7 @@
 import torch
 
-from objectives import nni_compat
-from objectives.models import create_model
+from edgetune.objectives import nni_compat
+from edgetune.objectives.models import create_model
 
 
 def test_apply_removes_the_leaf_functions_that_crash_the_tracer():

@@ -1,7 +1,7 @@
 """The front edgetune shows and exports: Optuna's, less what the uncompressed baseline dominates."""
 import optuna
 
-from searcher.pareto import front, front_table, settings_short
+from edgetune.searcher.pareto import front, front_table, settings_short
 
 
 def _study(points, baseline=(2.0, 98.0)):

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from objectives import prune
-from objectives.groups import derive_groups
-from objectives.models import count_params, create_model, flops_and_params
+from edgetune.objectives import prune
+from edgetune.objectives.groups import derive_groups
+from edgetune.objectives.models import count_params, create_model, flops_and_params
 
 
 def _pruned(name, ratio, pruner="l1", example=None):
@@ -45,7 +45,7 @@ def test_resnet18_prunes_too():
 
 
 def test_coupled_groups_prune_residual_channels_together():
-    from objectives.groups import GroupRules
+    from edgetune.objectives.groups import GroupRules
 
     model = create_model("resnet20", 10).eval()
     x = torch.rand(2, 3, 32, 32)
@@ -70,7 +70,7 @@ def test_full_width_builds_no_config():
 
 
 def test_kept_channels_are_exact_and_aligned():
-    from objectives.groups import GroupRules
+    from edgetune.objectives.groups import GroupRules
 
     model = create_model("resnet18", 10).eval()
     x = torch.rand(2, 3, 32, 32)

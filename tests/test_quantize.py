@@ -4,15 +4,15 @@ import optuna
 import pytest
 import torch
 
-from devices import DeviceInfo, PrecisionPlan, create_device
-from devices.protocol import LatencyProtocol
-from objectives.finetune import TrainSettings, train
-from objectives.groups import OTHER, compute_layers, derive_groups
-from objectives.models import create_model
-from objectives.pipeline import int8_modules
-from objectives.quantize import qat_finetune
-from searcher.space import SearchSpace, allowed_precisions, check_fixed_precisions, suggest_plan
-from searcher.spec import SpecError, load_spec
+from edgetune.devices import DeviceInfo, PrecisionPlan, create_device
+from edgetune.devices.protocol import LatencyProtocol
+from edgetune.objectives.finetune import TrainSettings, train
+from edgetune.objectives.groups import OTHER, compute_layers, derive_groups
+from edgetune.objectives.models import create_model
+from edgetune.objectives.pipeline import int8_modules
+from edgetune.objectives.quantize import qat_finetune
+from edgetune.searcher.space import SearchSpace, allowed_precisions, check_fixed_precisions, suggest_plan
+from edgetune.searcher.spec import SpecError, load_spec
 
 FAST = LatencyProtocol(warmup_runs=3, warmup_seconds=0.1, min_runs=20, max_seconds=1.0)
 
@@ -22,7 +22,7 @@ def _info(*precisions):
 
 
 def _space(spec, precisions, groups=("layer1", "layer2")):
-    from objectives.groups import LayerGroup
+    from edgetune.objectives.groups import LayerGroup
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     layer_groups = [LayerGroup(g, [f"{g}.0.conv1"], scopes=[g]) for g in groups]

@@ -1,10 +1,10 @@
 """Recipe seeds: hand-made settings enqueued first in a new study."""
 import optuna
 
-from objectives.groups import LayerGroup
-from searcher.recipes import enqueue_recipes, recipes
-from searcher.space import SearchSpace, Widths, suggest_plan
-from searcher.spec import load_spec
+from edgetune.objectives.groups import LayerGroup
+from edgetune.searcher.recipes import enqueue_recipes, recipes
+from edgetune.searcher.space import SearchSpace, Widths, suggest_plan
+from edgetune.searcher.spec import load_spec
 
 GROUPS = [LayerGroup("layer1", ["layer1.0.conv1"], scopes=["layer1"]), LayerGroup("layer2", ["layer2.0.conv1"], scopes=["layer2"])]
 SPACE = SearchSpace(["f32", "int8"], 8, "spec", inner={"layer1": Widths(16, 8, 1), "layer2": Widths(32, 8, 1)},

@@ -5,9 +5,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from searcher import pareto
-from searcher.cli import app
-from searcher.harm import class_metrics, flagged_classes, flips
+from edgetune.searcher import pareto
+from edgetune.searcher.cli import app
+from edgetune.searcher.harm import class_metrics, flagged_classes, flips
 
 
 @pytest.mark.slow
@@ -44,7 +44,7 @@ def test_per_class_metrics_and_flags():
 
 @pytest.mark.slow
 def test_report_on_a_stored_study_of_ten_thousand_trials(tmp_path):
-    from searcher.report import write_report
+    from edgetune.searcher.report import write_report
 
     # A journal file: stored like SQLite, but 10,000 trials go in within seconds (SQLite: ~3 min,
     # which bench/report_scale.py measures together with the report's time on it).
@@ -95,6 +95,6 @@ def test_report_on_a_stored_study_of_ten_thousand_trials(tmp_path):
 
 
 def test_worst_class_drop_ignores_absent_classes():
-    from searcher.run import worst_class_drop
+    from edgetune.searcher.run import worst_class_drop
 
     assert worst_class_drop([100.0, 90.0, float("nan")], [97.0, 92.0, 50.0]) == 3.0

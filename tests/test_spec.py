@@ -1,6 +1,6 @@
 import pytest
 
-from searcher.spec import SpecError, load_spec, parse_override
+from edgetune.searcher.spec import SpecError, load_spec, parse_override
 
 
 def test_default_spec_is_the_embedded_study():

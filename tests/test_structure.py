@@ -4,12 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from devices import PrecisionPlan, create_device
-from devices.protocol import LatencyProtocol
-from objectives import structure
-from objectives.export import load_pruned, write_model_files
-from objectives.groups import derive_groups
-from objectives.models import count_params, create_model
+from edgetune.devices import create_device
+from edgetune.devices.protocol import LatencyProtocol
+from edgetune.objectives import structure
+from edgetune.objectives.export import load_pruned, write_model_files
+from edgetune.objectives.groups import derive_groups
+from edgetune.objectives.models import count_params, create_model
 
 X = torch.rand(2, 3, 32, 32)
 
@@ -93,7 +93,7 @@ def test_stream_width_prunes_every_coupled_layer_runs_and_exports(name, widths, 
 
 
 def test_depth_stream_and_inner_widths_together_reload_exactly(tmp_path, caplog):
-    from objectives import prune
+    from edgetune.objectives import prune
 
     model, stages = _stages("resnet20")
     groups = derive_groups(model)
@@ -111,8 +111,8 @@ def test_depth_stream_and_inner_widths_together_reload_exactly(tmp_path, caplog)
 
 
 def test_the_search_space_counts_whole_multiples():
-    from searcher.space import SearchSpace, Widths, build_space, suggest_plan
-    from searcher.spec import load_spec
+    from edgetune.searcher.space import SearchSpace, Widths, build_space, suggest_plan
+    from edgetune.searcher.spec import load_spec
 
     spec = load_spec(overrides={"search.sparsity_max": 0.8})
     model, stages = _stages("resnet20")

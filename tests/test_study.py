@@ -4,8 +4,8 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
-from devices.base import cpu_channel_block
-from searcher.cli import app
+from edgetune.devices.base import cpu_channel_block
+from edgetune.searcher.cli import app
 
 CONTRACT = ["latency_ms", "latency_p90_ms", "latency_ci95_rel", "latency_runs", "top1", "top5", "params", "flops",
             "size_bytes", "sparsity_achieved", "precision_plan", "precision_used", "precision_used_by_group",
@@ -14,8 +14,8 @@ CONTRACT = ["latency_ms", "latency_p90_ms", "latency_ci95_rel", "latency_runs", 
 PHASES = ["prune", "speedup", "fine_tune", "deploy", "evaluate", "measure", "store"]
 
 
-from conftest import copy_of_study, fresh_tiny_spec  # noqa: E402
-from conftest import start_tiny as _start  # noqa: E402
+from conftest import copy_of_study, fresh_tiny_spec
+from conftest import start_tiny as _start
 
 
 @pytest.mark.slow
@@ -67,14 +67,14 @@ def test_a_study_of_three_trials_end_to_end(study_dir):
 
 @pytest.mark.slow
 def test_resuming_adds_trials_without_recomputing_the_baseline(tiny_study, tmp_path, monkeypatch):
-    import searcher.study
+    from edgetune.searcher import study as study_module
 
     folder = copy_of_study(tiny_study, tmp_path)  # resuming adds a trial: not to the study other tests share
 
     def no_second_ranking(*args, **kwargs):
         raise AssertionError("the block ranking was computed again on resume")
 
-    monkeypatch.setattr(searcher.study, "block_importance", no_second_ranking)
+    monkeypatch.setattr(study_module, "block_importance", no_second_ranking)
     before = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder}/tiny.db").user_attrs
     assert set(before["block_importance"]) == {"layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2",
                                                "layer3.1", "layer3.2"}

@@ -18,11 +18,11 @@ from sqlalchemy import event
 from sqlalchemy.exc import IllegalStateChangeError, OperationalError
 from sqlalchemy.orm import Session
 
-from searcher import worker
-from searcher.locks import StudyLocks
-from searcher.run import Objective, TrialResult
-from searcher.storage import Heartbeat, open_storage
-from searcher.worker import INTERRUPTED, Retry, StorageFailed, StorageLost, budget_used, run_worker
+from edgetune.searcher import worker
+from edgetune.searcher.locks import StudyLocks
+from edgetune.searcher.run import Objective, TrialResult
+from edgetune.searcher.storage import Heartbeat, open_storage
+from edgetune.searcher.worker import INTERRUPTED, Retry, StorageFailed, StorageLost, budget_used, run_worker
 
 BUDGET = 3
 STOPS_WITHIN_S = 10  # the bug: "database unreachable" retries for the whole patience (minutes)
@@ -200,7 +200,7 @@ def test_an_interrupt_swallowed_by_a_library_still_stops_the_worker(study):
 def test_the_command_line_reports_the_interrupt_and_exits_130(capsys):
     import signal
 
-    from searcher.cli import _run_interruptible
+    from edgetune.searcher.cli import _run_interruptible
 
     def run(spec, progress):
         signal.raise_signal(signal.SIGINT)  # handled before raise_signal returns

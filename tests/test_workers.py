@@ -11,8 +11,8 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import tune_process, wait_for
-from searcher.storage import Heartbeat, open_storage
-from searcher.worker import budget_used
+from edgetune.searcher.storage import Heartbeat, open_storage
+from edgetune.searcher.worker import budget_used
 from tests.postgres import PostgresServer
 
 pytestmark = [pytest.mark.slow,
