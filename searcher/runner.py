@@ -6,6 +6,8 @@ from typing import Callable
 
 import optuna
 
+from .local_workers import run_local_workers
+from .run import Objective
 from .spec import Spec
 from .storage import is_sqlite
 from .study import Prepared, prepare
@@ -38,8 +40,6 @@ def run_study(spec: Spec, events: RunEvents | None = None, joining: bool = False
     ``before_trials`` sees the prepared study before the first trial (to print the baseline, or for a
     benchmark to enqueue its own trials). Several ``study.workers`` run as local worker processes.
     """
-    from .local_workers import run_local_workers
-
     events = events or RunEvents()
     prepared = prepare(spec, on_status=events.status, joining=joining)
     study = prepared.study
@@ -53,8 +53,6 @@ def run_study(spec: Spec, events: RunEvents | None = None, joining: bool = False
         events.status(f"{spec['study.workers']} workers running")
         run_local_workers(study, spec, events, spec["study.workers"])
     else:
-        from .run import Objective
-
         objective = Objective(spec, prepared.context, prepared.baseline, prepared.space, on_phase=events.on_phase)
         retry = Retry(spec["study.storage"], spec["study.db_patience"], on_retry=events.notice)
         run_worker(study, objective, spec["study.trials"], prepared.locks, retry, on_trial_end=events.on_trial_end)
