@@ -4,8 +4,12 @@ Derived from the model's structure so that pruning never breaks a shape:
 
 * residual nets (``BasicBlock``/``Bottleneck``): the convolutions *inside* each block — all but
   the last one, whose output is added to the shortcut — one group per stage (``layer1``...);
-* MobileNet-style (``InvertedResidual``): the expansion 1x1 conv of each block (pruning it also
-  thins the depthwise conv after it), one group per stage of equal output width;
+  RegNet (``ResBottleneckBlock``): the 1x1 and the grouped 3x3 before the last conv, and a
+  squeeze-excitation's squeeze, one group per stage (``trunk_output.block1``...);
+* MobileNet-style (``InvertedResidual``, EfficientNet's ``MBConv``, ShuffleNetV2's block): the
+  1x1 conv that feeds a depthwise conv (pruning it also thins the depthwise conv) and a
+  squeeze-excitation's squeeze; one group per stage: a container that holds one stage names it
+  (``features.1``, ``stage2``...), else stages of equal output width are ``stage1``...;
 * VGG-style (a ``features`` Sequential of convs and pools): the convs between two pools, one
   group per block, the last conv of the network excluded (it feeds the classifier);
 * anything else: one group per top-level child holding convolutions, pruned with NNI's channel
@@ -112,32 +116,61 @@ def _from_patterns(model: nn.Module, overrides: dict[str, list[str]]) -> list[La
     return groups
 
 
+def _excitations(module: nn.Module, prefix: str) -> list[tuple[str, str]]:
+    """(squeeze, excite) conv paths of each squeeze-excitation: the squeeze's output channels are its
+    own; the excite's are multiplied into the features, so they follow the conv it scales."""
+    return [(f"{prefix}{n}.fc1", f"{prefix}{n}.fc2") for n, m in module.named_modules()
+            if type(m).__name__ == "SqueezeExcitation"]
+
+
 def _residual_groups(model: nn.Module) -> list[LayerGroup]:
     stages: dict[str, list[str]] = {}
     for name, module in model.named_modules():
-        if type(module).__name__ not in ("BasicBlock", "Bottleneck"):
+        kind = type(module).__name__
+        if kind in ("BasicBlock", "Bottleneck"):
+            inner = [(n, m) for n, m in module.named_children() if isinstance(m, nn.Conv2d)]
+            layers = [f"{name}.{n}" for n, m in inner[:-1] if m.groups == 1]
+        elif kind == "ResBottleneckBlock":  # RegNet: the grouped 3x3 loses channels evenly per group
+            excite = {e for _, e in _excitations(module.f, f"{name}.f.")}
+            layers = [n for n, _ in _convs(module.f, f"{name}.f.")[:-1] if n not in excite]
+        else:
             continue
-        inner = [(n, m) for n, m in module.named_children() if isinstance(m, nn.Conv2d)]
         stage = name.rsplit(".", 1)[0] if "." in name else name
-        stages.setdefault(stage, []).extend(f"{name}.{n}" for n, m in inner[:-1] if m.groups == 1)
+        stages.setdefault(stage, []).extend(layers)
     return [LayerGroup(stage, layers, scopes=[stage]) for stage, layers in stages.items() if layers]
 
 
+def _depthwise(conv: nn.Conv2d) -> bool:
+    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+
+
+def _owned_widths(block: nn.Module, prefix: str) -> list[str]:
+    """The block's convs whose output channels no other layer shares: a 1x1 conv that feeds a depthwise
+    conv (pruning it thins the depthwise conv too) and a squeeze-excitation's squeeze."""
+    convs = _convs(block, prefix)
+    expansions = {n for (n, conv), (_, after) in zip(convs, convs[1:]) if conv.groups == 1 and conv.kernel_size == (1, 1)
+                  and _depthwise(after) and after.in_channels == conv.out_channels}
+    squeezes = {s for s, _ in _excitations(block, prefix)}
+    return [n for n, _ in convs if n in expansions or n in squeezes]
+
+
 def _inverted_residual_groups(model: nn.Module) -> list[LayerGroup]:
-    blocks = [(n, m) for n, m in model.named_modules() if type(m).__name__ == "InvertedResidual"]
-    groups: list[LayerGroup] = []
-    last_width = None
+    # torchvision's ShuffleNetV2 block is an ``InvertedResidual`` too (branch2: 1x1, depthwise, 1x1)
+    blocks = [(n, m) for n, m in model.named_modules() if type(m).__name__ in ("InvertedResidual", "MBConv")]
+    runs: list[tuple[str, int, LayerGroup]] = []  # (container, output width, group)
     for name, block in blocks:
         convs = _convs(block, f"{name}.")
         out_width = convs[-1][1].out_channels
-        expansion = convs[0] if len(convs) >= 3 and convs[0][1].groups == 1 and convs[0][1].kernel_size == (1, 1) else None
-        if out_width != last_width:
-            groups.append(LayerGroup(f"stage{len(groups) + 1}", [], scopes=[]))
-            last_width = out_width
-        groups[-1].scopes.append(name)
-        if expansion is not None:
-            groups[-1].layers.append(expansion[0])
-    return [g for g in groups if g.layers]
+        container = name.rsplit(".", 1)[0] if "." in name else ""
+        if not runs or runs[-1][:2] != (container, out_width):
+            runs.append((container, out_width, LayerGroup(f"stage{len(runs) + 1}", [], scopes=[])))
+        group = runs[-1][2]
+        group.scopes.append(name)
+        group.layers.extend(_owned_widths(block, f"{name}."))
+    for container, _, group in runs:
+        if container and sum(c == container for c, _, _ in runs) == 1:  # the container is the stage
+            group.name, group.scopes = container, [container]
+    return [g for _, _, g in runs if g.layers]
 
 
 def _vgg_groups(model: nn.Module) -> list[LayerGroup]:

@@ -164,8 +164,9 @@ def fine_tune_epochs(plan: TrialPlan, baseline_flops: int, flops: int) -> int:
     return max(epochs, min(plan.max_epochs, round(epochs * baseline_flops / flops)))
 
 
-def shrink(model: nn.Module, ctx: TrialContext, plan: TrialPlan, clock: "_Clock") -> None:
-    """Remove blocks, prune residual streams, prune inner widths (in place)."""
+def shrink(model: nn.Module, ctx: TrialContext, plan: TrialPlan, clock: "_Clock") -> str | None:
+    """Remove blocks, prune residual streams, prune inner widths (in place); returns the engine that
+    removed the inner widths' channels ("nni", "torch-pruning"; None when none were pruned)."""
     example = ctx.data.example_input(2)
     with clock.phase("prune"):
         removed = [b for s in ctx.stages if s.name in plan.depth
@@ -176,8 +177,7 @@ def shrink(model: nn.Module, ctx: TrialContext, plan: TrialPlan, clock: "_Clock"
         configs = pruning.config_list(model, ctx.groups, keep, example)
         masks = pruning.compute_masks(model, configs, plan.pruner) if configs else {}
     with clock.phase("speedup"):
-        if masks:
-            pruning.speedup(model, masks, example)
+        return pruning.remove_channels(model, masks, example) if masks else None
 
 
 def screen_latency(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan, clock: "_Clock") -> float:
@@ -206,7 +206,7 @@ def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None
     a model slower than the limit stops there (:class:`TooSlowError`)."""
     clock = _Clock(on_phase)
     model = copy.deepcopy(ctx.baseline).eval()
-    shrink(model, ctx, plan, clock)
+    engine = shrink(model, ctx, plan, clock)
     device_plan = device_plan_for(model, ctx, plan)
     untrained_ms = None
     if latency_limit_ms is not None:
@@ -217,6 +217,7 @@ def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None
     if plan.max_epochs and plan.max_epochs > epochs:
         epochs = fine_tune_epochs(plan, ctx.baseline_flops, flops_and_params(model, ctx.data.example_input(2))[0])
     outcome = fine_tune_and_measure(model, ctx, plan, replace(plan.finetune, epochs=epochs), device_plan, clock)
+    outcome.attributes["prune_engine"] = engine
     if untrained_ms is not None:
         outcome.attributes["latency_untrained_ms"] = untrained_ms  # the screen's timing, to compare with latency_ms
     return outcome

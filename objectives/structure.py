@@ -92,7 +92,8 @@ def residual_stages(model: nn.Module) -> list[Stage]:
     return stages
 
 
-def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
+def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
+    """Put ``module`` at the dotted ``path`` of ``model`` in place of what is there."""
     parent_path, _, child = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     if isinstance(parent, (nn.Sequential, nn.ModuleList)) and child.isdigit():
@@ -111,7 +112,7 @@ def blocks_to_remove(stage: Stage, depth: int, importance: dict[str, float]) -> 
 def remove_blocks(model: nn.Module, blocks: list[str]) -> nn.Module:
     """Replace each block by the identity (in place): its shortcut is all that is left."""
     for path in blocks:
-        _set_module(model, path, nn.Identity())
+        set_module(model, path, nn.Identity())
     return model
 
 
@@ -139,11 +140,11 @@ def block_importance(model: nn.Module, stages: list[Stage], images: torch.Tensor
     for stage in stages:
         for path in stage.removable:
             original = model.get_submodule(path)
-            _set_module(model, path, nn.Identity())
+            set_module(model, path, nn.Identity())
             try:
                 scores[path] = round(loss_of(model) - reference, 6)
             finally:
-                _set_module(model, path, original)
+                set_module(model, path, original)
     return scores
 
 
