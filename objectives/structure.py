@@ -15,6 +15,7 @@ width in MobileNets.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -185,6 +186,25 @@ def prune_streams(model: nn.Module, stages: list[Stage], widths: dict[str, int],
         group.prune()
     model.train(was_training)
     return model
+
+
+def stream_pruning_error(model: nn.Module, stages: list[Stage], example_input: torch.Tensor,
+                         multiple: int) -> str | None:
+    """Why this model's residual streams cannot be pruned, or None when they can: every stage's
+    stream narrowed by one multiple, on a copy, must prune and run. Some graphs defeat the tracer
+    (Torch-Pruning 1.6 divides by zero on ShuffleNet's channel shuffle): a study learns it once,
+    before its first trial, rather than from every trial failing."""
+    widths = {s.name: s.stream_width - multiple for s in stages if s.stream_width > multiple}
+    if not widths:
+        return None
+    candidate = copy.deepcopy(model).eval()
+    try:
+        prune_streams(candidate, stages, widths, example_input)
+        with torch.no_grad():
+            candidate(example_input)
+    except Exception as error:  # noqa: BLE001 - whatever the tracer or the pruned graph raises is the reason
+        return f"{type(error).__name__}: {error}".splitlines()[0]
+    return None
 
 
 def stream_writer(model: nn.Module, stage: Stage) -> nn.Conv2d:

@@ -185,7 +185,8 @@ def _run_study(spec, progress, joining: bool = False):
                           f"params {base['params']:,}, FLOPs {base['flops']:,}; groups: "
                           + ", ".join(f"{g.name} ({len(g.layers)} layers)" for g in prepared.context.groups)
                           + f"; precisions: {', '.join(prepared.precisions)}"
-                          + f"; widths in multiples of {prepared.space.multiple} ({prepared.space.multiple_source})")
+                          + f"; widths in multiples of {prepared.space.multiple} ({prepared.space.multiple_source})"
+                          + (f"; stream widths not searched: {prepared.space.stream_error}" if prepared.space.stream_error else ""))
 
     return run_study(spec, progress, joining=joining, before_trials=show_baseline).study
 
@@ -347,7 +348,7 @@ def groups(
 
     from edgetune.objectives.groups import OTHER, derive_groups, describe_groups
     from edgetune.objectives.models import create_model
-    from edgetune.objectives.structure import residual_stages
+    from edgetune.objectives.structure import residual_stages, stream_pruning_error
 
     from .space import allowed_precisions, build_space, channel_multiple
     from .study import group_rules, make_device
@@ -365,7 +366,9 @@ def groups(
     info = make_device(spec).info()
     precisions = allowed_precisions(spec, info)
     multiple, source = channel_multiple(spec, info, precisions)
-    space = build_space(spec, net, found, residual_stages(net), precisions, multiple, source)
+    stages, example = residual_stages(net), torch.zeros(2, 3, image_size, image_size)
+    error = stream_pruning_error(net, stages, example, multiple) if stages and spec["search.stream_width"] else None
+    space = build_space(spec, net, found, stages, precisions, multiple, source, error)
     dims = Table(title=f"search dimensions on {info.name} (widths in multiples of {multiple}, from the {source})")
     for column in ("parameter", "dimension", "range"):
         dims.add_column(column, overflow="fold")

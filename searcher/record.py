@@ -47,6 +47,15 @@ def write_stages(study: optuna.Study, stages: list, importance: dict[str, float]
     study.set_user_attr("stages", [s.to_dict() for s in stages])
 
 
+def write_stream_error(study: optuna.Study, error: str | None) -> None:
+    study.set_user_attr("stream_width_error", error)
+
+
+def stream_error(study: optuna.Study) -> str | None:
+    """Why the study does not search stream widths on its model (None: it can)."""
+    return study.user_attrs.get("stream_width_error")
+
+
 def block_importance(study: optuna.Study) -> dict[str, float]:
     return dict(study.user_attrs.get("block_importance") or {})
 

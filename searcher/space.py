@@ -113,6 +113,7 @@ class SearchSpace:
     inner: dict[str, Widths] = field(default_factory=dict)  # group -> inner widths
     stream: dict[str, Widths] = field(default_factory=dict)  # stage -> residual-stream widths
     depth: dict[str, tuple[int, int]] = field(default_factory=dict)  # stage -> (fewest, most) blocks
+    stream_error: str | None = None  # why the stream widths are not searched on this model
 
     def describe(self) -> list[dict]:
         """One row per searched dimension: parameter, what it is, its range."""
@@ -120,11 +121,15 @@ class SearchSpace:
         rows += [{"parameter": f"width.{s}", "dimension": "stream width", "range": w.describe()} for s, w in self.stream.items()]
         rows += [{"parameter": f"depth.{s}", "dimension": "depth (blocks)",
                   "range": f"{lo}..{hi}" if hi > lo else f"{hi} (fixed)"} for s, (lo, hi) in self.depth.items()]
+        if self.stream_error:
+            rows.append({"parameter": "width.*", "dimension": "stream width", "range": f"not searched: {self.stream_error}"})
         return rows
 
 
 def build_space(spec: Spec, model: nn.Module, groups: list[LayerGroup], stages: list[Stage], precisions: list[str],
-                multiple: int, multiple_source: str = "spec") -> SearchSpace:
+                multiple: int, multiple_source: str = "spec", stream_error: str | None = None) -> SearchSpace:
+    """The study's dimensions; ``stream_error`` (see objectives.structure.stream_pruning_error) turns the
+    stream widths off for a model whose streams cannot be pruned."""
     max_sparsity = spec["search.sparsity_max"]
     modules = dict(model.named_modules())
     inner = {}
@@ -133,9 +138,11 @@ def build_space(spec: Spec, model: nn.Module, groups: list[LayerGroup], stages: 
             widths = [modules[n].out_channels for n in g.layers if n in modules]
             if widths:
                 inner[g.name] = Widths.of(max(widths), multiple, max_sparsity)
-    stream = {s.name: Widths.of(s.stream_width, multiple, max_sparsity) for s in stages} if spec["search.stream_width"] else {}
+    searched = spec["search.stream_width"] and not stream_error
+    stream = {s.name: Widths.of(s.stream_width, multiple, max_sparsity) for s in stages} if searched else {}
     depth = {s.name: (s.min_depth, len(s.blocks)) for s in stages} if spec["search.depth"] else {}
-    return SearchSpace(list(precisions), multiple, multiple_source, inner, stream, depth)
+    return SearchSpace(list(precisions), multiple, multiple_source, inner, stream, depth,
+                       stream_error if spec["search.stream_width"] else None)
 
 
 def suggest_plan(trial: optuna.Trial, spec: Spec, groups: list[LayerGroup], space: SearchSpace) -> TrialPlan:

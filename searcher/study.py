@@ -24,7 +24,7 @@ from edgetune.objectives.finetune import TrainSettings
 from edgetune.objectives.groups import GroupRules, LayerGroup, derive_groups, describe_groups
 from edgetune.objectives.models import create_model, source_sha256
 from edgetune.objectives.pipeline import OtherDevice, TrialContext, deploy_baseline, evaluate_baseline, paired_with
-from edgetune.objectives.structure import block_importance, residual_stages
+from edgetune.objectives.structure import block_importance, residual_stages, stream_pruning_error
 
 from .artifacts import ArtifactError, fetch, store_outcome
 from . import record
@@ -189,6 +189,10 @@ def _structure_facts(spec: Spec, study: optuna.Study, checked: _Checked, model, 
         record.write_stages(study, stages, block_importance(model, stages, images, labels))
     if "channel_multiple" not in attrs:
         record.write_channel_multiple(study, *channel_multiple(spec, checked.device.info(), checked.precisions))
+    if "stream_width_error" not in attrs and stages and spec["search.stream_width"]:
+        on_status("baseline: checking its residual streams can be pruned")
+        record.write_stream_error(study, stream_pruning_error(model, stages, checked.data.example_input(2),
+                                                              record.channel_multiple(study)[0]))
 
 
 def check_baseline_learned(top1: float, classes: int, spec: Spec) -> None:
@@ -220,7 +224,8 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
         stages = residual_stages(model)
         _structure_facts(spec, study, checked, model, stages, on_status)
         multiple, multiple_source = record.channel_multiple(study)
-        space = build_space(spec, model, groups, stages, checked.precisions, multiple, multiple_source)
+        space = build_space(spec, model, groups, stages, checked.precisions, multiple, multiple_source,
+                            record.stream_error(study))
         if spec["search.recipes"] and not joining and "recipes" not in study.user_attrs:
             record.write_recipes(study, enqueue_recipes(study, space, groups, spec["search.pruners"], spec["study.trials"]))
         unpaired = TrialContext(model, checked.data, groups, checked.device, collapse_margin=spec["search.collapse_margin"],

@@ -146,3 +146,22 @@ def test_pruned_mobilenet_v2_exports_to_onnx_with_fewer_channels(tmp_path):
     full = onnx_conv_channels(create_model("mobilenet_v2", 10).eval(), tmp_path / "full.onnx")
     pruned = onnx_conv_channels(model, tmp_path / "pruned.onnx")
     assert pruned == _conv_channels(model) < full
+
+
+def test_a_model_whose_streams_cannot_be_pruned_searches_no_stream_width():
+    """ShuffleNet's channel shuffle defeats Torch-Pruning's tracer: the study learns it before its first
+    trial (one check, stored) and searches every other dimension."""
+    from edgetune.objectives.structure import residual_stages, stream_pruning_error
+    from edgetune.searcher.space import build_space
+    from edgetune.searcher.spec import load_spec
+
+    spec = load_spec(None, {"model.name": "shufflenet_v2_x1_0"})
+    shuffle = create_model("shufflenet_v2_x1_0", 10).eval()
+    stages = residual_stages(shuffle)
+    error = stream_pruning_error(shuffle, stages, X, 8)
+    assert stages and error and "\n" not in error
+    space = build_space(spec, shuffle, derive_groups(shuffle), stages, ["f32"], 8, "spec", error)
+    assert not space.stream and space.inner and space.stream_error == error
+    assert any(row["parameter"] == "width.*" and error in row["range"] for row in space.describe())
+    resnet = create_model("resnet20", 10).eval()
+    assert stream_pruning_error(resnet, residual_stages(resnet), X, 8) is None
