@@ -3,6 +3,7 @@ graph, where NNI cannot follow the channels) so the channels are really gone."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import io
 import math
@@ -106,9 +107,15 @@ def config_list(model: nn.Module, groups: list[LayerGroup], keep: dict[str, int]
         was_training = model.training
         # the tracer takes the input by the name of forward's first parameter (``x``, ``input``, ...)
         first = next(iter(inspect.signature(model.forward).parameters))
-        graph = concrete_trace(model.eval(), {first: dummy})
-        model.train(was_training)
-        configs += [{**c, "op_types": ["Conv2d"]} for c in auto_set_denpendency_group_ids(graph, coupled)]
+        try:
+            graph = concrete_trace(model.eval(), {first: dummy})
+            grouped = auto_set_denpendency_group_ids(graph, coupled)
+        except Exception as error:  # noqa: BLE001 - NNI's tracer raises whatever the traced code raises
+            raise PruneError(f"NNI's tracer cannot follow the model: {type(error).__name__}: "
+                             f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}") from error
+        finally:
+            model.train(was_training)
+        configs += [{**c, "op_types": ["Conv2d"]} for c in grouped]
     return configs
 
 
@@ -163,6 +170,30 @@ def remove_channels(model: nn.Module, masks: dict, example_input: torch.Tensor) 
     except RuntimeError as error:
         raise PruneError(f"torch-pruning produced a broken model: {str(error).splitlines()[0]}") from error
     return "torch-pruning"
+
+
+def inner_pruning_errors(model: nn.Module, groups: list[LayerGroup], example_input: torch.Tensor,
+                         multiple: int, pruner: str = "l1") -> dict[str, str]:
+    """Groups whose inner widths cannot be pruned on this model, with the reason (empty: all can).
+
+    Every group cut to its narrowest width, on a copy; when that fails, each group alone, to name
+    the ones at fault. A study checks this once, before its first trial, rather than learning it
+    from every trial failing the same way."""
+
+    def error_of(chosen: list[LayerGroup]) -> str | None:
+        candidate = copy.deepcopy(model).eval()
+        try:
+            keep = kept_channels(candidate, chosen, {g.name: multiple for g in chosen}, multiple)
+            masks = compute_masks(candidate, config_list(candidate, chosen, keep, example_input), pruner) if keep else {}
+            if masks:
+                remove_channels(candidate, masks, example_input)
+        except Exception as error:  # noqa: BLE001 - NNI and Torch-Pruning raise bare errors: each is a reason
+            return f"{type(error).__name__}: {error}".splitlines()[0]
+        return None
+
+    if error_of(groups) is None:
+        return {}
+    return {g.name: reason for g in groups if (reason := error_of([g])) is not None}
 
 
 def out_channels(model: nn.Module, groups: list[LayerGroup]) -> dict[str, int]:

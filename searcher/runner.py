@@ -8,10 +8,30 @@ import optuna
 
 from .local_workers import run_local_workers
 from .run import Objective
-from .spec import Spec
+from .spec import Spec, SpecError
 from .storage import is_sqlite
 from .study import Prepared, prepare
-from .worker import Retry, budget_used, fail_orphans, run_worker
+from .worker import Retry, budget_used, counts_toward_budget, fail_orphans, run_worker
+
+#: a study stops when this many trials failed pruning the same way and none has pruned the model
+SAME_FAILURES_TO_STOP = 3
+PRUNING_ERRORS = ("PruneError", "StructureError")
+
+
+def unprunable(trials: list[optuna.trial.FrozenTrial], baseline_params: int) -> str | None:
+    """The reason, when ``SAME_FAILURES_TO_STOP`` trials failed pruning for the same reason (the error
+    and its first clause; sizes in the rest differ) and no trial has pruned the model (a complete
+    trial with fewer parameters than the baseline; an int8-only recipe prunes nothing): the model
+    cannot be pruned as grouped, and every further trial would spend its time failing."""
+    if any(t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("params", baseline_params) < baseline_params
+           for t in trials):
+        return None
+    failures = [t.user_attrs.get("failure", "") for t in trials
+                if t.state == optuna.trial.TrialState.FAIL and counts_toward_budget(t)]
+    failures = [f for f in failures if f.startswith(PRUNING_ERRORS)]
+    if len(failures) < SAME_FAILURES_TO_STOP or len({": ".join(f.split(": ")[:2]) for f in failures}) != 1:
+        return None
+    return failures[-1]
 
 
 class RunEvents:
@@ -53,8 +73,17 @@ def run_study(spec: Spec, events: RunEvents | None = None, joining: bool = False
         events.status(f"{spec['study.workers']} workers running")
         run_local_workers(study, spec, events, spec["study.workers"])
     else:
+        def on_trial_end(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            events.on_trial_end(study, trial)
+            if reason := unprunable(study.get_trials(deepcopy=False), prepared.baseline["params"]):
+                raise SpecError(
+                    f"{SAME_FAILURES_TO_STOP} trials failed pruning {spec['model.name']} the same way "
+                    f"({reason}); exclude the layers at fault (`tune groups --model {spec['model.name']}` lists them) "
+                    "with --set search.exclude='[\"regex\"]', or switch a dimension off (search.inner_width, "
+                    "search.stream_width or search.depth = false); the finished trials are stored")
+
         objective = Objective(spec, prepared.context, prepared.baseline, prepared.space, on_phase=events.on_phase)
         retry = Retry(spec["study.storage"], spec["study.db_patience"], on_retry=events.notice)
-        run_worker(study, objective, spec["study.trials"], prepared.locks, retry, on_trial_end=events.on_trial_end)
+        run_worker(study, objective, spec["study.trials"], prepared.locks, retry, on_trial_end=on_trial_end)
     events.status("done")
     return prepared
