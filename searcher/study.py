@@ -81,7 +81,7 @@ def open_study(spec: Spec, storage: optuna.storages.BaseStorage | None = None) -
 def load_study(storage_url: str, name: str | None) -> optuna.Study:
     """An existing study; ``name`` may be omitted when the storage holds exactly one."""
     storage = open_storage(storage_url)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    names = optuna.get_all_study_names(storage)  # summaries would read every trial
     if name is None:
         if len(names) != 1:
             raise SpecError(f"storage holds {len(names)} studies ({', '.join(names) or 'none'}); name one with --study-name")
