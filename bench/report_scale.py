@@ -1,25 +1,36 @@
-"""How long `tune report` takes on a stored study of 10,000 trials (SQLite).
+"""How long `tune report` and `tune pareto` take on a stored study of 10,000 trials, from a cold process.
 
-    python bench/report_scale.py [--trials 10000]
+    python bench/report_scale.py [--trials 10000] [--db FILE] [--storage URL] [--runs 2]
 
-Builds a synthetic two-objective study in a temporary SQLite file (parameters and user
-attributes shaped like edgetune's), then times loading it and writing the report, phase by phase.
+Builds a synthetic two-objective study (three sparsity parameters, edgetune's user attributes)
+through Optuna's public API (``add_trials``: minutes on SQLite), in a temporary SQLite file, or kept
+in ``--db FILE`` between runs (built again only when the file lacks this build of N trials), or in
+the database at ``--storage URL`` (PostgreSQL, say; built there when it lacks the study). Then, each
+in a fresh Python process: the report phase by phase (the table), ``tune pareto``, and ``tune report``
+as a user runs it. The last line is that last figure: ``report: N.N s for N trials``.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import optuna
-
-from edgetune.searcher import report
+STUDY = "big"
+BUILD = 1  # bump when build() changes: a kept --db file of another build is built again
 
 
 def build(storage: str, n: int) -> None:
-    study = optuna.create_study(study_name="big", storage=storage, directions=["minimize", "maximize"])
+    import numpy as np
+    import optuna
+
+    study = optuna.create_study(study_name=STUDY, storage=storage, directions=["minimize", "maximize"])
     rng = np.random.default_rng(0)
     distributions = {f"sparsity.layer{i}": optuna.distributions.FloatDistribution(0, 0.8, step=0.05) for i in (1, 2, 3)}
     trials = []
@@ -35,38 +46,152 @@ def build(storage: str, n: int) -> None:
     study.set_user_attr("spec", {"study.targets": ["latency", "top1"]})
     for key, value in {"latency_ms": 2.0, "top1": 99.0, "params": 2000, "flops": 4000, "size_bytes": 6000}.items():
         study.set_user_attr(f"baseline_{key}", value)
+    study.set_user_attr("report_scale_build", [BUILD, n])  # last: a build cut short is never taken as done
+
+
+def built(storage: str, n: int) -> bool:
+    """The storage holds this build of the study, complete, with n trials (read from its mark: counting the
+    trials through Optuna, or listing study summaries, would load all of them)."""
+    import optuna
+
+    if STUDY not in optuna.get_all_study_names(storage):
+        return False
+    return optuna.load_study(study_name=STUDY, storage=storage).user_attrs.get("report_scale_build") == [BUILD, n]
+
+
+def prepare(args, tmp: str) -> str:
+    """The storage URL of a built study: --storage as given, --db kept, or a temporary file."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.storage:
+        if not built(args.storage, args.trials):
+            if STUDY in optuna.get_all_study_names(args.storage):
+                optuna.delete_study(study_name=STUDY, storage=args.storage)
+            t0 = time.perf_counter()
+            build(args.storage, args.trials)
+            print(f"build {args.trials} trials: {time.perf_counter() - t0:.1f} s")
+        return args.storage
+    target = Path(args.db) if args.db else Path(tmp) / "big.db"
+    if target.is_file() and built(f"sqlite:///{target}", args.trials):
+        print(f"build {args.trials} trials: kept in {target}")
+        return f"sqlite:///{target}"
+    # Built on a RAM disk where there is one (no fsync per trial), then copied to where it is kept.
+    scratch = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else tmp)
+    try:
+        t0 = time.perf_counter()
+        build(f"sqlite:///{scratch}/big.db", args.trials)
+        print(f"build {args.trials} trials: {time.perf_counter() - t0:.1f} s")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(scratch) / "big.db", target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return f"sqlite:///{target}"
+
+
+def phases(storage: str, out: str) -> None:
+    """Run in a fresh process: the report's parts one after another, printed as JSON [wall, CPU] seconds."""
+    timings = {}
+    wall, cpu = time.perf_counter(), time.process_time()
+
+    def lap(name: str) -> None:
+        nonlocal wall, cpu
+        now_wall, now_cpu = time.perf_counter(), time.process_time()
+        timings[name] = [now_wall - wall, now_cpu - cpu]
+        wall, cpu = now_wall, now_cpu
+
+    from edgetune.searcher import bulk, pareto, report
+    from edgetune.searcher.storage import open_storage
+
+    lap("import report (optuna, numpy, sqlalchemy)")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=STUDY, storage=open_storage(storage))
+    lap("open storage (Optuna's RDBStorage), load study")
+    rows = bulk.read_trials(study, report.report_user_attrs(study))
+    lap("read the trials (bulk)")
+    data = report.collect(study, rows)
+    lap("Pareto front, counts, in-memory sample")
+    pareto.front_table(study, trials=rows)
+    lap("`tune pareto`'s table (trials already read)")
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    report.plot_front_png(data, folder / "front.png")
+    lap("front.png (with matplotlib's import)")
+    report.plot_front_html(data, folder / "front.html")
+    lap("front.html (with plotly's import)")
+    history = report.hypervolume_history(data)
+    lap("hypervolume history")
+    report._plot_hypervolume(history, folder / "hypervolume.png")
+    lap("hypervolume.png")
+    report.importances(data)
+    lap("importances (PED-ANOVA, sampled)")
+    report.correlations(data)
+    lap("correlations")
+    report.phase_seconds(data)
+    lap("time per phase")
+    heavy = sorted(m for m in ("torch", "sklearn", "scipy.stats", "pandas", "openvino", "nni") if m in sys.modules)
+    print(json.dumps({"timings": timings, "heavy": heavy}))
+
+
+def cold(command: list[str]) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of a command in a fresh process (fails loudly)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=10_000)
+    parser.add_argument("--db", help="SQLite file to keep the built study in between runs")
+    parser.add_argument("--storage", help="a storage URL to build (if needed) and read the study in, e.g. PostgreSQL")
+    parser.add_argument("--runs", type=int, default=1, help="cold runs of each command (the median is shown)")
+    parser.add_argument("--phases", nargs=2, metavar=("URL", "OUT"), help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.phases:
+        return phases(*args.phases)
+    tune = [sys.executable, "-m", "edgetune.searcher.cli"]
+    timings: dict[str, list[list[float]]] = {}
+    heavy: set[str] = set()
     with tempfile.TemporaryDirectory() as tmp:
-        storage = f"sqlite:///{tmp}/big.db"
-        t0 = time.perf_counter()
-        build(storage, args.trials)
-        print(f"build {args.trials} trials: {time.perf_counter() - t0:.1f} s")
-        timings = {}
-        t0 = time.perf_counter()
-        study = optuna.load_study(study_name="big", storage=storage)
-        data = report.collect(study)
-        timings["load + Pareto front"] = time.perf_counter() - t0
-        for name, step in (("front.png", lambda: report.plot_front_png(data, Path(tmp) / "f.png")),
-                           ("front.html", lambda: report.plot_front_html(data, Path(tmp) / "f.html")),
-                           ("hypervolume history", lambda: report.hypervolume_history(data)),
-                           ("importances", lambda: report.importances(data)),
-                           ("correlations", lambda: report.correlations(data))):
-            t0 = time.perf_counter()
-            step()
-            timings[name] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        report.write_report(optuna.load_study(study_name="big", storage=storage), Path(tmp) / "out")
-        timings["whole report (fresh load)"] = time.perf_counter() - t0
-    print("| step | seconds |\n|---|---|")
-    for name, seconds in timings.items():
-        print(f"| {name} | {seconds:.2f} |")
-    print(f"\nreport: {timings['whole report (fresh load)']:.1f} s for {args.trials} trials")
+        storage = prepare(args, tmp)
+        for _ in range(args.runs):
+            child = subprocess.run([sys.executable, os.path.abspath(__file__), "--phases", storage, f"{tmp}/phases"],
+                                   capture_output=True, text=True)
+            if child.returncode:
+                raise SystemExit(f"phases failed:\n{child.stdout}\n{child.stderr}")
+            result = json.loads(child.stdout.strip().splitlines()[-1])
+            heavy.update(result["heavy"])
+            for name, seconds in result["timings"].items():
+                timings.setdefault(name, []).append(seconds)
+            for name, command in (
+                    ("`tune pareto`", [*tune, "pareto", STUDY, "--storage", storage]),
+                    ("`tune report --no-classes`", [*tune, "report", STUDY, "--storage", storage, "--out", f"{tmp}/plain",
+                                                    "--no-classes"]),
+                    ("`tune report`", [*tune, "report", STUDY, "--storage", storage, "--out", f"{tmp}/out"])):
+                timings.setdefault(name, []).append(list(cold(command)))
+    runs = f"median of {args.runs} runs" if args.runs > 1 else "one run"
+    print(f"\nEach in a fresh process ({runs}); CPU: user + system.\n")
+    def median(name: str, i: int) -> float:
+        return sorted(p[i] for p in timings[name])[len(timings[name]) // 2]
+
+    print("| step | wall s | CPU s |\n|---|---|---|")
+    for name in timings:
+        print(f"| {name} | {median(name, 0):.2f} | {median(name, 1):.2f} |")
+        if name == "time per phase":  # the last phase
+            names = list(timings)[:list(timings).index(name) + 1]
+            print(f"| the phases above, summed (one report, in one process) | {sum(median(n, 0) for n in names):.2f} | "
+                  f"{sum(median(n, 1) for n in names):.2f} |")
+    print(f"\nHeavy modules the report imported: {', '.join(sorted(heavy)) or 'none'} "
+          "(of torch, sklearn, scipy.stats, pandas, openvino, nni).")
+    print(f"\nreport: {median('`tune report`', 0):.1f} s for {args.trials} trials")
 
 
 if __name__ == "__main__":

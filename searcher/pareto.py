@@ -3,6 +3,9 @@
 The front itself is Optuna's (``study.best_trials``: feasible, non-dominated, complete trials),
 less every trial the uncompressed baseline dominates: the baseline is a point of every front
 edgetune shows or exports, so a model that is slower and no more accurate is never offered.
+
+The trials are read in bulk (:mod:`searcher.bulk`): of every trial only its state, values,
+constraints, parameters and the targets' attributes; every attribute of the trials on the front.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import optuna
 from rich import box
 from rich.table import Table
 
-from . import record
+from . import bulk, record
 from .spec import target_unit
 
 
@@ -24,12 +27,17 @@ class FrontRow:
     params: dict
 
 
-def front(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> list[FrontRow]:
+def front(study: optuna.Study, trials: list | None = None) -> list[FrontRow]:
     """The feasible non-dominated complete trials, sorted by the first target; identical points are all
-    kept (as Optuna's ``best_trials``), and a point the baseline dominates is left off."""
+    kept (as Optuna's ``best_trials``), and a point the baseline dominates is left off.
+
+    ``trials``: the study's trials, already read (``FrozenTrial`` or :class:`searcher.bulk.TrialRecord`,
+    with at least the attributes of :func:`front_user_attrs`); by default read in bulk. The rows carry
+    every user attribute of their trials."""
     import moocore
 
-    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    targets = _targets(study)
+    trials = bulk.read_trials(study, front_user_attrs(study)) if trials is None else trials
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE
                 and all(v <= 0 for v in t.constraints.values())]  # Optuna's rule: a constraint <= 0 is met
     if len(study.directions) == 1:
@@ -39,18 +47,27 @@ def front(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = N
         maximise = [d == optuna.study.StudyDirection.MAXIMIZE for d in study.directions]
         keep = moocore.is_nondominated([t.values for t in complete], maximise=maximise, keep_weakly=True)
         complete = [t for t, kept in zip(complete, keep) if kept]
-    first = target_unit(_targets(study)[0]) if _targets(study) else "latency_ms"
-    rows = [FrontRow(t.number, t.user_attrs, t.params) for t in complete
-            if not dominated_by_baseline(study, t.user_attrs)]
+    first = target_unit(targets[0]) if targets else "latency_ms"
+    base = baseline(study)
+    kept = bulk.with_all_user_attrs(study, [t for t in complete if not _dominated(base, targets, t.user_attrs)])
+    rows = [FrontRow(t.number, t.user_attrs, t.params) for t in kept]
     return sorted(rows, key=lambda r: (r.attrs.get(first) is None, r.attrs.get(first, 0)))
+
+
+def front_user_attrs(study: optuna.Study) -> set[str]:
+    """The user attributes :func:`front` reads of every trial (the front's own rows get all of theirs)."""
+    return {"latency_ms", *(target_unit(t) for t in _targets(study))}
 
 
 def dominated_by_baseline(study: optuna.Study, attrs: dict) -> bool:
     """The baseline is at least as good on every target and better on one."""
+    return _dominated(baseline(study), _targets(study), attrs)
+
+
+def _dominated(base: dict, targets: list[str], attrs: dict) -> bool:
     from .spec import target_direction
 
-    base = baseline(study)
-    pairs = [(base.get(target_unit(t)), attrs.get(target_unit(t)), target_direction(t)) for t in _targets(study)]
+    pairs = [(base.get(target_unit(t)), attrs.get(target_unit(t)), target_direction(t)) for t in targets]
     if not pairs or any(b is None or v is None for b, v, _ in pairs):
         return False
     signed = [(b, v) if d == "minimize" else (-b, -v) for b, v, d in pairs]
@@ -79,9 +96,9 @@ def _human(n) -> str:
     return str(int(n))
 
 
-def counts(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> dict[str, int]:
+def counts(study: optuna.Study, trials: list | None = None) -> dict[str, int]:
     """Trials by state ("complete", "pruned", "fail", ...); ``trials`` saves a second load."""
-    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    trials = bulk.read_trials(study, ()) if trials is None else trials
     return dict(collections.Counter(t.state.name.lower() for t in trials))
 
 
@@ -120,9 +137,11 @@ def settings_short(row_params: dict, attrs: dict, groups: list[str] | None = Non
 _PRECISION_SHORT = {"int8": "i8", "f32": "f32", "bf16": "bf16", "f16": "f16"}
 
 
-def front_table(study: optuna.Study, title: str | None = None) -> Table:
+def front_table(study: optuna.Study, title: str | None = None, trials: list | None = None) -> Table:
+    """``tune pareto``: the front with its deltas; ``trials`` as for :func:`front` (read once by default)."""
+    trials = bulk.read_trials(study, front_user_attrs(study)) if trials is None else trials
     base = baseline(study)
-    stats = counts(study)
+    stats = counts(study, trials)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=title or f"Pareto front of '{study.study_name}' "
                   f"({stats.get('complete', 0)} complete, {stats.get('pruned', 0)} collapsed, {stats.get('fail', 0)} failed)")
     groups = record.group_names(study)
@@ -140,7 +159,7 @@ def front_table(study: optuna.Study, title: str | None = None) -> Table:
         table.add_row("base", f"{base['latency_ms']:.3f}", *(_ms(base.get(f"latency_ms@{n}")) for n in others),
                       f"{base['top1']:.2f}", _human(base.get("params")),
                       _human(base.get("flops")), _human(base.get("size_bytes")) + "B", "-")
-    for row in front(study):
+    for row in front(study, trials):
         a = row.attrs
         table.add_row(
             str(row.number),
@@ -151,6 +170,6 @@ def front_table(study: optuna.Study, title: str | None = None) -> Table:
             _with_delta(_human(a.get("params")), _rel(a.get("params"), base.get("params"))),
             _with_delta(_human(a.get("flops")), _rel(a.get("flops"), base.get("flops"))),
             _human(a.get("size_bytes")) + "B",
-            settings_short(row.params, a, record.group_names(study)),
+            settings_short(row.params, a, groups),
         )
     return table
