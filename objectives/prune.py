@@ -3,7 +3,6 @@ graph, where NNI cannot follow the channels) so the channels are really gone."""
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import io
 import math
@@ -139,12 +138,17 @@ def speedup(model: nn.Module, masks: dict, example_input: torch.Tensor) -> nn.Mo
     except Exception as error:  # NNI raises bare errors (EmptyLayerError, shape asserts)
         raise PruneError(f"speedup failed: {type(error).__name__}: {error}") from error
     # NNI can finish without error yet leave inconsistent shapes (seen on channel shuffles).
+    _check_runs(model, dummy, "speedup")
+    return model
+
+
+def _check_runs(model: nn.Module, dummy: torch.Tensor, engine: str) -> None:
+    """The pruned model still runs forward, or a PruneError naming the engine that broke it."""
     try:
         with torch.no_grad():
             model(dummy)
     except RuntimeError as error:
-        raise PruneError(f"speedup produced a broken model: {str(error).splitlines()[0]}") from error
-    return model
+        raise PruneError(f"{engine} produced a broken model: {str(error).splitlines()[0]}") from error
 
 
 def remove_channels(model: nn.Module, masks: dict, example_input: torch.Tensor) -> str:
@@ -163,37 +167,9 @@ def remove_channels(model: nn.Module, masks: dict, example_input: torch.Tensor) 
         depgraph.remove_masked(model, masks, example_input)
     except Exception as error:  # noqa: BLE001 - Torch-Pruning, like NNI, raises bare errors (index asserts)
         raise PruneError(f"torch-pruning failed: {type(error).__name__}: {error}") from error
-    dummy = example_input if example_input.shape[0] > 1 else example_input.repeat(2, 1, 1, 1)
-    try:
-        with torch.no_grad():
-            model(dummy)
-    except RuntimeError as error:
-        raise PruneError(f"torch-pruning produced a broken model: {str(error).splitlines()[0]}") from error
+    _check_runs(model, example_input if example_input.shape[0] > 1 else example_input.repeat(2, 1, 1, 1),
+                "torch-pruning")
     return "torch-pruning"
-
-
-def inner_pruning_errors(model: nn.Module, groups: list[LayerGroup], example_input: torch.Tensor,
-                         multiple: int, pruner: str = "l1") -> dict[str, str]:
-    """Groups whose inner widths cannot be pruned on this model, with the reason (empty: all can).
-
-    Every group cut to its narrowest width, on a copy; when that fails, each group alone, to name
-    the ones at fault. A study checks this once, before its first trial, rather than learning it
-    from every trial failing the same way."""
-
-    def error_of(chosen: list[LayerGroup]) -> str | None:
-        candidate = copy.deepcopy(model).eval()
-        try:
-            keep = kept_channels(candidate, chosen, {g.name: multiple for g in chosen}, multiple)
-            masks = compute_masks(candidate, config_list(candidate, chosen, keep, example_input), pruner) if keep else {}
-            if masks:
-                remove_channels(candidate, masks, example_input)
-        except Exception as error:  # noqa: BLE001 - NNI and Torch-Pruning raise bare errors: each is a reason
-            return f"{type(error).__name__}: {error}".splitlines()[0]
-        return None
-
-    if error_of(groups) is None:
-        return {}
-    return {g.name: reason for g in groups if (reason := error_of([g])) is not None}
 
 
 def out_channels(model: nn.Module, groups: list[LayerGroup]) -> dict[str, int]:
