@@ -30,7 +30,7 @@ from edgetune.searcher.study import baseline_settings, data_id, derive_groups, g
 def mixed_from_study(storage: str, name: str) -> tuple[frozenset[str], str]:
     """The fastest mixed-precision model on the study's front within 1 point of the baseline's Top-1."""
     from edgetune.searcher.pareto import baseline, front
-    from edgetune.searcher.study import load_study
+    from edgetune.searcher.storage import load_study
 
     study = load_study(storage, name)
     rows = [r for r in front(study) if len(set((r.attrs.get("precision_plan") or {}).values())) > 1

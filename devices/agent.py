@@ -12,6 +12,7 @@ sharing one device do not disturb each other's timings.
     POST   /arrays                      body: .npy bytes (allow_pickle=False) -> id
     POST   /deployments/{id}/latency    query: reference (another deployment id)
     POST   /deployments/{id}/predict    query: array (an uploaded array id) -> .npy logits
+    POST   /deployments/{id}/memory     -> {"memory_bytes": ...} (the adapter's figure; null if it has none)
     GET    /deployments/{id}/files      -> zip of the deployed files
     DELETE /deployments/{id}
     GET    /info
@@ -121,6 +122,15 @@ def create_app(device: Device, token: str, max_upload_bytes: int = 256 * 2**20):
         with measuring:  # one measurement at a time on this device
             stats = candidate.measure_latency(deployment(reference) if reference else None)
         return {**asdict(stats), "ci95_rel": stats.ci95_rel}
+
+    @app.post("/deployments/{deployment_id}/memory", dependencies=[Depends(authorised)])
+    def memory(deployment_id: str):
+        candidate = deployment(deployment_id)
+        try:
+            with measuring:  # the probe runs inferences: not beside a timing
+                return {"memory_bytes": candidate.memory_bytes()}
+        except Exception as error:  # noqa: BLE001 - DeviceError and runtime errors go back as one line
+            raise HTTPException(422, f"{type(error).__name__}: {error}") from None
 
     @app.post("/deployments/{deployment_id}/predict", dependencies=[Depends(authorised)])
     def predict(deployment_id: str, array: str):

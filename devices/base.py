@@ -39,6 +39,9 @@ class DeviceInfo:
     # blocks of this many channels; a width between two multiples costs about the next one up).
     # Measured by bench/granularity.py; 1 where nothing is known.
     channel_granularity: Mapping[str, int] = field(default_factory=dict)
+    # Its deployments report their inference memory (Deployment.memory_bytes is not None): a study
+    # can target ``memory`` on this device.
+    measures_memory: bool = False
 
     def granularity(self, precision: str) -> int:
         return int(self.channel_granularity.get(precision, 1))
@@ -127,6 +130,12 @@ class Deployment(abc.ABC):
     def weights_bytes(self) -> int:
         """Size of the weights alone (for OpenVINO IR: the .bin, without the graph's .xml)."""
         return self.size_bytes
+
+    def memory_bytes(self) -> int | None:
+        """Memory the deployed model needs to run: its weights as loaded, the runtime's compiled form,
+        activations and scratch buffers at their peak over a few inferences of one batch, in bytes.
+        Each adapter says exactly which figure it measures; None where the runtime cannot tell."""
+        return None
 
     def close(self) -> None:
         """Release the runtime's resources and temporary files."""

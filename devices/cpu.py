@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import memory_probe
 from .base import Device, DeviceError, DeviceInfo, PrecisionPlan, cpu_channel_block
 from .protocol import LatencyProtocol
 from .torchscript import TorchScriptDeployment, under
@@ -59,6 +60,7 @@ class CPUDeployment(TorchScriptDeployment):
         self.precision_used = self._count(self._modules.values())
         self.inference_precision = plan.float_precision
         self.threads = torch.get_num_threads()
+        self._memory: int | None = None  # measured once, on first ask
 
     @staticmethod
     def _count(modules) -> dict[str, int]:
@@ -84,6 +86,16 @@ class CPUDeployment(TorchScriptDeployment):
 
         return run_once
 
+    def memory_bytes(self) -> int | None:
+        """Peak resident memory that loading the deployed TorchScript file (``model.pt``, traced from
+        the module that is timed) and running 10 inferences of one batch adds to a fresh process with
+        torch already loaded and warmed up: :mod:`devices.memory_probe` says exactly what counts."""
+        if not memory_probe.supported():
+            return None
+        if self._memory is None:
+            self._memory = memory_probe.probe(self._path, tuple(self._input.shape), threads=self.threads)
+        return self._memory
+
     def precision_of(self, modules: list[str]) -> dict[str, int]:
         return self._count([m for name, m in self._modules.items() if under(name, modules)])
 
@@ -106,6 +118,7 @@ class CPUDevice(Device):
             precisions=tuple(["f32"] + int8),
             extra={"engine": "eager", "quantized_engine": "x86" if int8 else ""},
             channel_granularity={p: cpu_channel_block() for p in ["f32"] + int8},  # oneDNN kernels, as OpenVINO's
+            measures_memory=memory_probe.supported(),
         )
 
     def deploy(self, model, example_input, plan: PrecisionPlan = PrecisionPlan()) -> CPUDeployment:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import memory_probe
 from .base import Deployment, Device, DeviceInfo, DeviceUnavailable, PrecisionPlan, cpu_channel_block
 from .onnx_export import export_onnx, onnx_scope
 from .protocol import LatencyProtocol
@@ -75,6 +76,7 @@ class OpenVINODeployment(Deployment):
         self._input_shape = input_shape  # (C, H, W)
         self._config = device.compile_config(float_precision)
         self._scopes = scopes  # module path -> ONNX node-name prefix, for precision_of
+        self._memory: int | None = None  # measured once, on first ask
         self._latency_model = self._compile()
         self._eval_model = self._compile(static=False)
         self._layers = layer_precisions(self._latency_model)
@@ -137,6 +139,17 @@ class OpenVINODeployment(Deployment):
             request.infer()
             totals.append(sum(p.real_time.total_seconds() for p in request.profiling_info) * 1000.0)
         return float(np.median(totals)) if totals else None
+
+    def memory_bytes(self) -> int | None:
+        """Peak resident memory that reading, compiling (this deployment's config, at the timed batch)
+        and running 10 inferences of this IR adds to a fresh process with OpenVINO and its CPU plugin
+        already loaded: :mod:`devices.memory_probe` says exactly what counts. CPU only: on a GPU or
+        NPU the model's memory is the device's, which a host process's RSS does not show."""
+        if self._device.target != "CPU" or not memory_probe.supported():
+            return None
+        if self._memory is None:
+            self._memory = memory_probe.probe(self._xml, (self.batch, *self._input_shape), self._config)
+        return self._memory
 
     def precision_of(self, modules: list[str]) -> dict[str, int]:
         return count_layers_under(self._layers, [self._scopes[m] for m in modules if m in self._scopes])
@@ -236,6 +249,7 @@ class OpenVINODevice(Device):
             precisions=tuple(floats + int8),
             extra={"capabilities": ",".join(capabilities), "performance_hint": "LATENCY"},
             channel_granularity={p: self._granularity(kind) for p in floats + int8},
+            measures_memory=self.target == "CPU" and memory_probe.supported(),
         )
 
     @staticmethod

@@ -61,8 +61,10 @@ class _Client:
 
 
 class RemoteDeployment(Deployment):
-    def __init__(self, client: _Client, record: dict, scopes: dict[str, str], batch: int):
+    def __init__(self, client: _Client, record: dict, scopes: dict[str, str], batch: int, measures_memory: bool = False):
         self._client = client
+        self._measures_memory = measures_memory  # the agent's device does (older agents: no)
+        self._memory: int | None = None
         self.id = record["id"]
         self._size = record["size_bytes"]
         self._weights = record["weights_bytes"]
@@ -89,6 +91,12 @@ class RemoteDeployment(Deployment):
         record = self._client.json("POST", f"/deployments/{self.id}/latency", reference=reference_id)
         record.pop("ci95_rel", None)
         return LatencyStats(**record)
+
+    def memory_bytes(self) -> int | None:
+        """The agent's adapter's figure (see its ``memory_bytes``), measured there once."""
+        if self._measures_memory and self._memory is None:
+            self._memory = self._client.json("POST", f"/deployments/{self.id}/memory")["memory_bytes"]
+        return self._memory
 
     def precision_of(self, modules: list[str]) -> dict[str, int]:
         from .openvino import count_layers_under
@@ -134,7 +142,8 @@ class RemoteDevice(Device):
             raise DeviceError(f"the agent at {base} serves {record['name']}, not {device}")
         self._info = DeviceInfo(f"remote:{base}/{record['name']}", record["full_name"], record["runtime"],
                                 record["threads"], tuple(record["precisions"]),
-                                {**record.get("extra", {}), "agent": base}, record.get("channel_granularity", {}))
+                                {**record.get("extra", {}), "agent": base}, record.get("channel_granularity", {}),
+                                record.get("measures_memory", False))
 
     def info(self) -> DeviceInfo:
         return self._info
@@ -149,4 +158,4 @@ class RemoteDevice(Device):
                                    input_shape=",".join(str(v) for v in example_input.shape[1:]),
                                    float_precision=plan.float_precision,
                                    int8=",".join(scopes[m] for m in plan.int8_modules), calibration=calibration)
-        return RemoteDeployment(self._client, record, scopes, self.batch)
+        return RemoteDeployment(self._client, record, scopes, self.batch, self._info.measures_memory)

@@ -68,7 +68,8 @@ def _first_line(error: BaseException) -> str:
 
 
 def _module_of(reference: str):
-    source = reference.rpartition(":")[0]
+    """The module of ``source:factory``, or of ``source`` alone."""
+    source = reference.rpartition(":")[0] or reference
     try:
         if not source.endswith(".py"):
             if os.getcwd() not in sys.path:  # as uvicorn: a module in the current folder is found
@@ -108,6 +109,17 @@ def _from_reference(reference: str, num_classes: int) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ModelError(f"model {reference!r}: {factory_name} returned {type(model).__name__}, not a torch nn.Module")
     return model
+
+
+def list_factories(source: str) -> list[str]:
+    """The references a user's file or module offers (``path/to/file.py`` or ``package.module``): its
+    public functions and ``nn.Module`` classes defined there, each as ``source:name``. Whether one
+    builds a model is known only by calling it, as ``tune groups --model REF`` does."""
+    module = _module_of(source)
+    names = [name for name, value in vars(module).items()
+             if not name.startswith("_") and getattr(value, "__module__", None) == module.__name__
+             and (inspect.isfunction(value) or inspect.isclass(value) and issubclass(value, nn.Module))]
+    return [f"{source}:{name}" for name in names]
 
 
 def source_sha256(name: str) -> str | None:

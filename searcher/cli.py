@@ -70,7 +70,7 @@ def _overrides(**named) -> dict:
 @user_errors_are_one_line
 def start(
     spec_file: Optional[Path] = typer.Option(None, "--spec", help="Study spec (TOML); default: the embedded studies/default.toml."),
-    target: Optional[str] = typer.Option(None, help="Objectives in order, e.g. latency,top1 (latency, top1, size, params, flops)."),
+    target: Optional[str] = typer.Option(None, help="Objectives in order, e.g. latency,top1 (latency, top1, size, params, flops, memory)."),
     model: Optional[str] = typer.Option(None, help="Model name: resnet20/32/44/56 or any torchvision classifier."),
     checkpoint: Optional[str] = typer.Option(None, help="Baseline weights (state dict; loaded with weights_only=True)."),
     data: Optional[str] = typer.Option(None, help="Data set: digits, cifar10 or imagefolder."),
@@ -120,7 +120,7 @@ def worker(
 ):
     """Join a study from this host and run its trials until the study has them all."""
     from .locks import StudyLocks
-    from .study import load_study
+    from .storage import load_study
 
     if threads:
         import torch
@@ -204,7 +204,7 @@ def pareto(
     storage: str = STORAGE_OPTION,
 ):
     """Print the current Pareto front of a stored study, with deltas against its baseline."""
-    from .study import load_study
+    from .storage import load_study
 
     _print_front(load_study(storage, study_name))
 
@@ -230,7 +230,7 @@ def export(
 ):
     """Write the deployable models of chosen trials, with a manifest (metrics, versions, checksums)."""
     from .export import choose_trials, export_trial
-    from .study import load_study
+    from .storage import load_study
 
     study = load_study(storage, study_name)
     for chosen in choose_trials(study, trial, pareto):
@@ -249,18 +249,21 @@ def report(
     classes: bool = typer.Option(True, help="Class-level harm of the front (loads the data set)."),
 ):
     """Write the study's report: front plots (PNG, HTML), tables, hypervolume, importances, class harm."""
-    from edgetune.objectives.data import DataError
-
+    from . import record
     from .report import write_report
-    from .spec import Spec
-    from .study import load_spec_data, load_study
+    from .storage import load_study
 
     study = load_study(storage, study_name)
     splits = None
-    from . import record
-
     stored = record.spec_values(study)
-    if classes and stored:
+    # Class-level harm compares stored predictions: without the baseline's there is nothing to compare,
+    # and the data set (torch, the image files) is not loaded at all.
+    if classes and stored and record.baseline(study).get("artifact_id"):
+        from edgetune.objectives.data import DataError
+
+        from .spec import Spec
+        from .study import load_spec_data
+
         try:
             splits = load_spec_data(Spec(stored, "stored"))
         except DataError as error:
@@ -283,7 +286,8 @@ def finalize(
     """Fine-tune the front's models longer; each becomes a new trial (finalized_from = the original)."""
     from .finalize import finalize as run_finalize
     from .finalize import originals
-    from .study import load_study, prepare
+    from .storage import load_study
+    from .study import prepare
 
     if epochs < 1:
         raise SpecError(f"--epochs: must be an integer >= 1, got {epochs}")
@@ -433,12 +437,23 @@ def device_agent(
 
 
 @app.command()
-def models(contains: Optional[str] = typer.Argument(None, help="Only names containing this text.")):
-    """List the model names `--model` accepts."""
-    from edgetune.objectives.models import list_models
+@user_errors_are_one_line
+def models(contains: Optional[str] = typer.Argument(
+        None, help="Only names containing this text; or your own file.py, package.module or module: its factories.")):
+    """List the model names `--model` accepts, or the factories of your own file or module."""
+    from edgetune.objectives.models import ModelError, list_factories, list_models
 
+    if contains and (contains.endswith(".py") or contains.endswith(":") or "." in contains and "/" not in contains):
+        source = contains.rstrip(":")
+        found = list_factories(source)
+        if not found:
+            raise ModelError(f"{source} defines no public function or nn.Module class to use as --model {source}:NAME")
+        console.print("\n".join(found))
+        return
     names = [n for n in list_models() if not contains or contains in n]
     console.print(" ".join(names))
+    console.print("[dim]your own model: --model path/to/file.py:factory or package.module:factory "
+                  "(`tune models path/to/file.py` lists a file's factories)[/]")
 
 
 def main() -> None:  # console script entry point

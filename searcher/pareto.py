@@ -150,7 +150,9 @@ def front_table(study: optuna.Study, title: str | None = None, trials: list | No
     else:
         settings = f"pruner, sparsity {'/'.join(groups)}, precision {'/'.join([*groups, 'other'])}"
     others = list(record.spec_values(study).get("device.also") or [])  # latency on each further device
-    for column in ("trial", "latency ms", *(f"ms@{name}" for name in others), "Top-1 %", "params", "FLOPs", "size", settings):
+    memory = base.get("memory_bytes") is not None  # studies from before it was measured, or devices that cannot: no column
+    for column in ("trial", "latency ms", *(f"ms@{name}" for name in others), "Top-1 %", "params", "FLOPs", "size",
+                   *(["memory"] if memory else []), settings):
         if column == settings:
             table.add_column(column, justify="left", overflow="fold", min_width=20)
         else:
@@ -158,7 +160,8 @@ def front_table(study: optuna.Study, title: str | None = None, trials: list | No
     if base:
         table.add_row("base", f"{base['latency_ms']:.3f}", *(_ms(base.get(f"latency_ms@{n}")) for n in others),
                       f"{base['top1']:.2f}", _human(base.get("params")),
-                      _human(base.get("flops")), _human(base.get("size_bytes")) + "B", "-")
+                      _human(base.get("flops")), _human(base.get("size_bytes")) + "B",
+                      *([_human(base["memory_bytes"]) + "B"] if memory else []), "-")
     for row in front(study, trials):
         a = row.attrs
         table.add_row(
@@ -170,6 +173,8 @@ def front_table(study: optuna.Study, title: str | None = None, trials: list | No
             _with_delta(_human(a.get("params")), _rel(a.get("params"), base.get("params"))),
             _with_delta(_human(a.get("flops")), _rel(a.get("flops"), base.get("flops"))),
             _human(a.get("size_bytes")) + "B",
+            *([_with_delta(_human(a.get("memory_bytes")) + "B", _rel(a.get("memory_bytes"), base["memory_bytes"]))]
+              if memory else []),
             settings_short(row.params, a, groups),
         )
     return table

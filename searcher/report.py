@@ -29,7 +29,7 @@ from .spec import target_direction, target_of_unit, target_unit
 SAMPLE = 2000
 
 LABELS = {"latency_ms": "latency (ms)", "top1": "Top-1 (%)", "size_bytes": "size (bytes)", "params": "parameters",
-          "flops": "FLOPs"}
+          "flops": "FLOPs", "memory_bytes": "memory (bytes)"}
 
 
 @dataclass
@@ -248,16 +248,24 @@ def _fmt(value: float, digits: int = 3) -> str:
 def front_markdown(data: ReportData) -> list[str]:
     groups = record.group_names(data.study)
     base = data.baseline
-    lines = ["| trial | latency ms | Δ latency | Top-1 % | Δ Top-1 | params | FLOPs | size | settings |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    memory = base.get("memory_bytes") is not None  # measured (devices.base.Deployment.memory_bytes)
+
+    def mem(value) -> list[str]:
+        return [f"{value:,}" if value is not None else "–"] if memory else []
+
+    header = ["trial", "latency ms", "Δ latency", "Top-1 %", "Δ Top-1", "params", "FLOPs", "size",
+              *(["memory bytes"] if memory else []), "settings"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     if base:
-        lines.append(f"| baseline | {base['latency_ms']:.3f} | | {base['top1']:.2f} | | {base['params']:,} | "
-                     f"{base['flops']:,} | {base['size_bytes']:,} | uncompressed |")
+        lines.append("| " + " | ".join([
+            "baseline", f"{base['latency_ms']:.3f}", "", f"{base['top1']:.2f}", "", f"{base['params']:,}",
+            f"{base['flops']:,}", f"{base['size_bytes']:,}", *mem(base.get("memory_bytes")), "uncompressed"]) + " |")
     for row in data.front:
         a = row.attrs
-        lines.append(f"| {row.number} | {a['latency_ms']:.3f} | {pareto._rel(a['latency_ms'], base.get('latency_ms'))} | "
-                     f"{a['top1']:.2f} | {a['top1'] - base.get('top1', a['top1']):+.2f} | {a['params']:,} | {a['flops']:,} | "
-                     f"{a['size_bytes']:,} | {pareto.settings_short(row.params, a, groups)} |")
+        lines.append("| " + " | ".join([
+            str(row.number), f"{a['latency_ms']:.3f}", pareto._rel(a["latency_ms"], base.get("latency_ms")),
+            f"{a['top1']:.2f}", f"{a['top1'] - base.get('top1', a['top1']):+.2f}", f"{a['params']:,}", f"{a['flops']:,}",
+            f"{a['size_bytes']:,}", *mem(a.get("memory_bytes")), pareto.settings_short(row.params, a, groups)]) + " |")
     return lines
 
 

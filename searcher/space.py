@@ -30,6 +30,13 @@ from edgetune.objectives.structure import Stage
 from .spec import Spec, SpecError
 
 
+def check_targets(spec: Spec, device: DeviceInfo) -> None:
+    """The targets ask nothing of the device it cannot measure (``memory``: not every runtime can tell)."""
+    if "memory" in spec.targets and not device.measures_memory:
+        raise SpecError(f"target 'memory': {device.name} cannot measure a deployed model's memory on this host "
+                        "(openvino:CPU, cpu and cuda can, on Linux); remove it from --target")
+
+
 def allowed_precisions(spec: Spec, device: DeviceInfo) -> list[str]:
     """The precisions the study may use: the spec's list (or "auto") within what the device runs."""
     wanted = spec["search.precisions"]

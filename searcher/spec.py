@@ -18,8 +18,11 @@ from edgetune.objectives.choices import DATASETS, PRUNERS
 
 from .storage import default_storage
 
-TARGETS = {"latency": "minimize", "top1": "maximize", "size": "minimize", "params": "minimize", "flops": "minimize"}
-TARGET_UNITS = {"latency": "latency_ms", "top1": "top1", "size": "size_bytes", "params": "params", "flops": "flops"}
+TARGETS = {"latency": "minimize", "top1": "maximize", "size": "minimize", "params": "minimize", "flops": "minimize",
+           "memory": "minimize"}
+#: ``memory``: the deployed model's inference memory as its device measures it (devices.base.Deployment.memory_bytes)
+TARGET_UNITS = {"latency": "latency_ms", "top1": "top1", "size": "size_bytes", "params": "params", "flops": "flops",
+                "memory": "memory_bytes"}
 #: ``latency@DEVICE``: the latency on one of ``device.also`` (attribute ``latency_ms@DEVICE``)
 ON_DEVICE = "@"
 

@@ -140,3 +140,18 @@ class AtomicArtifactStore(optuna.artifacts.FileSystemArtifactStore):
 def artifact_store(path: str) -> optuna.artifacts.FileSystemArtifactStore:
     Path(path).mkdir(parents=True, exist_ok=True)
     return AtomicArtifactStore(path)
+
+
+def load_study(storage_url: str, name: str | None) -> optuna.Study:
+    """An existing study; ``name`` may be omitted when the storage holds exactly one. Reads no trial:
+    the commands that only read a study (pareto, report, export) need nothing heavier than this module."""
+    storage = open_storage(storage_url)
+    names = optuna.get_all_study_names(storage)  # summaries would read every trial
+    if name is None:
+        if len(names) != 1:
+            raise StorageError(f"storage holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                               "name one with --study-name")
+        name = names[0]
+    if name not in names:
+        raise StorageError(f"no study '{name}' in the storage; studies: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=storage)

@@ -30,7 +30,7 @@ from .artifacts import ArtifactError, fetch, store_outcome
 from . import record
 from .locks import StudyLocks
 from .recipes import enqueue_recipes
-from .space import SearchSpace, allowed_precisions, build_space, channel_multiple, check_fixed_precisions
+from .space import SearchSpace, allowed_precisions, build_space, channel_multiple, check_fixed_precisions, check_targets
 from .spec import Spec, SpecError, stored_spec, target_unit
 from .storage import Heartbeat, open_storage, redact
 
@@ -76,19 +76,6 @@ def open_study(spec: Spec, storage: optuna.storages.BaseStorage | None = None) -
     if study.metric_names is None:
         study.set_metric_names([target_unit(t) for t in spec.targets])
     return study
-
-
-def load_study(storage_url: str, name: str | None) -> optuna.Study:
-    """An existing study; ``name`` may be omitted when the storage holds exactly one."""
-    storage = open_storage(storage_url)
-    names = optuna.get_all_study_names(storage)  # summaries would read every trial
-    if name is None:
-        if len(names) != 1:
-            raise SpecError(f"storage holds {len(names)} studies ({', '.join(names) or 'none'}); name one with --study-name")
-        name = names[0]
-    if name not in names:
-        raise SpecError(f"no study '{name}' in the storage; studies: {', '.join(names) or 'none'}")
-    return optuna.load_study(study_name=name, storage=storage)
 
 
 def data_id(spec: Spec) -> dict:
@@ -166,6 +153,7 @@ class _Checked:
 def validate(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> _Checked:
     device = make_device(spec)
     also = [OtherDevice(name, make_device(spec, name)) for name in spec["device.also"]]
+    check_targets(spec, device.info())
     precisions = allowed_precisions(spec, device.info())
     storage = open_storage(spec["study.storage"], heartbeat(spec))
     locks = StudyLocks(spec["study.storage"], spec["study.name"])

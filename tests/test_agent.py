@@ -62,6 +62,7 @@ def test_remote_device_deploys_measures_and_predicts(agent_url, digits, monkeypa
         stats = deployment.measure_latency(reference=reference)
         assert stats.runs >= 20 and 0.8 < stats.ratio < 1.25  # the same model against itself
         assert deployment.precision_used == {"f32": 22} and deployment.size_bytes > 0
+        assert device.info().measures_memory and deployment.memory_bytes() > 0  # the agent's probe, measured there
     finally:
         deployment.close()
         reference.close()

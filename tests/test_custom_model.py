@@ -43,6 +43,20 @@ def test_a_reference_builds_the_users_model(tmp_path, monkeypatch):
         create_model("mynet:nope", 3)
 
 
+def test_tune_models_and_groups_take_a_reference(tmp_path, monkeypatch):
+    (tmp_path / "mynet.py").write_text(MYNET)
+    monkeypatch.chdir(tmp_path)
+    listed = CliRunner().invoke(app, ["models", "mynet.py"])
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.split() == ["mynet.py:Block", "mynet.py:build", "mynet.py:no_arguments"]  # not nn, not imports
+    assert CliRunner().invoke(app, ["models", "mynet:"]).output.split() == listed.output.replace("mynet.py", "mynet").split()
+    groups = CliRunner().invoke(app, ["groups", "--model", "mynet.py:build", "--set", "device.name=cpu"])
+    assert groups.exit_code == 0, groups.output
+    assert "layer groups of mynet.py:build" in groups.output and "body" in groups.output
+    missing = CliRunner().invoke(app, ["models", "nowhere.py"])
+    assert missing.exit_code == 2 and missing.output.startswith("error: model 'nowhere.py': file nowhere.py does not exist")
+
+
 @pytest.mark.slow
 def test_a_study_of_a_custom_model_runs_and_exports(tmp_path, monkeypatch):
     (tmp_path / "mynet.py").write_text(MYNET)
