@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .data import DataSplits
+from .errors import first_line
 from .finetune import TrainSettings, train
 from .models import create_model, source_sha256
 
@@ -46,8 +47,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle refusing globals, truncated file, not a torch file...
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be loaded safely (weights only): {reason}") from None
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely (weights only): {first_line(error)}") from None
     if isinstance(state, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(state.get(key), dict):
@@ -58,7 +58,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        raise CheckpointError(f"checkpoint {path} does not fit the model: {str(error).splitlines()[0]}") from None
+        raise CheckpointError(f"checkpoint {path} does not fit the model: {first_line(error)}") from None
     return model
 
 

@@ -15,6 +15,7 @@ import torch
 from torch.nn import functional as F
 
 from .choices import DATASETS
+from .errors import first_line
 
 
 class DataError(ValueError):
@@ -159,5 +160,5 @@ def _rgb_loader(path: str):
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as error:  # corrupt, truncated or unreadable
         reason = ("not an image file Pillow can read" if isinstance(error, UnidentifiedImageError)
-                  else str(error).splitlines()[0] if str(error).strip() else type(error).__name__)
+                  else first_line(error))
         raise DataError(f"image {path} cannot be read: {reason}") from None

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .cifar_resnet import CifarResNet
+from .errors import first_line
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -62,11 +63,6 @@ def is_reference(name: str) -> bool:
     return bool(sep and module and factory)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
-
-
 def _module_of(reference: str):
     """The module of ``source:factory``, or of ``source`` alone."""
     source = reference.rpartition(":")[0] or reference
@@ -87,7 +83,7 @@ def _module_of(reference: str):
     except ModelError:
         raise
     except Exception as error:  # noqa: BLE001 - the user's code: any failure is one line
-        raise ModelError(f"model {reference!r}: {source} does not import: {_first_line(error)}") from None
+        raise ModelError(f"model {reference!r}: {source} does not import: {first_line(error, typed=True)}") from None
 
 
 def _from_reference(reference: str, num_classes: int) -> nn.Module:
@@ -105,7 +101,7 @@ def _from_reference(reference: str, num_classes: int) -> nn.Module:
         model = factory(num_classes=num_classes) if takes_classes else factory()
     except Exception as error:  # noqa: BLE001 - the user's code
         raise ModelError(f"model {reference!r}: {factory_name}(num_classes={num_classes}) failed: "
-                         f"{_first_line(error)}") from None
+                         f"{first_line(error, typed=True)}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"model {reference!r}: {factory_name} returned {type(model).__name__}, not a torch nn.Module")
     return model

@@ -15,6 +15,7 @@ from torch import nn
 
 from . import nni_compat
 from .choices import PRUNERS
+from .errors import first_line
 from .groups import LayerGroup
 
 nni_compat.apply()
@@ -110,8 +111,7 @@ def config_list(model: nn.Module, groups: list[LayerGroup], keep: dict[str, int]
             graph = concrete_trace(model.eval(), {first: dummy})
             grouped = auto_set_denpendency_group_ids(graph, coupled)
         except Exception as error:  # noqa: BLE001 - NNI's tracer raises whatever the traced code raises
-            raise PruneError(f"NNI's tracer cannot follow the model: {type(error).__name__}: "
-                             f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}") from error
+            raise PruneError(f"NNI's tracer cannot follow the model: {first_line(error, typed=True)}") from error
         finally:
             model.train(was_training)
         configs += [{**c, "op_types": ["Conv2d"]} for c in grouped]
@@ -148,7 +148,7 @@ def _check_runs(model: nn.Module, dummy: torch.Tensor, engine: str) -> None:
         with torch.no_grad():
             model(dummy)
     except RuntimeError as error:
-        raise PruneError(f"{engine} produced a broken model: {str(error).splitlines()[0]}") from error
+        raise PruneError(f"{engine} produced a broken model: {first_line(error)}") from error
 
 
 def remove_channels(model: nn.Module, masks: dict, example_input: torch.Tensor) -> str:

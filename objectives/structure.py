@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .errors import first_line
+
 BLOCK_TYPES = ("BasicBlock", "Bottleneck", "InvertedResidual")
 
 
@@ -203,7 +205,7 @@ def stream_pruning_error(model: nn.Module, stages: list[Stage], example_input: t
         with torch.no_grad():
             candidate(example_input)
     except Exception as error:  # noqa: BLE001 - whatever the tracer or the pruned graph raises is the reason
-        return f"{type(error).__name__}: {error}".splitlines()[0]
+        return first_line(error, typed=True)
     return None
 
 

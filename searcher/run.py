@@ -20,6 +20,7 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
+from edgetune.objectives.errors import first_line
 from edgetune.objectives.pipeline import CollapsedError, TooSlowError, TrialContext, TrialPlan, run_trial
 
 from .artifacts import pack_outcome, upload
@@ -83,8 +84,7 @@ class Objective:
         except CollapsedError as error:
             return TrialResult(TrialState.PRUNED, attributes={"failure": str(error), "top1": error.top1})
         except Exception as error:  # noqa: BLE001 - any failure is recorded; the study goes on
-            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-            return TrialResult(TrialState.FAIL, attributes={"failure": reason})
+            return TrialResult(TrialState.FAIL, attributes={"failure": first_line(error, typed=True)})
         return self.result_of(trial, outcome, limit)
 
     def result_of(self, trial: optuna.Trial, outcome, limit: float | None = None) -> TrialResult:

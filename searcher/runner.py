@@ -75,7 +75,10 @@ def run_study(spec: Spec, events: RunEvents | None = None, joining: bool = False
     else:
         def on_trial_end(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             events.on_trial_end(study, trial)
-            if reason := unprunable(study.get_trials(deepcopy=False), prepared.baseline["params"]):
+            failed_pruning = (trial.state == optuna.trial.TrialState.FAIL
+                              and trial.user_attrs.get("failure", "").startswith(PRUNING_ERRORS))
+            # only a pruning failure can complete the pattern: other trials are not worth a read of all trials
+            if failed_pruning and (reason := unprunable(study.get_trials(deepcopy=False), prepared.baseline["params"])):
                 raise SpecError(
                     f"{SAME_FAILURES_TO_STOP} trials failed pruning {spec['model.name']} the same way "
                     f"({reason}); exclude the layers at fault (`tune groups --model {spec['model.name']}` lists them) "

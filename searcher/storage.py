@@ -19,6 +19,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from edgetune.objectives.errors import first_line
+
 #: the storage URL when no --storage is given (keeps passwords out of command lines and shell history)
 STORAGE_ENV = "EDGETUNE_STORAGE"
 DEFAULT_STORAGE = "sqlite:///edgetune.db"
@@ -119,8 +121,7 @@ def database_answers(url: str, timeout_s: float = 5.0) -> bool:
 
 def error_reason(error: Exception) -> str:
     """The first line of a database error's own message (the driver's, where SQLAlchemy wraps one)."""
-    text = str(getattr(error, "orig", None) or error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return first_line(getattr(error, "orig", None) or error)
 
 
 class AtomicArtifactStore(optuna.artifacts.FileSystemArtifactStore):

@@ -62,9 +62,10 @@ def make_sampler(spec: Spec) -> optuna.samplers.BaseSampler:
 def open_study(spec: Spec, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
     storage = storage or open_storage(spec["study.storage"])
     name = spec["study.name"]
-    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    if name in existing and existing[name].user_attrs.get("spec"):  # a summary, not a study: no record helper
-        stored = stored_spec(existing[name].user_attrs["spec"])  # today's defaults fill keys added since
+    existing = optuna.get_all_study_names(storage)  # summaries would read every trial of every study
+    found = optuna.load_study(study_name=name, storage=storage) if name in existing else None
+    if found is not None and found.user_attrs.get("spec"):
+        stored = stored_spec(found.user_attrs["spec"])  # today's defaults fill keys added since
         for key in FIXED_ON_RESUME:
             if stored[key] != spec[key]:
                 raise SpecError(f"study '{name}' exists with {key} = {stored[key]!r}, not {spec[key]!r}; "

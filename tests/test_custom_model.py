@@ -63,6 +63,7 @@ def test_a_study_of_a_custom_model_runs_and_exports(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path}/custom.db"
     result = CliRunner().invoke(app, ["start", "--model", "mynet.py:build", "--trials", "3", "--storage", storage,
+                                      "--target", "latency,memory,top1",
                                       "--study-name", "mine", "--set", "baseline.epochs=2", "--set", "finetune.epochs=1",
                                       "--set", f"study.artifacts={tmp_path}/artifacts", "--set", "device.latency_max_seconds=1",
                                       "--set", "search.recipes=false"], catch_exceptions=False)
@@ -74,9 +75,60 @@ def test_a_study_of_a_custom_model_runs_and_exports(tmp_path, monkeypatch):
     base = study.user_attrs
     assert any(t.user_attrs["params"] < base["baseline_params"] and t.user_attrs["flops"] < base["baseline_flops"]
                for t in complete)
+    # memory as a third objective (devices/memory_probe.py), measured on every trial and on the baseline
+    assert study.metric_names == ["latency_ms", "memory_bytes", "top1"] and base["baseline_memory_bytes"] > 0
+    assert all(len(t.values) == 3 and t.values[1] == t.user_attrs["memory_bytes"] > 0 for t in complete)
+    assert "memory" in result.output  # the printed front has its column
+    report = CliRunner().invoke(app, ["report", "mine", "--storage", storage, "--out", str(tmp_path / "report")])
+    assert report.exit_code == 0, report.output
+    assert "| memory bytes |" in (tmp_path / "report" / "mine" / "report.md").read_text()
     exported = CliRunner().invoke(app, ["export", "mine", "--pareto", "--storage", storage, "--out", str(tmp_path / "out")])
     assert exported.exit_code == 0, exported.output
     from edgetune.objectives.export import load_pruned
 
     for folder in (tmp_path / "out").iterdir():
         assert load_pruned(folder)(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+UNTRACEABLE = """
+from torch import nn
+
+
+class Block(nn.Module):  # residual: its channels are coupled, so pruning it needs NNI's tracer
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        scale = float(x.detach().abs().amax().numpy())  # through NumPy: NNI's tracer cannot follow, ONNX can
+        return x + self.conv(x) * min(scale, 1.0)
+
+
+def build(num_classes=10):
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), Block(16), Block(16), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(16, num_classes))
+"""
+
+
+@pytest.mark.slow
+def test_a_model_that_cannot_be_pruned_stops_the_study_with_one_line(tmp_path, monkeypatch):
+    (tmp_path / "untraceable.py").write_text(UNTRACEABLE)
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path}/stuck.db"
+    result = CliRunner().invoke(app, [
+        "start", "--model", "untraceable.py:build", "--trials", "8", "--storage", storage, "--study-name", "stuck",
+        "--set", "baseline.epochs=3", "--set", "finetune.epochs=1", "--set", f"study.artifacts={tmp_path}/artifacts",
+        "--set", "device.latency_max_seconds=1", "--set", "search.recipes=false", "--set", "search.precisions=[\"f32\"]",
+        "--set", "search.depth=false"])  # removing a block needs no tracer: every trial must need it
+    assert result.exit_code == 2, result.output + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("error: 3 trials failed pruning untraceable.py:build the same way")
+    assert "search.exclude" in line
+    trials = optuna.load_study(study_name="stuck", storage=storage).trials
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 3 and len(trials) < 8  # stopped at the third failure, not at the budget
+    base = optuna.load_study(study_name="stuck", storage=storage).user_attrs["baseline_params"]
+    # the complete ones kept every channel (nothing to prune, so no tracer): none shows the model prunable
+    assert all(t.user_attrs["params"] == base for t in trials if t not in failed)

@@ -1,17 +1,13 @@
 """Inference memory (``memory_bytes``, target ``memory``): real OpenVINO and torch in a child process."""
-import optuna
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 from edgetune.devices import DeviceError, DeviceInfo, create_device
 from edgetune.devices.memory_probe import probe, supported
-from edgetune.searcher.cli import app
 from edgetune.searcher.space import check_targets
 from edgetune.searcher.spec import SpecError, load_spec, target_direction, target_unit
 
-from conftest import fresh_tiny_spec, start_tiny
 
 linux = pytest.mark.skipif(not supported(), reason="the memory probe needs Linux /proc")
 X = torch.rand(2, 3, 32, 32)
@@ -75,20 +71,4 @@ def test_a_memory_target_on_a_device_that_cannot_measure_it_is_refused():
     check_targets(load_spec(overrides={"study.targets": ["latency"]}), blind)  # nothing asked of it: no error
 
 
-@linux
-@pytest.mark.slow
-def test_a_study_can_target_memory(tmp_path):
-    folder = fresh_tiny_spec(tmp_path)
-    output = start_tiny(folder, "--study-name", "memory", "--target", "latency,memory,top1", "--trials", "2")
-    assert "Pareto front of 'memory'" in output and "memory" in output  # the front shows the memory column
-    study = optuna.load_study(study_name="memory", storage=f"sqlite:///{folder}/tiny.db")
-    assert study.metric_names == ["latency_ms", "memory_bytes", "top1"]
-    assert study.user_attrs["baseline_memory_bytes"] > 0
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert complete, [t.user_attrs.get("failure") for t in study.trials]
-    for trial in complete:
-        assert len(trial.values) == 3 and trial.values[1] == trial.user_attrs["memory_bytes"] > 0
-    result = CliRunner().invoke(app, ["report", "memory", "--storage", f"sqlite:///{folder}/tiny.db",
-                                      "--out", str(tmp_path / "report"), "--no-classes"])
-    assert result.exit_code == 0, result.output
-    assert "| memory bytes |" in (tmp_path / "report" / "memory" / "report.md").read_text()  # the front's column
+# A study with --target latency,memory,top1 end to end: tests/test_custom_model.py (one study, both checks).
