@@ -1,6 +1,6 @@
 # make demo: set up .venv and run the default study (studies/default.toml)
 # make test: set up .venv with the test extras and run the test suite (all of it, as CI does)
-# make check: the quick tier for a development loop (tests not marked slow)
+# make check: the quick tier for a development loop (tests not marked slow, on every core: pytest-xdist)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -29,7 +29,7 @@ test: setup-test
 	$(BIN)/python -m pytest -q
 
 check: setup-test
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n auto
 
 clean:
 	rm -rf $(VENV) edgetune.db edgetune-artifacts

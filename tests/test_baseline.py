@@ -20,16 +20,31 @@ class _Exploit:
         return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
 
 
-def test_baseline_is_trained_once_then_cached(digits):
+TINY_NET = """
+from torch import nn
+
+
+def build(num_classes=10):
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, num_classes))
+"""
+
+
+def test_baseline_is_trained_once_then_cached(digits, tmp_path):
+    (tmp_path / "tinynet.py").write_text(TINY_NET)  # the cache is under test, not training: a second of it
+    model = f"{tmp_path}/tinynet.py:build"
     settings = TrainSettings(epochs=1, lr=0.05, seed=1)
-    first, source = get_baseline("resnet20", digits, {"name": "digits"}, settings)
+    first, source = get_baseline(model, digits, {"name": "digits"}, settings)
     assert source == "trained"
-    second, source = get_baseline("resnet20", digits, {"name": "digits"}, settings)
+    second, source = get_baseline(model, digits, {"name": "digits"}, settings)
     assert source == "cache"
     for a, b in zip(first.state_dict().values(), second.state_dict().values()):
         assert torch.equal(a, b)
-    _, source = get_baseline("resnet20", digits, {"name": "digits"}, TrainSettings(epochs=1, lr=0.05, seed=2))
+    _, source = get_baseline(model, digits, {"name": "digits"}, TrainSettings(epochs=1, lr=0.05, seed=2))
     assert source == "trained"  # other settings, other key
+    (tmp_path / "tinynet.py").write_text(TINY_NET.replace("8, 3, stride=4", "8, 5, stride=4"))
+    _, source = get_baseline(model, digits, {"name": "digits"}, settings)
+    assert source == "trained"  # the model's file changed: its own key
 
 
 def test_checkpoint_is_loaded_as_weights_only(tmp_path, digits):

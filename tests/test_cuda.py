@@ -37,6 +37,8 @@ def test_cuda_measures_and_predicts_a_tiny_model(precision):
         stats = deployment.measure_latency()
         assert stats.runs >= 20 and 0 < stats.median_ms and stats.device_median_ms > 0
         assert deployment.size_bytes > 0
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())  # f32 on the host
+        assert info.measures_memory and deployment.memory_bytes() >= weights * (1 if precision == "f32" else 0.5)
     finally:
         deployment.close()
 
