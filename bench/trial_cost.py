@@ -48,7 +48,7 @@ def main() -> None:
     trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     walls = np.array([(t.datetime_complete - t.datetime_start).total_seconds() for t in trials])
     phases = sorted({k for t in trials for k in t.user_attrs["seconds"]},
-                    key=lambda k: ("prune", "speedup", "screen", "fine_tune", "deploy", "evaluate", "measure", "store").index(k))
+                    key=lambda k: ("prune", "speedup", "screen", "fine_tune", "deploy", "evaluate", "measure", "memory", "store").index(k))
     times = {k: np.array([t.user_attrs["seconds"].get(k, 0.0) for t in trials]) for k in phases}
     times["sampler + database"] = walls - sum(times.values())
     spec = record.spec_values(study)

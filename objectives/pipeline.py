@@ -295,9 +295,10 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
         class_top1 = per_class_accuracy(logits.argmax(axis=1), labels, ctx.data.num_classes)
     with clock.phase("measure"):
         stats, latency_ms = timed(deployment, ctx.device, ctx.reference)
-        with exclusive(ctx.device.info().name):  # the memory probe runs inferences too: not beside a timing
+        with exclusive(ctx.device.info().name):
             throughput = deployment.measure_throughput() if ctx.throughput else None
-            memory = deployment.memory_bytes()
+    with clock.phase("memory"), exclusive(ctx.device.info().name):  # the probe runs inferences: not beside a timing
+        memory = deployment.memory_bytes()
     drift = stats.reference_median_ms / ctx.reference.latency_ms if stats.ratio is not None else 1.0
     info = ctx.device.info().to_dict()
     info.update(inference_precision=deployment.inference_precision, threads_used=getattr(deployment, "threads", info["threads"]))

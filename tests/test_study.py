@@ -11,7 +11,7 @@ CONTRACT = ["latency_ms", "latency_p90_ms", "latency_ci95_rel", "latency_runs", 
             "size_bytes", "sparsity_achieved", "precision_plan", "precision_used", "precision_used_by_group",
             "calibration_size", "device", "fine_tune_epochs", "seconds", "artifact_id", "channels", "inner_width",
             "channel_multiple", "depth", "stream_width", "blocks_removed"]
-PHASES = ["prune", "speedup", "fine_tune", "deploy", "evaluate", "measure", "store"]
+PHASES = ["prune", "speedup", "fine_tune", "deploy", "evaluate", "measure", "memory", "store"]
 
 
 from conftest import copy_of_study, fresh_tiny_spec
