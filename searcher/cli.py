@@ -146,8 +146,9 @@ def _stored_spec_of(study, storage: str, artifacts: Optional[str]):
     return stored_spec(stored, overrides)
 
 
-def _run_interruptible(spec, run, quiet: bool = False):
-    """Run with a progress display; Ctrl-C or SIGTERM fails the running trial cleanly and exits 130."""
+def _run_interruptible(spec, run, quiet: bool = False, total: int | None = None, label: str = "trials"):
+    """Run with a progress display (``total`` of ``label``: the study's trial budget unless given);
+    Ctrl-C or SIGTERM fails the running trial cleanly and exits 130."""
     import signal
 
     from .progress import StudyProgress
@@ -161,7 +162,8 @@ def _run_interruptible(spec, run, quiet: bool = False):
     stop_requested.clear()
     previous = {number: signal.signal(number, interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with StudyProgress(console, spec["study.trials"], 0, quiet=quiet) as progress:
+        with StudyProgress(console, spec["study.trials"] if total is None else total, 0, quiet=quiet,
+                           label=label) as progress:
             return run(spec, progress)
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/]: finished trials are stored in {redact(spec['study.storage'])}; "
@@ -292,17 +294,18 @@ def finalize(
     if epochs < 1:
         raise SpecError(f"--epochs: must be an integer >= 1, got {epochs}")
     found = load_study(storage, study_name)
-    originals(found, trial)  # an unknown or unfinished trial fails here, before anything is loaded
+    chosen = originals(found, trial)  # an unknown or unfinished trial fails here, before anything is loaded
     spec = _stored_spec_of(found, storage, artifacts)
 
     def run(spec, progress):
         prepared = prepare(spec, on_status=progress.status, joining=True)
-        return run_finalize(prepared, spec, epochs, trial, on_status=progress.status), prepared.study
+        return run_finalize(prepared, spec, epochs, trial, on_status=progress.status,
+                            on_done=progress.budget_spent), prepared.study
 
     from .locks import StudyLocks
 
     with StudyLocks(spec["study.storage"], spec["study.name"]).exclusive_worker():  # SQLite: one process at a time
-        pairs, study = _run_interruptible(spec, run)
+        pairs, study = _run_interruptible(spec, run, total=len(chosen), label="models finalized")
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     for original, finalized in pairs:
         before, after = by_number[original].user_attrs, by_number[finalized].user_attrs

@@ -17,6 +17,7 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from edgetune.objectives.errors import first_line
 from edgetune.objectives.export import load_pruned
 from edgetune.objectives.finetune import TrainSettings
 from edgetune.objectives.pipeline import TrialPlan, _Clock, device_plan_for, fine_tune_and_measure
@@ -66,15 +67,18 @@ def _plan_of(original: FrozenTrial, epochs: int, spec) -> TrialPlan:
 
 
 def finalize(prepared: Prepared, spec, epochs: int, numbers: list[int] | None = None,
-             on_status: Callable[[str], None] = lambda s: None) -> list[tuple[int, int]]:
-    """Finalize each chosen trial; returns (original, finalized) trial numbers."""
+             on_status: Callable[[str], None] = lambda s: None,
+             on_done: Callable[[int], None] = lambda count: None) -> list[tuple[int, int]]:
+    """Finalize each chosen trial; returns (original, finalized) trial numbers. ``on_done(count)``:
+    how many of the chosen are finished so far (already finalized ones included)."""
     study = prepared.study
     objective = Objective(spec, prepared.context, prepared.baseline, prepared.space)
     done = already_finalized(study)
     pairs = []
-    for original in originals(study, numbers):
+    for count, original in enumerate(originals(study, numbers), 1):
         if original.number in done:
             on_status(f"trial {original.number}: already finalized")
+            on_done(count)
             continue
         plan = _plan_of(original, epochs, spec)
         study.enqueue_trial(original.params, user_attrs={FINALIZED_FROM: original.number})
@@ -97,9 +101,10 @@ def finalize(prepared: Prepared, spec, epochs: int, numbers: list[int] | None = 
             study.tell(trial, state=TrialState.FAIL)
             raise
         except Exception as error:  # noqa: BLE001 - recorded on the trial; the next one goes on
-            result = TrialResult(TrialState.FAIL, attributes={"failure": f"{type(error).__name__}: {error}"})
+            result = TrialResult(TrialState.FAIL, attributes={"failure": first_line(error, typed=True)})
         objective.record(trial, result)
         study.tell(trial, result.values if result.state == TrialState.COMPLETE else None, state=result.state)
         objective.discard(result)
         pairs.append((original.number, trial.number))
+        on_done(count)
     return pairs

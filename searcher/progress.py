@@ -12,13 +12,13 @@ from .runner import RunEvents
 class StudyProgress(RunEvents):
     """A progress bar with the current phase, and a line per finished trial (none when ``quiet``)."""
 
-    def __init__(self, console: Console, total: int, done: int, quiet: bool = False):
+    def __init__(self, console: Console, total: int, done: int, quiet: bool = False, label: str = "trials"):
         self.console = console
         self.quiet = quiet
         self.progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[phase]}"),
                                  console=console, transient=False)
-        self.task = self.progress.add_task("trials", total=total, completed=done, phase="")
+        self.task = self.progress.add_task(label, total=total, completed=done, phase="")
 
     def __enter__(self):
         self.progress.__enter__()

@@ -20,6 +20,7 @@ def test_finalize_adds_a_trial_from_the_original_weights_and_resumes(tiny_study,
     result = CliRunner().invoke(app, ["finalize", "tiny", "--storage", storage, "--epochs", "1", "--trial", str(original.number), *moved])
     assert result.exit_code == 0, result.output
     assert f"trial {original.number} -> " in result.output
+    assert "models finalized" in result.output and "1/1" in result.output  # its progress counts models, not the budget
     study = optuna.load_study(study_name="tiny", storage=storage)
     finalized = [t for t in study.trials if t.user_attrs.get("finalized_from") == original.number]
     assert len(finalized) == 1 and finalized[0].state == optuna.trial.TrialState.COMPLETE
