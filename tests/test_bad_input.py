@@ -201,3 +201,18 @@ def test_the_installed_command_prints_only_the_line(tmp_path, args, message):
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == message
     assert "Traceback" not in result.stdout
+
+
+@pytest.mark.slow
+def test_a_baseline_at_chance_level_stops_the_study(tmp_path):
+    from conftest import fresh_tiny_spec
+
+    folder = fresh_tiny_spec(tmp_path)  # ResNet-20 on digits, left untrained: it guesses
+    result = CliRunner().invoke(app, ["start", "--spec", str(folder / "tiny.toml"), "--study-name", "untrained",
+                                      "--set", "baseline.epochs=0"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: the baseline learned nothing: Top-1 "), result.stderr
+    assert "chance is 10.0%; train it longer (--set baseline.epochs=N, now 0)" in lines[0]
+    study = optuna.load_study(study_name="untrained", storage=f"sqlite:///{folder}/tiny.db")
+    assert all(t.state == optuna.trial.TrialState.WAITING for t in study.trials)  # queued recipes at most: none ran
