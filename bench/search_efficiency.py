@@ -18,7 +18,9 @@ database (``--db``; a rerun resumes the studies it finds there):
 - ``uniform-int8``: the same sweep, then every layer int8 (QAT while fine-tuning, as edgetune's
   int8 groups): "prune uniformly, then quantize", the stronger off-the-shelf recipe on an int8 CPU;
 - ``latency-only``: a single-objective TPE search of latency alone (what the original study did);
-  its trials' Top-1 is recorded all the same, so its front can be scored.
+  its trials' Top-1 is recorded all the same, so its front can be scored;
+- ``tpe-distill``: ``tpe`` with every fine-tune distilled from the baseline's logits (weight 0.9,
+  T = 4; bench/distillation.py found it better at equal length): whether it should be the default.
 
 Every method is scored on (latency relative to its study's baseline, Top-1) with the hypervolume
 against the baseline's reference point (the report's definition) after every trial. Printed: the
@@ -49,9 +51,10 @@ from edgetune.searcher.runner import RunEvents, run_study
 from edgetune.searcher.spec import load_spec
 from edgetune.searcher.worker import budget_used, counts_toward_budget
 
-METHODS = ("nsga2", "tpe", "random", "inner-only", "uniform", "uniform-int8", "latency-only")
+METHODS = ("nsga2", "tpe", "random", "inner-only", "uniform", "uniform-int8", "latency-only", "tpe-distill")
 INNER_ONLY = {"search.depth": False, "search.stream_width": False}  # the space before depth and stream widths
 SWEEPS = {"uniform": "float", "uniform-int8": "int8"}  # the off-the-shelf recipes: group precision of each
+DISTILL = {"finetune.distill": 0.9, "finetune.temperature": 4.0}  # bench/distillation.py's setting
 DROPS = (1.0, 2.0, 5.0, 10.0)  # Top-1 points below the baseline at which the fastest models are compared
 TASKS = {
     "default": {},  # studies/default.toml: ResNet-56 on digits
@@ -71,6 +74,8 @@ def method_spec(task: str, method: str, seed: int, trials: int, db: str, extra: 
                           **INNER_ONLY})
     elif method == "inner-only":
         overrides.update({"study.targets": ["latency", "top1"], "study.sampler": "tpe", **INNER_ONLY})
+    elif method == "tpe-distill":
+        overrides.update({"study.targets": ["latency", "top1"], "study.sampler": "tpe", **DISTILL})
     else:
         overrides.update({"study.targets": ["latency", "top1"], "study.sampler": method})
     return load_spec(None, overrides)
