@@ -134,7 +134,15 @@ class Deployment(abc.ABC):
     def memory_bytes(self) -> int | None:
         """Memory the deployed model needs to run: its weights as loaded, the runtime's compiled form,
         activations and scratch buffers at their peak over a few inferences of one batch, in bytes.
-        Each adapter says exactly which figure it measures; None where the runtime cannot tell."""
+        Each adapter says exactly which figure it measures (``_measure_memory``); None where the runtime
+        cannot tell. Measured once, on first ask (a probe runs inferences: seconds)."""
+        # Not functools.cached_property: on Python 3.11 it holds one lock for every instance, and a remote
+        # deployment waiting on its agent in this process (the tests) would block the agent's own.
+        if "_memory" not in vars(self):
+            self._memory = self._measure_memory()
+        return self._memory
+
+    def _measure_memory(self) -> int | None:
         return None
 
     def close(self) -> None:

@@ -60,7 +60,6 @@ class CPUDeployment(TorchScriptDeployment):
         self.precision_used = self._count(self._modules.values())
         self.inference_precision = plan.float_precision
         self.threads = torch.get_num_threads()
-        self._memory: int | None = None  # measured once, on first ask
 
     @staticmethod
     def _count(modules) -> dict[str, int]:
@@ -86,15 +85,13 @@ class CPUDeployment(TorchScriptDeployment):
 
         return run_once
 
-    def memory_bytes(self) -> int | None:
+    def _measure_memory(self) -> int | None:
         """Peak resident memory that loading the deployed TorchScript file (``model.pt``, traced from
         the module that is timed) and running 10 inferences of one batch adds to a fresh process with
         torch already loaded and warmed up: :mod:`devices.memory_probe` says exactly what counts."""
         if not memory_probe.supported():
             return None
-        if self._memory is None:
-            self._memory = memory_probe.probe(self._path, tuple(self._input.shape), threads=self.threads)
-        return self._memory
+        return memory_probe.probe(self._path, tuple(self._input.shape), threads=self.threads)
 
     def precision_of(self, modules: list[str]) -> dict[str, int]:
         return self._count([m for name, m in self._modules.items() if under(name, modules)])

@@ -38,7 +38,6 @@ class CUDADeployment(TorchScriptDeployment):
             precision for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))))
         self.inference_precision = precision
         self.threads = 0
-        self._memory: int | None = None  # measured once, on first ask
 
     def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         outputs = []
@@ -71,24 +70,21 @@ class CUDADeployment(TorchScriptDeployment):
                 times.append(start.elapsed_time(end))
         return float(np.median(times))
 
-    def memory_bytes(self) -> int | None:
+    def _measure_memory(self) -> int | None:
         """Bytes PyTorch's CUDA allocator holds for this model at its peak: its weights and buffers,
         the input batch, and the most that 10 inferences allocate above them (activations, cuDNN
         workspace). Not the CUDA context or cuDNN's own handles, nor blocks the caching allocator keeps
         free: the model's need, not what ``nvidia-smi`` shows. Measured in this process, which is
         honest here (unlike host RSS): the allocator counts tensors, and the peak is reset first."""
-        if self._memory is None:
-            index = self._device.torch_device
-            run = self.runner()
-            run()  # cuDNN's benchmark mode tries algorithms (and their workspaces) on the first run only
-            torch.cuda.reset_peak_memory_stats(index)
-            before = torch.cuda.memory_allocated(index)
-            for _ in range(_MEMORY_RUNS):
-                run()
-            held = sum(t.numel() * t.element_size() for t in [*self._module.parameters(), *self._module.buffers()])
-            self._memory = held + self._input.numel() * self._input.element_size() + \
-                torch.cuda.max_memory_allocated(index) - before
-        return self._memory
+        index = self._device.torch_device
+        run = self.runner()
+        run()  # cuDNN's benchmark mode tries algorithms (and their workspaces) on the first run only
+        torch.cuda.reset_peak_memory_stats(index)
+        before = torch.cuda.memory_allocated(index)
+        for _ in range(_MEMORY_RUNS):
+            run()
+        held = sum(t.numel() * t.element_size() for t in [*self._module.parameters(), *self._module.buffers()])
+        return held + self._input.numel() * self._input.element_size() + torch.cuda.max_memory_allocated(index) - before
 
     def precision_of(self, modules: list[str]) -> dict[str, int]:
         chosen = [m for name, m in self._module.named_modules()

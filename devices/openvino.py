@@ -76,7 +76,6 @@ class OpenVINODeployment(Deployment):
         self._input_shape = input_shape  # (C, H, W)
         self._config = device.compile_config(float_precision)
         self._scopes = scopes  # module path -> ONNX node-name prefix, for precision_of
-        self._memory: int | None = None  # measured once, on first ask
         self._latency_model = self._compile()
         self._eval_model = self._compile(static=False)
         self._layers = layer_precisions(self._latency_model)
@@ -140,16 +139,14 @@ class OpenVINODeployment(Deployment):
             totals.append(sum(p.real_time.total_seconds() for p in request.profiling_info) * 1000.0)
         return float(np.median(totals)) if totals else None
 
-    def memory_bytes(self) -> int | None:
+    def _measure_memory(self) -> int | None:
         """Peak resident memory that reading, compiling (this deployment's config, at the timed batch)
         and running 10 inferences of this IR adds to a fresh process with OpenVINO and its CPU plugin
         already loaded: :mod:`devices.memory_probe` says exactly what counts. CPU only: on a GPU or
         NPU the model's memory is the device's, which a host process's RSS does not show."""
-        if self._device.target != "CPU" or not memory_probe.supported():
+        if not self._device.measures_memory:
             return None
-        if self._memory is None:
-            self._memory = memory_probe.probe(self._xml, (self.batch, *self._input_shape), self._config)
-        return self._memory
+        return memory_probe.probe(self._xml, (self.batch, *self._input_shape), self._config)
 
     def precision_of(self, modules: list[str]) -> dict[str, int]:
         return count_layers_under(self._layers, [self._scopes[m] for m in modules if m in self._scopes])
@@ -249,8 +246,14 @@ class OpenVINODevice(Device):
             precisions=tuple(floats + int8),
             extra={"capabilities": ",".join(capabilities), "performance_hint": "LATENCY"},
             channel_granularity={p: self._granularity(kind) for p in floats + int8},
-            measures_memory=self.target == "CPU" and memory_probe.supported(),
+            measures_memory=self.measures_memory,
         )
+
+    @property
+    def measures_memory(self) -> bool:
+        """On the CPU only (a GPU's or NPU's memory is the device's, not the host process's RSS), where
+        this host can read a process's peak resident memory."""
+        return self.target == "CPU" and memory_probe.supported()
 
     @staticmethod
     def _granularity(kind: str) -> int:

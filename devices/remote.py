@@ -64,7 +64,6 @@ class RemoteDeployment(Deployment):
     def __init__(self, client: _Client, record: dict, scopes: dict[str, str], batch: int, measures_memory: bool = False):
         self._client = client
         self._measures_memory = measures_memory  # the agent's device does (older agents: no)
-        self._memory: int | None = None
         self.id = record["id"]
         self._size = record["size_bytes"]
         self._weights = record["weights_bytes"]
@@ -92,11 +91,11 @@ class RemoteDeployment(Deployment):
         record.pop("ci95_rel", None)
         return LatencyStats(**record)
 
-    def memory_bytes(self) -> int | None:
-        """The agent's adapter's figure (see its ``memory_bytes``), measured there once."""
-        if self._measures_memory and self._memory is None:
-            self._memory = self._client.json("POST", f"/deployments/{self.id}/memory")["memory_bytes"]
-        return self._memory
+    def _measure_memory(self) -> int | None:
+        """The agent's adapter's figure (see its ``memory_bytes``)."""
+        if not self._measures_memory:
+            return None
+        return self._client.json("POST", f"/deployments/{self.id}/memory")["memory_bytes"]
 
     def precision_of(self, modules: list[str]) -> dict[str, int]:
         from .openvino import count_layers_under
