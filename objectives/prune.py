@@ -103,7 +103,7 @@ def config_list(model: nn.Module, groups: list[LayerGroup], keep: dict[str, int]
         from nni.common.concrete_trace_utils import concrete_trace
         from nni.compression.speedup.dependency import auto_set_denpendency_group_ids
 
-        dummy = example_input if example_input.shape[0] > 1 else example_input.repeat(2, 1, 1, 1)
+        dummy = _batch_of_two(example_input)
         was_training = model.training
         # the tracer takes the input by the name of forward's first parameter (``x``, ``input``, ...)
         first = next(iter(inspect.signature(model.forward).parameters))
@@ -130,7 +130,7 @@ def speedup(model: nn.Module, masks: dict, example_input: torch.Tensor) -> nn.Mo
     """Physically remove masked channels (NNI ModelSpeedup), in place."""
     from nni.compression.speedup import ModelSpeedup
 
-    dummy = example_input if example_input.shape[0] > 1 else example_input.repeat(2, 1, 1, 1)
+    dummy = _batch_of_two(example_input)
     model.eval()
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # NNI 3.0 prints debug lines on stdout
@@ -140,6 +140,12 @@ def speedup(model: nn.Module, masks: dict, example_input: torch.Tensor) -> nn.Mo
     # NNI can finish without error yet leave inconsistent shapes (seen on channel shuffles).
     _check_runs(model, dummy, "speedup")
     return model
+
+
+def _batch_of_two(example_input: torch.Tensor) -> torch.Tensor:
+    """The example input as a batch of at least two: what NNI's tracer, its speedup and the forward
+    check after either engine all run the model on."""
+    return example_input if example_input.shape[0] > 1 else example_input.repeat(2, 1, 1, 1)
 
 
 def _check_runs(model: nn.Module, dummy: torch.Tensor, engine: str) -> None:
@@ -167,8 +173,7 @@ def remove_channels(model: nn.Module, masks: dict, example_input: torch.Tensor) 
         depgraph.remove_masked(model, masks, example_input)
     except Exception as error:  # noqa: BLE001 - Torch-Pruning, like NNI, raises bare errors (index asserts)
         raise PruneError(f"torch-pruning failed: {type(error).__name__}: {error}") from error
-    _check_runs(model, example_input if example_input.shape[0] > 1 else example_input.repeat(2, 1, 1, 1),
-                "torch-pruning")
+    _check_runs(model, _batch_of_two(example_input), "torch-pruning")
     return "torch-pruning"
 
 
