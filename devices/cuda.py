@@ -109,6 +109,10 @@ class CUDADevice(Device):
         self.protocol = protocol
         self.batch = batch
         torch.backends.cudnn.benchmark = True  # picks the fastest kernels for the fixed input shape
+        # f32 means IEEE f32: PyTorch lets cuDNN round convolutions to TF32 on Ampere and later, which
+        # moved ResNet-20's logits by 1e-3 on an H100 (an eleventh precision nobody asked for)
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
 
     def info(self) -> DeviceInfo:
         props = torch.cuda.get_device_properties(self.index)

@@ -1,4 +1,4 @@
-"""Two small fixes that make NNI 3.0's ``ModelSpeedup`` run on current PyTorch.
+"""Small fixes that make NNI 3.0's ``ModelSpeedup`` run on current PyTorch and Python.
 
 NNI 3.0 (2023) is the last release; its concrete tracer predates torch 2.14:
 
@@ -8,6 +8,10 @@ NNI 3.0 (2023) is the last release; its concrete tracer predates torch 2.14:
    They are never called by a CNN's forward, so dropping them from the table is safe.
 2. torch.fx now calls ``Node.is_impure(impure_random)``; NNI's replacement accepts only
    ``node``. We accept and ignore the extra argument (NNI's rule does not depend on it).
+3. Python 3.12.0-3.12.3 (Ubuntu 24.04's system Python is 3.12.3) return a descriptor, not a tuple,
+   for ``type.__type_params__`` (CPython gh-119011), so the tracer's ``functools.wraps(type)``
+   raises "__type_params__ must be set to a tuple". The tracer module gets a ``functools`` whose
+   ``wraps`` leaves such a value out; every other module keeps the real one.
 
 ``apply()`` is idempotent and runs on import of :mod:`objectives.prune`; site-packages is
 never edited.
@@ -15,8 +19,21 @@ never edited.
 from __future__ import annotations
 
 import functools
+import types
 
 _applied = False
+
+
+def wraps(wrapped, assigned=functools.WRAPPER_ASSIGNMENTS, updated=functools.WRAPPER_UPDATES):
+    """``functools.wraps`` that leaves out a ``__type_params__`` Python itself would refuse."""
+    if not isinstance(getattr(wrapped, "__type_params__", ()), tuple):
+        assigned = tuple(name for name in assigned if name != "__type_params__")
+    return functools.wraps(wrapped, assigned, updated)
+
+
+def type_params_are_broken() -> bool:
+    """True on the Pythons whose ``functools.wraps(type)`` raises (3.12.0-3.12.3)."""
+    return not isinstance(getattr(type, "__type_params__", ()), tuple)
 
 
 def _broken_leaf_functions(table: dict) -> list:
@@ -43,6 +60,9 @@ def apply() -> None:
 
         node_is_impure._edgetune_compat = True
         concrete_tracer.node_is_impure_wrapper = node_is_impure
+
+    if type_params_are_broken():
+        concrete_tracer.functools = types.SimpleNamespace(**{**vars(functools), "wraps": wraps})
     _applied = True
 
 

@@ -31,3 +31,15 @@ def test_concrete_trace_and_speedup_work_on_a_resnet():
     x = torch.rand(2, 3, 32, 32)
     traced = concrete_trace(model, {"x": x})
     assert torch.allclose(traced(x), model(x), atol=1e-5)
+
+
+def test_wraps_leaves_out_type_params_that_are_not_a_tuple():
+    class LikeTypeOnPython3123:  # type.__type_params__ is a descriptor there (CPython gh-119011)
+        __type_params__ = "a getset_descriptor"
+
+    def wrapper():
+        return 1
+
+    wrapped = nni_compat.wraps(LikeTypeOnPython3123)(wrapper)  # functools.wraps raises on 3.12.0-3.12.3
+    assert wrapped() == 1 and wrapped.__wrapped__ is LikeTypeOnPython3123
+    assert wrapped.__name__ == "LikeTypeOnPython3123"
