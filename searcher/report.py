@@ -10,11 +10,17 @@ via :mod:`searcher.harm`). Everything is computed from the stored study: the fro
 
 At scale (10,000 trials): the trials are read once, in bulk and only the fields shown
 (:mod:`searcher.bulk`); importances and the interactive plot use a sample (:data:`SAMPLE`); no
-module is imported that the report does not use (scipy.stats, torch).
+module is imported that the report does not use (scipy.stats, torch, scikit-learn); on Linux the
+three plots are drawn in a forked process while the tables are computed (matplotlib's and plotly's
+imports are most of their cost, and a second core is idle otherwise).
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
 import math
+import multiprocessing
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,6 +134,8 @@ def plot_front_png(data: ReportData, path: Path) -> Path:
 def plot_front_html(data: ReportData, path: Path) -> Path:
     import plotly.graph_objects as go
 
+    with _without_sklearn():
+        importlib.import_module("optuna.visualization")
     figure = optuna.visualization.plot_pareto_front(
         data.sample, targets=lambda t: (t.user_attrs["latency_ms"], t.user_attrs["top1"]),
         target_names=[LABELS["latency_ms"], LABELS["top1"]])
@@ -183,8 +191,8 @@ def importances(data: ReportData) -> dict[str, dict[str, float]]:
     """Parameter importance for each objective (PED-ANOVA: seconds even on 10,000 trials)."""
     if len(data.trials) < 4:
         return {}
-    from optuna import importance
-
+    with _without_sklearn():
+        importance = importlib.import_module("optuna.importance")  # not `from optuna import`: a lazy stand-in
     evaluator = importance.PedAnovaImportanceEvaluator()
     result = {}
     for index, target in enumerate(data.targets):
@@ -194,6 +202,23 @@ def importances(data: ReportData) -> dict[str, dict[str, float]]:
         except (ValueError, RuntimeError):  # too few distinct values to rank anything
             result[target] = {}
     return result
+
+
+@contextlib.contextmanager
+def _without_sklearn():
+    """Import ``optuna.importance`` (also under ``optuna.visualization``) without scikit-learn: the
+    package imports it for fANOVA, which the report does not use (2-4 s of a cold report); PED-ANOVA
+    needs none of it. ``None`` in ``sys.modules`` makes that import fail as a missing package would,
+    which Optuna's ``try_import`` expects; only the fANOVA and mean-decrease-impurity evaluators of
+    this process are left without it."""
+    if "sklearn" in sys.modules or "optuna.importance" in sys.modules:
+        yield
+        return
+    sys.modules["sklearn"] = None
+    try:
+        yield
+    finally:
+        del sys.modules["sklearn"]
 
 
 def correlations(data: ReportData) -> dict[str, dict[str, float]]:
@@ -281,9 +306,9 @@ def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = Non
     if not data.trials:
         lines.append("No complete trial yet.")
     else:
-        if {"latency", "top1"} <= set(data.targets) or "latency_ms" in data.trials[0].user_attrs:
-            written.append(plot_front_png(data, out / "front.png"))
-            written.append(plot_front_html(data, out / "front.html"))
+        history = hypervolume_history(data)
+        plots = _Beside(write_plots, data, history, out)
+        if _plots_front(data):
             lines += ["![Pareto front](front.png) — interactive: [front.html](front.html)", ""]
         lines += ["## Pareto front", ""] + front_markdown(data) + [""]
         if record.searches_structure(data.study):
@@ -291,9 +316,7 @@ def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = Non
                       f"`i` inner channels per group (its widest layer), in multiples of "
                       f"{record.channel_multiple(data.study)[0]}; then the pruner and, where any group runs "
                       "int8, each group's precision (groups, then other).", ""]
-        history = hypervolume_history(data)
         if history:
-            written.append(_plot_hypervolume(history, out / "hypervolume.png"))
             marks = sorted({max(1, len(history) * k // 4) for k in range(1, 5)})
             lines += ["## Hypervolume over trials", "",
                       f"Reference point: the baseline's values, 10% worse ({', '.join(data.targets)}).", "",
@@ -327,9 +350,59 @@ def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = Non
             section, files = class_harm_section(data, artifacts_dir, data_splits, out)
             lines += section
             written += files
+        written = plots.result() + written
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return [report] + written
+
+
+def write_plots(data: ReportData, history: list[tuple[int, float]], out: Path) -> list[Path]:
+    """front.png and front.html where the trials have latency and Top-1; hypervolume.png where there is a history."""
+    written = []
+    if _plots_front(data):
+        written += [plot_front_png(data, out / "front.png"), plot_front_html(data, out / "front.html")]
+    if history:
+        written.append(_plot_hypervolume(history, out / "hypervolume.png"))
+    return written
+
+
+def _plots_front(data: ReportData) -> bool:
+    return {"latency", "top1"} <= set(data.targets) or "latency_ms" in data.trials[0].user_attrs
+
+
+class _Beside:
+    """``fn(*args)`` in a forked child while the caller goes on; ``result()`` waits for it. Where fork
+    is not the platform's safe default (Windows, macOS) it runs at once, in this process."""
+
+    def __init__(self, fn, *args):
+        self._process = None
+        if sys.platform != "linux":
+            self._value = fn(*args)
+            return
+        context = multiprocessing.get_context("fork")
+        self._receive, send = context.Pipe(duplex=False)
+        self._process = context.Process(target=_send_result, args=(send, fn, args), daemon=True)
+        self._process.start()
+        send.close()
+
+    def result(self):
+        if self._process is None:
+            return self._value
+        try:
+            ok, value = self._receive.recv()
+        except EOFError:
+            ok, value = False, f"it exited with code {self._process.exitcode}"
+        self._process.join()
+        if not ok:
+            raise RuntimeError(f"drawing the report's plots failed: {value}")
+        return value
+
+
+def _send_result(send, fn, args) -> None:
+    try:
+        send.send((True, fn(*args)))
+    except BaseException as error:  # the parent raises it: a plot is part of the report
+        send.send((False, f"{type(error).__name__}: {error}"))
 
 
 def _plot_hypervolume(history: list[tuple[int, float]], path: Path) -> Path:
