@@ -67,12 +67,16 @@ class PrecisionPlan:
 
     ``int8_modules`` are PyTorch module paths (``"layer2"``, ``"fc"``); everything under them is
     quantized, everything else stays at ``float_precision``. ``calibration`` holds the images
-    (N, C, H, W) a post-training quantizer calibrates on.
+    (N, C, H, W) a post-training quantizer calibrates on. ``int8_scales = "model"``: the model
+    carries its own int8 quantize/dequantize ops on those modules (the scales QAT learned,
+    :mod:`objectives.qdq`), which a device that can (``Device.runs_model_int8_scales``) deploys as
+    they are, calibrating nothing.
     """
 
     float_precision: str = "f32"
     int8_modules: tuple[str, ...] = ()
     calibration: np.ndarray | None = field(default=None, compare=False, repr=False)
+    int8_scales: str = "calibrate"  # or "model"
 
     @property
     def precisions(self) -> set[str]:
@@ -165,6 +169,9 @@ class Device(abc.ABC):
         print(deployment.measure_latency().median_ms)
     """
 
+    #: deploys a model's own int8 quantize/dequantize ops (``PrecisionPlan.int8_scales = "model"``)
+    runs_model_int8_scales: bool = False
+
     @abc.abstractmethod
     def info(self) -> DeviceInfo:
         """Describe the device (name, runtime, threads, precisions)."""
@@ -182,5 +189,9 @@ class Device(abc.ABC):
         if unsupported:
             raise DeviceError(f"precision {unsupported[0]!r} is not supported by {self.info().name}; "
                               f"supported: {', '.join(self.precisions())}")
-        if plan.int8_modules and plan.calibration is None:
+        if plan.int8_modules and plan.int8_scales == "model":
+            if not self.runs_model_int8_scales:
+                raise DeviceError(f"{self.info().name} cannot run a model's own int8 quantize/dequantize ops; "
+                                  "use search.quantization = \"qat\" or \"ptq\"")
+        elif plan.int8_modules and plan.calibration is None:
             raise DeviceError("an int8 plan needs calibration images")

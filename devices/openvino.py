@@ -18,6 +18,7 @@ import re
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +203,8 @@ def quantize_int8(ov_model, int8_prefixes: list[str], calibration: np.ndarray):
 class OpenVINODevice(Device):
     """``openvino:CPU``, ``openvino:GPU``, ``openvino:NPU``: synchronous latency-mode inference."""
 
+    runs_model_int8_scales = True  # its ONNX frontend reads QuantizeLinear/DequantizeLinear as int8
+
     def __init__(self, target: str = "CPU", threads: int = 0, protocol: LatencyProtocol = LatencyProtocol(), batch: int = 1):
         import openvino as ov
 
@@ -277,10 +280,10 @@ class OpenVINODevice(Device):
         """Deploy an ONNX file; ``int8_prefixes`` are node-name prefixes to quantize (the rest stays float)."""
         import openvino as ov
 
-        self.check_plan(PrecisionPlan(plan.float_precision, tuple(int8_prefixes), plan.calibration))
+        self.check_plan(replace(plan, int8_modules=tuple(int8_prefixes)))
         workdir = Path(tempfile.mkdtemp(prefix="deploy-", dir=self._workdir))
         ov_model = self.core.read_model(str(onnx_path))
-        if int8_prefixes:
+        if int8_prefixes and plan.int8_scales == "calibrate":  # else the graph's own Q/DQ ops make it int8
             ov_model = quantize_int8(ov_model, int8_prefixes, plan.calibration)
         xml = workdir / "model.xml"
         ov.save_model(ov_model, str(xml), compress_to_fp16=False)  # f32 weights stay f32 on disk

@@ -2,7 +2,8 @@
 
 NNI simulates int8 (fake quantization of weights and inputs) on the layers of the int8 groups
 while the pruned model is fine-tuned, so their weights become robust to int8. NNI produces no
-faster model by itself: the real int8 model comes from the device adapter (NNCF for OpenVINO).
+faster model by itself: the real int8 model comes from the device adapter, either calibrated again
+(NNCF for OpenVINO) or with the scales QAT learned (:mod:`objectives.qdq`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from .finetune import TrainSettings, batch_loss, run_epochs, sgd
+from .qdq import learned_scales
 
 
 def qat_config(layers: list[str]) -> list[dict]:
@@ -20,14 +22,16 @@ def qat_config(layers: list[str]) -> list[dict]:
 
 
 def qat_finetune(model: nn.Module, layers: list[str], images: torch.Tensor, labels: torch.Tensor,
-                 settings: TrainSettings, teacher_logits: torch.Tensor | None = None) -> list[float]:
-    """Fine-tune ``model`` in place with NNI QAT on ``layers``; returns the loss of each epoch."""
+                 settings: TrainSettings, teacher_logits: torch.Tensor | None = None
+                 ) -> tuple[list[float], dict[str, dict[str, float]]]:
+    """Fine-tune ``model`` in place with NNI QAT on ``layers``; returns the loss of each epoch and the
+    int8 scales it trained with (:func:`objectives.qdq.learned_scales`; empty when nothing trained)."""
     import nni
     from nni.compression.quantization import QATQuantizer
     from nni.compression.utils import TorchEvaluator
 
     if settings.epochs <= 0 or not layers:
-        return []
+        return [], {}
     losses: list[float] = []
 
     def training_step(batch, model, *args, **kwargs):
@@ -44,7 +48,7 @@ def qat_finetune(model: nn.Module, layers: list[str], images: torch.Tensor, labe
     optimizer = sgd(model.parameters(), settings, nni.trace(torch.optim.SGD))
     evaluator = TorchEvaluator(training_func, optimizer, training_step)
     quantizer = QATQuantizer(model, qat_config(layers), evaluator)
-    quantizer.compress(None, settings.epochs)
+    _, calibration = quantizer.compress(None, settings.epochs)
     quantizer.unwrap_model()
     model.eval()
-    return losses
+    return losses, learned_scales(calibration)

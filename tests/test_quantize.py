@@ -4,12 +4,13 @@ import optuna
 import pytest
 import torch
 
-from edgetune.devices import DeviceInfo, PrecisionPlan, create_device
+from edgetune.devices import DeviceError, DeviceInfo, PrecisionPlan, create_device
 from edgetune.devices.protocol import LatencyProtocol
 from edgetune.objectives.finetune import TrainSettings, train
 from edgetune.objectives.groups import OTHER, compute_layers, derive_groups
 from edgetune.objectives.models import create_model
 from edgetune.objectives.pipeline import int8_modules
+from edgetune.objectives.qdq import with_learned_int8
 from edgetune.objectives.quantize import qat_finetune
 from edgetune.searcher.space import SearchSpace, allowed_precisions, check_fixed_precisions, suggest_plan
 from edgetune.searcher.spec import SpecError, load_spec
@@ -73,10 +74,30 @@ def test_a_precision_the_device_cannot_run_is_a_clear_error():
 def test_nni_qat_fine_tune_runs_on_a_tiny_model(digits):
     model = create_model("resnet20", 10)
     layers = compute_layers(model, ["layer2", "layer3"])
-    losses = qat_finetune(model, layers, digits.x_train[:128], digits.y_train[:128], TrainSettings(1, 0.01, 64))
+    losses, scales = qat_finetune(model, layers, digits.x_train[:128], digits.y_train[:128], TrainSettings(1, 0.01, 64))
     assert len(losses) == 1 and np.isfinite(losses[0])
     assert type(model.layer2[0].conv1) is torch.nn.Conv2d  # NNI's wrappers are gone
     assert model(digits.x_val[:2]).shape == (2, 10)
+    assert sorted(scales) == sorted(layers) and all(s["input"] > 0 and s["weight"] > 0 for s in scales.values())
+
+    # the learned scales deployed as they are: OpenVINO runs exactly those layers in int8, calibrating nothing
+    quantized = with_learned_int8(model, scales)
+    assert type(quantized.layer2[0].conv1).__name__.endswith("Conv2d") and "layer2.0.conv1" in dict(quantized.named_modules())
+    device = create_device("openvino:CPU", threads=1)
+    deployment = device.deploy(quantized, digits.x_val[:2], PrecisionPlan("f32", ("layer2", "layer3"), None, "model"))
+    try:
+        assert deployment.precision_used.get("int8") == len(layers)
+        x = digits.x_val[:64]
+        with torch.no_grad():
+            expected, plain = quantized(x).numpy(), model(x).numpy()
+        deployed = deployment.predict(x.numpy())
+        # int8 kernels agree with torch's fake quantization (up to rounding ties), closer than with the float model
+        assert (deployed.argmax(1) == expected.argmax(1)).mean() >= 0.98
+        assert np.abs(deployed - expected).mean() < np.abs(deployed - plain).mean() / 2
+    finally:
+        deployment.close()
+    with pytest.raises(DeviceError, match="cpu cannot run a model's own int8 quantize/dequantize ops"):
+        create_device("cpu").deploy(quantized, digits.x_val[:2], PrecisionPlan("f32", ("layer2",), None, "model"))
 
 
 @pytest.fixture(scope="module")
