@@ -63,7 +63,13 @@ def layer_precisions(compiled) -> list[tuple[str, str]]:
 def count_layers_under(layers: list[tuple[str, str]], prefixes: list[str]) -> dict[str, int]:
     """Compute layers (from :func:`layer_precisions`) whose original nodes lie under ``prefixes``, by precision."""
     return dict(collections.Counter(precision for names, precision in layers
-                                    if any(name.startswith(p) for name in names.split(",") for p in prefixes)))
+                                    if any(name.startswith(p) for name in _own_names(names) for p in prefixes)))
+
+
+def _own_names(names: str) -> list[str]:
+    # A model's own Q/DQ ops quantize the *next* layer's input but fuse into the layer before them
+    # (objectives/qdq.py): their names would count that layer in the next one's scope too.
+    return [name for name in names.split(",") if not name.endswith(("/QuantizeLinear", "/DequantizeLinear"))]
 
 
 class OpenVINODeployment(Deployment):

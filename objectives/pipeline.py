@@ -26,6 +26,7 @@ from .evaluate import collapsed, per_class_accuracy, topk_accuracy, torch_logits
 from .finetune import TrainSettings, logits_of, train
 from .groups import OTHER, LayerGroup, compute_layers, other_layers
 from .models import count_params, flops_and_params
+from .qdq import with_learned_int8
 from .quantize import qat_finetune
 from .structure import Stage
 
@@ -112,7 +113,9 @@ class TrialPlan:
     pruner: str = "l1"
     float_precision: str = "f32"
     int8_groups: frozenset[str] = frozenset()
-    quantization: str = "qat"  # "qat": NNI QAT while fine-tuning int8 groups; "ptq": calibration only
+    # "qat": NNI QAT while fine-tuning int8 groups, then the device calibrates; "qat-qdq": deployed with the
+    # scales QAT learned (objectives/qdq.py); "ptq": calibration only
+    quantization: str = "qat"
     finetune: TrainSettings = TrainSettings(epochs=2, lr=0.01)
     # A model that removed compute fine-tunes longer at about the same cost: epochs x baseline
     # FLOPs / its FLOPs, up to this (None: always finetune.epochs). Shallow models need it (BENCHMARKS.md).
@@ -238,14 +241,20 @@ def fine_tune_and_measure(model: nn.Module, ctx: TrialContext, plan: TrialPlan, 
     with clock.phase("fine_tune"):
         torch.manual_seed(settings.seed)
         teacher = ctx.teacher_logits if settings.distill > 0 else None
-        if quantized and plan.quantization == "qat":
-            qat_finetune(model, compute_layers(model, quantized), ctx.data.x_train, ctx.data.y_train, settings, teacher)
+        scales = {}
+        if quantized and plan.quantization in ("qat", "qat-qdq"):
+            _, scales = qat_finetune(model, compute_layers(model, quantized), ctx.data.x_train, ctx.data.y_train,
+                                     settings, teacher)
         else:
             train(model, ctx.data.x_train, ctx.data.y_train, settings, teacher_logits=teacher)
         check = topk_accuracy(torch_logits(model, ctx.data.x_val), ctx.data.y_val.numpy())
         if collapsed(check, ctx.data.num_classes, ctx.collapse_margin):
             raise CollapsedError(check, ctx.data.num_classes)
-    measured = deploy_and_measure(model, ctx, device_plan, clock)
+    on_device, device_plan_used = model, device_plan
+    if scales and plan.quantization == "qat-qdq":  # the scales QAT trained with, deployed as they are
+        on_device = with_learned_int8(model, scales)
+        device_plan_used = replace(device_plan, int8_scales="model", calibration=None)
+    measured = deploy_and_measure(on_device, ctx, device_plan_used, clock)
     attributes = measured.attributes
     channels = pruning.out_channels(model, ctx.groups)
     attributes.update(sparsity_achieved=pruning.achieved_sparsity(pruning.out_channels(ctx.baseline, ctx.groups), channels,
@@ -253,7 +262,8 @@ def fine_tune_and_measure(model: nn.Module, ctx: TrialContext, plan: TrialPlan, 
                       channels=channels, inner_width=pruning.group_widths(channels, ctx.groups),
                       fine_tune_epochs=settings.epochs, distill=settings.distill, pruner=plan.pruner,
                       precision_plan=plan.precision_plan(ctx.groups), quantization=plan.quantization if quantized else None,
-                      calibration_size=len(device_plan.calibration) if quantized else 0, seconds=clock.seconds,
+                      calibration_size=0 if device_plan_used.calibration is None else len(device_plan_used.calibration),
+                      seconds=clock.seconds,
                       channel_multiple=plan.channel_multiple)
     if ctx.stages:
         attributes.update(depth=structure.depths(model, ctx.stages), stream_width=structure.stream_widths(model, ctx.stages),

@@ -7,8 +7,14 @@ writes as QuantizeLinear/DequantizeLinear pairs; OpenVINO runs such a graph in i
 device calibrates nothing a second time (NNCF's post-training pass: most of an int8 deployment's
 seconds) and the deployed model uses the scales its weights were trained for.
 
-The module tree is unchanged (a weight parametrization and a forward pre-hook per layer), so module
-paths, ONNX scopes and read-back precisions are those of the plain model.
+Each layer's weight is first rounded to the int8 grid its QAT forward used. A batch norm that
+follows a layer is then folded into it, as OpenVINO would fold it anyway: scaling an output channel
+by gamma/sigma scales its int8 grid by the same factor, so the folded weight is exactly per-channel
+int8 with scale s*|gamma/sigma| and nothing changes numerically (an unfolded batch norm makes
+OpenVINO rename the fused layer, and the per-group read-back of what runs in int8 loses it).
+Conv/batch-norm pairs are found with ``torch.fx``; a model it cannot trace keeps its batch norms.
+Module paths of the quantized layers are unchanged (a weight parametrization and an input
+pre-hook), so ONNX scopes and read-back precisions are those of the plain model.
 """
 from __future__ import annotations
 
@@ -17,10 +23,12 @@ import copy
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-# ONNX's int8 QuantizeLinear saturates to [-128, 127]; NNI's symmetric int8 uses [-127, 127]. With
-# NNI's scale (the tracked absolute maximum / 127) only values beyond the tracked range can differ.
+# ONNX's int8 QuantizeLinear saturates to [-128, 127]; NNI's symmetric int8 uses [-127, 127]: weights are
+# rounded to NNI's grid first (exact), inputs beyond the tracked range are the only values that can differ.
 QMIN, QMAX = -128, 127
+NNI_QMAX = 127
 
 
 class _FakeQuantize(nn.Module):
@@ -30,6 +38,16 @@ class _FakeQuantize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.fake_quantize_per_tensor_affine(x, self.scale, 0, QMIN, QMAX)
+
+
+class _FakeQuantizePerChannel(nn.Module):
+    def __init__(self, scales: torch.Tensor):
+        super().__init__()
+        self.register_buffer("scales", scales.detach().float())
+        self.register_buffer("zero_points", torch.zeros(len(scales), dtype=torch.int32))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return torch.fake_quantize_per_channel_affine(weight, self.scales, self.zero_points, 0, QMIN, QMAX)
 
 
 def _quantize_input(module: nn.Module, args: tuple) -> tuple:
@@ -56,11 +74,47 @@ def learned_scales(calibration_config: dict) -> dict[str, dict[str, float]]:
 
 
 def with_learned_int8(model: nn.Module, scales: dict[str, dict[str, float]]) -> nn.Module:
-    """A copy of ``model`` whose layers in ``scales`` fake-quantize their input and weight to int8."""
+    """A copy of ``model`` in eval mode whose layers in ``scales`` fake-quantize their input and weight to int8
+    as QAT did (batch norms after them folded in, see the module's docstring)."""
     model = copy.deepcopy(model).eval()
-    for layer, scale in scales.items():
-        module = model.get_submodule(layer)
-        parametrize.register_parametrization(module, "weight", _FakeQuantize(scale["weight"]), unsafe=True)
-        module.input_quantizer = _FakeQuantize(scale["input"])
-        module.register_forward_pre_hook(_quantize_input)
+    norms = _following_batch_norms(model, set(scales))
+    with torch.no_grad():
+        for layer, scale in scales.items():
+            module = model.get_submodule(layer)
+            step = scale["weight"]
+            module.weight.copy_(torch.clamp(torch.round(module.weight / step), -NNI_QMAX, NNI_QMAX) * step)
+            if layer in norms:
+                norm = model.get_submodule(norms[layer])
+                gain = (norm.weight / torch.sqrt(norm.running_var + norm.eps)).abs().clamp_min(1e-12)
+                module = fuse_conv_bn_eval(module, norm)
+                _replace(model, layer, module)
+                _replace(model, norms[layer], nn.Identity())
+                quantizer = _FakeQuantizePerChannel(step * gain)
+            else:
+                quantizer = _FakeQuantize(step)
+            parametrize.register_parametrization(module, "weight", quantizer, unsafe=True)
+            module.input_quantizer = _FakeQuantize(scale["input"])
+            module.register_forward_pre_hook(_quantize_input)
     return model
+
+
+def _following_batch_norms(model: nn.Module, layers: set[str]) -> dict[str, str]:
+    """Layer -> the BatchNorm2d that alone consumes its output (by torch.fx; none if it cannot trace)."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - any tracing failure: keep the batch norms (still exact, see above)
+        return {}
+    modules = dict(model.named_modules())
+    pairs = {}
+    for node in graph.nodes:
+        if node.op == "call_module" and node.target in layers and isinstance(modules[node.target], nn.Conv2d) \
+                and len(node.users) == 1:
+            user = next(iter(node.users))
+            if user.op == "call_module" and isinstance(modules.get(user.target), nn.BatchNorm2d):
+                pairs[node.target] = user.target
+    return pairs
+
+
+def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, child = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)

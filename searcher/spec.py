@@ -44,7 +44,7 @@ def target_of_unit(unit: str) -> str:
 
 SAMPLERS = ("auto", "tpe", "nsga2", "random")
 PRECISIONS = ("f32", "bf16", "f16", "int8")
-QUANTIZATION = ("qat", "ptq")
+QUANTIZATION = ("qat", "qat-qdq", "ptq")
 
 
 class SpecError(ValueError):

@@ -82,7 +82,7 @@ def test_nni_qat_fine_tune_runs_on_a_tiny_model(digits):
 
     # the learned scales deployed as they are: OpenVINO runs exactly those layers in int8, calibrating nothing
     quantized = with_learned_int8(model, scales)
-    assert type(quantized.layer2[0].conv1).__name__.endswith("Conv2d") and "layer2.0.conv1" in dict(quantized.named_modules())
+    assert "layer2.0.conv1" in dict(quantized.named_modules()) and isinstance(quantized.layer2[0].bn1, torch.nn.Identity)
     device = create_device("openvino:CPU", threads=1)
     deployment = device.deploy(quantized, digits.x_val[:2], PrecisionPlan("f32", ("layer2", "layer3"), None, "model"))
     try:
@@ -91,9 +91,11 @@ def test_nni_qat_fine_tune_runs_on_a_tiny_model(digits):
         with torch.no_grad():
             expected, plain = quantized(x).numpy(), model(x).numpy()
         deployed = deployment.predict(x.numpy())
-        # int8 kernels agree with torch's fake quantization (up to rounding ties), closer than with the float model
-        assert (deployed.argmax(1) == expected.argmax(1)).mean() >= 0.98
-        assert np.abs(deployed - expected).mean() < np.abs(deployed - plain).mean() / 2
+        # OpenVINO's int8 kernels compute what QAT's fake quantization computed (not exactly: oneDNN keeps 7 bits
+        # of an int8 weight on CPUs without VNNI), far closer than the float model does
+        to_qat, to_float = np.abs(deployed - expected).mean(), np.abs(deployed - plain).mean()
+        assert to_qat < to_float / 2 and (deployed.argmax(1) == expected.argmax(1)).mean() >= 0.95
+        assert deployment.precision_of(["layer2"]) == {"int8": 7} and deployment.precision_of(["layer1"]) == {"f32": 6}
     finally:
         deployment.close()
     with pytest.raises(DeviceError, match="cpu cannot run a model's own int8 quantize/dequantize ops"):
@@ -167,3 +169,31 @@ def test_plain_cpu_int8_uses_pytorch_quantized_kernels_for_the_int8_groups_only(
         assert abs(top1 - reference) <= 1.5
     finally:
         mixed.close()
+
+
+@pytest.mark.slow
+def test_a_qat_qdq_study_deploys_the_learned_scales(tmp_path):
+    # quantization = "qat-qdq": the int8 recipe (trial 0) runs every group in int8 on OpenVINO with the scales its
+    # QAT learned, calibrating nothing; a device that cannot run them stops the study before it starts
+    import optuna
+    from typer.testing import CliRunner
+
+    from conftest import fresh_tiny_spec
+    from edgetune.searcher.cli import app
+
+    fresh_tiny_spec(tmp_path)
+    args = ["start", "--spec", str(tmp_path / "tiny.toml"), "--trials", "1", "--set", "search.quantization=qat-qdq"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (trial,) = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/tiny.db").trials
+    a = trial.user_attrs
+    assert trial.state == optuna.trial.TrialState.COMPLETE and a["seeded"] == "int8"
+    assert a["quantization"] == "qat-qdq" and a["calibration_size"] == 0 and a["top1"] > 50
+    assert set(a["precision_plan"].values()) == {"int8"}
+    for group, precision in a["precision_plan"].items():  # read back from the deployed model
+        assert set(a["precision_used_by_group"][group]) == {"int8"}, (group, a["precision_used_by_group"])
+
+    refused = CliRunner().invoke(app, [*args, "--device", "cpu", "--study-name", "on-cpu"])
+    assert refused.exit_code == 2
+    assert refused.output.strip().endswith('search.quantization = "qat-qdq": cpu cannot run a model\'s own int8 '
+                                           'quantize/dequantize ops (the OpenVINO devices can); use "qat"')
