@@ -68,6 +68,7 @@ class StudyLocks:
             yield
             return
         lock_path = Path(database).expanduser().with_name(Path(database).name + ".lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)  # as open_storage does: a new folder is fine
         try:
             held = FileLock(lock_path, timeout=0).acquire()  # one try: a second worker is refused, not queued
         except Timeout:

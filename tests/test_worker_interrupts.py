@@ -323,3 +323,14 @@ def test_retry_raises_an_interrupt_that_a_library_turned_into_a_storage_error():
     with pytest.raises(KeyboardInterrupt):
         retry(interrupted_then_broken, "sampling trial 1")
     assert sleeps == []
+
+
+def test_the_sqlite_worker_lock_creates_a_new_folder_as_the_storage_does(tmp_path):
+    # `tune start --storage sqlite:///new/folder/x.db` died on the lock file before open_storage made the folder
+    from edgetune.searcher.storage import StorageError
+
+    url = f"sqlite:///{tmp_path}/new/folder/x.db"
+    with StudyLocks(url, "s").exclusive_worker():
+        assert (tmp_path / "new" / "folder" / "x.db.lock").exists()
+        with pytest.raises(StorageError, match="is in use by another worker"), StudyLocks(url, "s").exclusive_worker():
+            pass
