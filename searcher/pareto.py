@@ -36,7 +36,7 @@ def front(study: optuna.Study, trials: list | None = None) -> list[FrontRow]:
     every user attribute of their trials."""
     import moocore
 
-    targets = _targets(study)
+    targets = record.targets(study)
     trials = bulk.read_trials(study, front_user_attrs(study)) if trials is None else trials
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE
                 and all(v <= 0 for v in t.constraints.values())]  # Optuna's rule: a constraint <= 0 is met
@@ -56,12 +56,12 @@ def front(study: optuna.Study, trials: list | None = None) -> list[FrontRow]:
 
 def front_user_attrs(study: optuna.Study) -> set[str]:
     """The user attributes :func:`front` reads of every trial (the front's own rows get all of theirs)."""
-    return {"latency_ms", *(target_unit(t) for t in _targets(study))}
+    return {"latency_ms", *(target_unit(t) for t in record.targets(study))}
 
 
 def dominated_by_baseline(study: optuna.Study, attrs: dict) -> bool:
     """The baseline is at least as good on every target and better on one."""
-    return _dominated(baseline(study), _targets(study), attrs)
+    return _dominated(baseline(study), record.targets(study), attrs)
 
 
 def _dominated(base: dict, targets: list[str], attrs: dict) -> bool:
@@ -72,10 +72,6 @@ def _dominated(base: dict, targets: list[str], attrs: dict) -> bool:
         return False
     signed = [(b, v) if d == "minimize" else (-b, -v) for b, v, d in pairs]
     return all(b <= v for b, v in signed) and any(b < v for b, v in signed)
-
-
-def _targets(study: optuna.Study) -> list[str]:
-    return record.targets(study)
 
 
 baseline = record.baseline  # the baseline's record (kept here: bench scripts read it from pareto)

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import optuna
 
+from .spec import target_of_unit
+
 if TYPE_CHECKING:
     from edgetune.objectives.groups import LayerGroup
 
@@ -100,7 +102,8 @@ def spec_values(study: optuna.Study) -> dict:
 
 
 def targets(study: optuna.Study) -> list[str]:
-    return list(spec_values(study).get("study.targets") or [])
+    """The study's targets: its spec's, else (a study edgetune did not start) its metric names read as units."""
+    return list(spec_values(study).get("study.targets") or []) or [target_of_unit(m) for m in study.metric_names or []]
 
 
 def artifacts_dir(study: optuna.Study, given: str | None = None) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 import optuna
 
 from . import bulk, pareto, record
-from .spec import target_direction, target_of_unit, target_unit
+from .spec import target_direction, target_unit
 
 #: Importances and the interactive plot use at most this many trials (all front trials plus a fixed
 #: random sample of the rest): on 10,000 trials each full pass costs seconds and adds nothing.
@@ -54,21 +54,17 @@ class ReportData:
         return {row.number for row in self.front}
 
 
-def _targets(study: optuna.Study) -> list[str]:
-    return record.targets(study) or [target_of_unit(m) for m in (study.metric_names or [])]
-
-
 def report_user_attrs(study: optuna.Study, targets: list[str] | None = None) -> set[str]:
     """The user attributes the report reads of every trial (those on the front and in the sample of the
     interactive plot are read whole)."""
-    targets = _targets(study) if targets is None else targets
+    targets = record.targets(study) if targets is None else targets
     return {"latency_ms", "top1", "seconds", *(target_unit(t) for t in targets), *pareto.front_user_attrs(study)}
 
 
 def collect(study: optuna.Study, trials: list | None = None) -> ReportData:
     """Read the study's trials once, in bulk and only what the report shows (on 10,000 trials Optuna's
     full load was most of the report's time); ``trials``: already read (:func:`report_user_attrs`)."""
-    targets = _targets(study)
+    targets = record.targets(study)
     with bulk.gc_paused():
         every = bulk.read_trials(study, report_user_attrs(study, targets)) if trials is None else trials
         complete = [t for t in every if t.state == optuna.trial.TrialState.COMPLETE]
