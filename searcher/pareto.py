@@ -133,6 +133,12 @@ def settings_short(row_params: dict, attrs: dict, groups: list[str] | None = Non
 _PRECISION_SHORT = {"int8": "i8", "f32": "f32", "bf16": "bf16", "f16": "f16"}
 
 
+def shows_memory(baseline_record: dict) -> bool:
+    """Whether a front shows a memory column: not for studies from before memory was measured, nor on
+    devices that cannot measure it (devices.base.Deployment.memory_bytes)."""
+    return baseline_record.get("memory_bytes") is not None
+
+
 def front_table(study: optuna.Study, title: str | None = None, trials: list | None = None) -> Table:
     """``tune pareto``: the front with its deltas; ``trials`` as for :func:`front` (read once by default)."""
     trials = bulk.read_trials(study, front_user_attrs(study)) if trials is None else trials
@@ -146,7 +152,7 @@ def front_table(study: optuna.Study, title: str | None = None, trials: list | No
     else:
         settings = f"pruner, sparsity {'/'.join(groups)}, precision {'/'.join([*groups, 'other'])}"
     others = list(record.spec_values(study).get("device.also") or [])  # latency on each further device
-    memory = base.get("memory_bytes") is not None  # studies from before it was measured, or devices that cannot: no column
+    memory = shows_memory(base)
     for column in ("trial", "latency ms", *(f"ms@{name}" for name in others), "Top-1 %", "params", "FLOPs", "size",
                    *(["memory"] if memory else []), settings):
         if column == settings:

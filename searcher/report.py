@@ -269,7 +269,7 @@ def _fmt(value: float, digits: int = 3) -> str:
 def front_markdown(data: ReportData) -> list[str]:
     groups = record.group_names(data.study)
     base = data.baseline
-    memory = base.get("memory_bytes") is not None  # measured (devices.base.Deployment.memory_bytes)
+    memory = pareto.shows_memory(base)
 
     def mem(value) -> list[str]:
         return [f"{value:,}" if value is not None else "–"] if memory else []
