@@ -1,90 +1,99 @@
-"""int8 from QAT's own scales (Q/DQ) against NNCF's second calibration, on the same trials.
+"""int8 from QAT's own scales (Q/DQ) against NNCF's second calibration, on the same trained models.
 
-    python bench/qdq_vs_nncf.py [--trials 8] [--seed 0] [--db FILE] [--set key=value ...]
+    python bench/qdq_vs_nncf.py [--trials 8] [--seed 0] [--set key=value ...]
 
-Two studies of the same spec (default: the embedded default, ResNet-56 on digits, OpenVINO CPU)
-that differ only in ``search.quantization``: ``qat`` (QAT while fine-tuning, then NNCF calibrates the
-deployed model again: today's default) and ``qat-qdq`` (the scales QAT learned, exported as
-quantize/dequantize ops). Both use the random sampler with one seed, so trial n proposes the same
-model in both (the recipes first); fine-tuning is seeded alike, so up to deployment the two are the
-same computation. The studies advance one trial at a time, alternately, so both see the same
-machine load. Trials without int8 are the control: the routes are identical there. Printed: per
-trial, Top-1 on the deployed model, latency × baseline and deployment seconds of both routes; the
-last line is the median difference over the int8 trials. ``--db`` keeps the studies (a rerun resumes).
+For the spec (default: the embedded default, ResNet-56 on digits, OpenVINO CPU), ``--trials``
+models are proposed by a seeded random sampler over the study's space (proposals without an int8
+group are skipped), shrunk and fine-tuned quantization-aware as a trial would (the fine-tune scaled
+by the FLOPs removed). Each trained model is then deployed twice, back to back, in alternating
+order: ``nncf`` (what ``search.quantization = "qat"`` deploys: NNCF calibrates the int8 groups again)
+and ``qdq`` (``"qat-qdq"``: the scales QAT trained with, as quantize/dequantize ops). Both are
+evaluated on the validation split on the device and timed by the paired protocol against the
+baseline, as trials are. Printed: per model, Top-1, latency × baseline and deployment seconds of
+both routes; the last line the medians of the differences.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
-import subprocess
 import sys
 import tempfile
-from pathlib import Path
+from dataclasses import replace
 
 import optuna
+import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-ROUTES = {"nncf": "qat", "qdq": "qat-qdq"}
-
-
-def advance(storage: str, route: str, trials: int, args) -> None:
-    command = [sys.executable, "-m", "edgetune.searcher.cli", "start", "--storage", storage,
-               "--study-name", f"{args.name}-{route}", "--trials", str(trials), "--sampler", "random",
-               "--seed", str(args.seed), "--set", f"search.quantization={ROUTES[route]}",
-               "--set", f"study.artifacts={args.artifacts}"]
-    for item in args.set or []:
-        command += ["--set", item]
-    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+from edgetune.objectives.groups import compute_layers
+from edgetune.objectives.models import flops_and_params
+from edgetune.objectives.pipeline import _Clock, deploy_and_measure, device_plan_for, fine_tune_epochs, shrink
+from edgetune.objectives.qdq import with_learned_int8
+from edgetune.objectives.quantize import qat_finetune
+from edgetune.searcher.space import suggest_plan
+from edgetune.searcher.spec import load_spec, parse_override
+from edgetune.searcher.study import prepare
 
 
-def int8_groups(attrs: dict) -> str:
-    groups = [g for g, p in attrs.get("precision_plan", {}).items() if p == "int8"]
-    return ", ".join(groups) or "none"
+def proposals(spec, prepared, seed: int):
+    """Trial plans from a seeded random sampler over the study's space, those with an int8 group only."""
+    sampler = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    while True:
+        plan = suggest_plan(sampler.ask(), spec, prepared.context.groups, prepared.space)
+        if plan.int8_groups:
+            yield plan
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--db", help="SQLite file to keep the two studies in (a rerun resumes them)")
-    parser.add_argument("--name", default="route", help="study name prefix")
-    parser.add_argument("--set", action="append", help="spec override for both studies, e.g. device.threads=1")
+    parser.add_argument("--set", action="append", default=[], help="spec override, e.g. device.threads=1")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        db = Path(args.db).resolve() if args.db else Path(tmp) / "routes.db"
-        args.artifacts = db.parent / f"{db.stem}-artifacts"
-        storage = f"sqlite:///{db}"
-        for n in range(1, args.trials + 1):
-            for route in ROUTES:
-                advance(storage, route, n, args)
-                print(f"trial {n - 1}: {route} done", file=sys.stderr, flush=True)
-        studies = {route: optuna.load_study(study_name=f"{args.name}-{route}", storage=storage) for route in ROUTES}
-    trials = {route: [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-              for route, study in studies.items()}
-    base = studies["nncf"].user_attrs
-    print(f"## {base.get('spec', {}).get('model.name', 'model')}: int8 by NNCF calibration (nncf) or QAT's scales (qdq), "
-          f"{args.trials} trials, seed {args.seed}; baseline Top-1 {base.get('baseline_top1', float('nan')):.2f}%\n")
-    print("| trial | int8 groups | Top-1 nncf | Top-1 qdq | latency × base nncf | qdq | deploy s nncf | qdq |")
-    print("|---|---|---|---|---|---|---|---|")
-    by_number = {route: {t.number: t.user_attrs for t in ts} for route, ts in trials.items()}
-    differences = {"top1": [], "latency": [], "deploy": []}
-    for number in sorted(set(by_number["nncf"]) & set(by_number["qdq"])):
-        a, b = by_number["nncf"][number], by_number["qdq"][number]
-        if a.get("precision_plan") != b.get("precision_plan"):
-            raise SystemExit(f"trial {number} proposed different models in the two studies: not comparable")
-        groups = int8_groups(a)
-        print(f"| {number} | {groups} | {a['top1']:.2f} | {b['top1']:.2f} | {a['latency_vs_baseline']:.3f} | "
-              f"{b['latency_vs_baseline']:.3f} | {a['seconds']['deploy']:.1f} | {b['seconds']['deploy']:.1f} |")
-        if groups != "none":
-            differences["top1"].append(b["top1"] - a["top1"])
-            differences["latency"].append(b["latency_vs_baseline"] / a["latency_vs_baseline"])
-            differences["deploy"].append(b["seconds"]["deploy"] - a["seconds"]["deploy"])
-    if not differences["top1"]:
-        raise SystemExit("no trial ran int8 in both studies")
-    print(f"\nqdq - nncf over {len(differences['top1'])} int8 trials (median): Top-1 "
-          f"{statistics.median(differences['top1']):+.2f} points, latency ×{statistics.median(differences['latency']):.3f}, "
-          f"deploy {statistics.median(differences['deploy']):+.1f} s")
+        overrides = {"study.storage": f"sqlite:///{tmp}/routes.db", "study.name": "routes",
+                     "study.artifacts": f"{tmp}/artifacts", "search.recipes": False, **dict(map(parse_override, args.set))}
+        spec = load_spec(None, overrides)
+        prepared = prepare(spec, on_status=lambda s: print(s, file=sys.stderr, flush=True))
+        ctx = prepared.context
+        rows = []
+        for number, plan in zip(range(args.trials), proposals(spec, prepared, args.seed)):
+            model = copy.deepcopy(ctx.baseline).eval()
+            shrink(model, ctx, plan, _Clock(None))
+            device_plan = device_plan_for(model, ctx, plan)
+            epochs = fine_tune_epochs(plan, ctx.baseline_flops, flops_and_params(model, ctx.data.example_input(2))[0]) \
+                if plan.max_epochs else plan.finetune.epochs
+            settings = replace(plan.finetune, epochs=epochs, seed=spec["study.seed"] + number)
+            torch.manual_seed(settings.seed)
+            _, scales = qat_finetune(model, compute_layers(model, list(device_plan.int8_modules)), ctx.data.x_train,
+                                     ctx.data.y_train, settings, ctx.teacher_logits if settings.distill > 0 else None)
+            routes = {"nncf": (model, device_plan),
+                      "qdq": (with_learned_int8(model, scales), replace(device_plan, int8_scales="model", calibration=None))}
+            result = {}
+            for route in (["nncf", "qdq"] if number % 2 == 0 else ["qdq", "nncf"]):  # neither always goes first
+                clock = _Clock(None)
+                on_device, route_plan = routes[route]
+                measured = deploy_and_measure(on_device, ctx, route_plan, clock)
+                measured.deployment.close()
+                result[route] = (measured.attributes["top1"], measured.attributes["latency_vs_baseline"],
+                                 clock.seconds["deploy"])
+            groups = ", ".join(sorted(plan.int8_groups))
+            rows.append((number, groups, epochs, result))
+            print(f"model {number} ({groups}; {epochs} epochs): " + "; ".join(
+                f"{r} Top-1 {t:.2f}, latency x{l:.3f}, deploy {d:.1f} s" for r, (t, l, d) in result.items()),
+                file=sys.stderr, flush=True)
+    print(f"## {spec['model.name']} on {spec['data.name']}: int8 by NNCF calibration (nncf) or QAT's own scales "
+          f"(qdq), {len(rows)} models, seed {args.seed}; baseline Top-1 {prepared.baseline['top1']:.2f}%\n")
+    print("| model | int8 groups | epochs | Top-1 nncf | Top-1 qdq | latency × base nncf | qdq | deploy s nncf | qdq |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for number, groups, epochs, r in rows:
+        print(f"| {number} | {groups} | {epochs} | {r['nncf'][0]:.2f} | {r['qdq'][0]:.2f} | {r['nncf'][1]:.3f} | "
+              f"{r['qdq'][1]:.3f} | {r['nncf'][2]:.1f} | {r['qdq'][2]:.1f} |")
+    top1 = statistics.median(r["qdq"][0] - r["nncf"][0] for *_, r in rows)
+    latency = statistics.median(r["qdq"][1] / r["nncf"][1] for *_, r in rows)
+    deploy = statistics.median(r["qdq"][2] - r["nncf"][2] for *_, r in rows)
+    print(f"\nqdq against nncf, median over {len(rows)} models: Top-1 {top1:+.2f} points, latency ×{latency:.3f}, "
+          f"deploy {deploy:+.1f} s")
 
 
 if __name__ == "__main__":

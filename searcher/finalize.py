@@ -31,9 +31,11 @@ from .study import Prepared
 FINALIZED_FROM = "finalized_from"
 
 
-def originals(study: optuna.Study, numbers: list[int] | None) -> list[FrozenTrial]:
-    """The trials to finalize: the named ones, or the front's (never a finalized trial itself)."""
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+def originals(study: optuna.Study, numbers: list[int] | None, every: list[FrozenTrial] | None = None) -> list[FrozenTrial]:
+    """The trials to finalize: the named ones, or the front's (never a finalized trial itself); ``every``:
+    the study's trials, if already read."""
+    every = study.get_trials(deepcopy=False) if every is None else every
+    trials = {t.number: t for t in every}
     if numbers:
         chosen = []
         for number in numbers:
@@ -44,13 +46,12 @@ def originals(study: optuna.Study, numbers: list[int] | None) -> list[FrozenTria
                 raise SpecError(f"trial {number} is {trial.state.name.lower()}: only complete trials have a model")
             chosen.append(trial)
     else:
-        chosen = [trials[row.number] for row in front(study)]
+        chosen = [trials[row.number] for row in front(study, every)]
     return [t for t in chosen if FINALIZED_FROM not in t.user_attrs]
 
 
-def already_finalized(study: optuna.Study) -> set[int]:
-    return {t.user_attrs[FINALIZED_FROM] for t in study.get_trials(deepcopy=False)
-            if t.state == TrialState.COMPLETE and FINALIZED_FROM in t.user_attrs}
+def already_finalized(every: list[FrozenTrial]) -> set[int]:
+    return {t.user_attrs[FINALIZED_FROM] for t in every if t.state == TrialState.COMPLETE and FINALIZED_FROM in t.user_attrs}
 
 
 def _plan_of(original: FrozenTrial, epochs: int, spec) -> TrialPlan:
@@ -73,9 +74,10 @@ def finalize(prepared: Prepared, spec, epochs: int, numbers: list[int] | None = 
     how many of the chosen are finished so far (already finalized ones included)."""
     study = prepared.study
     objective = Objective(spec, prepared.context, prepared.baseline, prepared.space)
-    done = already_finalized(study)
+    every = study.get_trials(deepcopy=False)  # read once: a large study's trials take seconds
+    done = already_finalized(every)
     pairs = []
-    for count, original in enumerate(originals(study, numbers), 1):
+    for count, original in enumerate(originals(study, numbers, every), 1):
         if original.number in done:
             on_status(f"trial {original.number}: already finalized")
             on_done(count)
