@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 rm -rf .gpu && mkdir -p .gpu/site .gpu/whl
+shopt -s nocaseglob  # with their metadata: pytest plugins there (jaxtyping) ask for typeguard's version
 for p in nni optuna alembic mako colorlog json_tricks schema typeguard pydot torch_pruning platformdirs astor prettytable wcwidth; do
-  cp -r "$site/$p" .gpu/site/
+  cp -r "$site/$p" "$site/$p"-*.dist-info .gpu/site/
 done
 find .gpu/site -name __pycache__ -prune -exec rm -rf {} +
 version() { .venv/bin/pip show "$1" | awk '/^Version/{print $2}'; }
