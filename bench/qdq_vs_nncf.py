@@ -25,8 +25,7 @@ import optuna
 import torch
 
 from edgetune.objectives.groups import compute_layers
-from edgetune.objectives.models import flops_and_params
-from edgetune.objectives.pipeline import _Clock, deploy_and_measure, device_plan_for, fine_tune_epochs, shrink
+from edgetune.objectives.pipeline import _Clock, deploy_and_measure, device_plan_for, shrink, trial_epochs
 from edgetune.objectives.qdq import with_learned_int8
 from edgetune.objectives.quantize import qat_finetune
 from edgetune.searcher.space import suggest_plan
@@ -61,8 +60,7 @@ def main() -> None:
             model = copy.deepcopy(ctx.baseline).eval()
             shrink(model, ctx, plan, _Clock(None))
             device_plan = device_plan_for(model, ctx, plan)
-            epochs = fine_tune_epochs(plan, ctx.baseline_flops, flops_and_params(model, ctx.data.example_input(2))[0]) \
-                if plan.max_epochs else plan.finetune.epochs
+            epochs = trial_epochs(model, ctx, plan)
             settings = replace(plan.finetune, epochs=epochs, seed=spec["study.seed"] + number)
             torch.manual_seed(settings.seed)
             _, scales = qat_finetune(model, compute_layers(model, list(device_plan.int8_modules)), ctx.data.x_train,

@@ -203,6 +203,14 @@ def timed(deployment: Deployment, device: Device, reference: Reference | None) -
     return stats, (reference.latency_ms * stats.ratio if reference else stats.median_ms)
 
 
+def trial_epochs(model: nn.Module, ctx: TrialContext, plan: TrialPlan) -> int:
+    """How long this pruned model fine-tunes: ``finetune.epochs``, scaled by the FLOPs it removed up to
+    ``max_epochs`` (:func:`fine_tune_epochs`; its FLOPs are counted only when the cap allows more)."""
+    if plan.max_epochs and plan.max_epochs > plan.finetune.epochs:
+        return fine_tune_epochs(plan, ctx.baseline_flops, flops_and_params(model, ctx.data.example_input(2))[0])
+    return plan.finetune.epochs
+
+
 def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None] | None = None,
               latency_limit_ms: float | None = None) -> TrialOutcome:
     """The trial's steps; with ``latency_limit_ms``, the pruned model is timed before fine-tuning and
@@ -216,9 +224,7 @@ def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None
         untrained_ms = screen_latency(model, ctx, device_plan, clock)
         if untrained_ms > latency_limit_ms:
             raise TooSlowError(untrained_ms, latency_limit_ms, clock.seconds)
-    epochs = plan.finetune.epochs
-    if plan.max_epochs and plan.max_epochs > epochs:
-        epochs = fine_tune_epochs(plan, ctx.baseline_flops, flops_and_params(model, ctx.data.example_input(2))[0])
+    epochs = trial_epochs(model, ctx, plan)
     outcome = fine_tune_and_measure(model, ctx, plan, replace(plan.finetune, epochs=epochs), device_plan, clock)
     outcome.attributes["prune_engine"] = engine
     if untrained_ms is not None:

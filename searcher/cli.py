@@ -299,7 +299,8 @@ def finalize(
 
     def run(spec, progress):
         prepared = prepare(spec, on_status=progress.status, joining=True)
-        return run_finalize(prepared, spec, epochs, trial, on_status=progress.status,
+        # the trials chosen above (the front is not computed twice)
+        return run_finalize(prepared, spec, epochs, [t.number for t in chosen], on_status=progress.status,
                             on_done=progress.budget_spent), prepared.study
 
     from .locks import StudyLocks
