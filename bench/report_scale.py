@@ -100,7 +100,7 @@ def phases(storage: str, out: str) -> None:
         timings[name] = [now_wall - wall, now_cpu - cpu]
         wall, cpu = now_wall, now_cpu
 
-    from edgetune.searcher import bulk, pareto, report
+    from edgetune.searcher import bulk, pareto, report, report_plots
     from edgetune.searcher.storage import open_storage
 
     lap("import report (optuna, numpy, sqlalchemy)")
@@ -117,13 +117,14 @@ def phases(storage: str, out: str) -> None:
     lap("`tune pareto`'s table (trials already read)")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    report.plot_front_png(data, folder / "front.png")
-    lap("front.png (with matplotlib's import)")
-    report.plot_front_html(data, folder / "front.html")
-    lap("front.html (with plotly's import)")
     history = report.hypervolume_history(data)
-    lap("hypervolume history")
-    report._plot_hypervolume(history, folder / "hypervolume.png")
+    inputs = report.plot_inputs(data, history)
+    lap("hypervolume history, the plots' inputs")
+    report_plots.plot_front_png(inputs, folder / "front.png")
+    lap("front.png (with matplotlib's import)")
+    report_plots.plot_front_html(inputs, folder / "front.html")
+    lap("front.html (with plotly's import)")
+    report_plots.plot_hypervolume(inputs.history, folder / "hypervolume.png")
     lap("hypervolume.png")
     report.importances(data)
     lap("importances (PED-ANOVA, sampled)")

@@ -253,8 +253,10 @@ def report(
     """Write the study's report: front plots (PNG, HTML), tables, hypervolume, importances, class harm."""
     from . import record
     from .report import write_report
+    from .report_plots import Plotter
     from .storage import load_study
 
+    plotter = Plotter()  # first: matplotlib's and plotly's imports overlap opening and reading the study
     study = load_study(storage, study_name)
     splits = None
     stored = record.spec_values(study)
@@ -272,7 +274,7 @@ def report(
             console.print(f"[yellow]class-level harm skipped[/]: {error}")
     folder = out / study.study_name
     with console.status("writing the report"):
-        files = write_report(study, folder, _artifacts_dir(study, artifacts), splits)
+        files = write_report(study, folder, _artifacts_dir(study, artifacts), splits, plotter)
     console.print(f"report: {files[0]} ({len(files)} files in {folder})")
 
 

@@ -1,7 +1,7 @@
 """``tune report``: a self-contained folder a user can act on.
 
-``front.png`` (matplotlib) and ``front.html`` (plotly, offline) of latency against Top-1 with the
-baseline marked and dominated trials faded; ``hypervolume.png``; ``report.md`` with the front and
+``front.png`` and ``front.html`` of latency against Top-1 with the baseline marked and dominated
+trials faded, and ``hypervolume.png`` (drawn by :mod:`searcher.report_plots`); ``report.md`` with the front and
 its deltas, hypervolume over trials, parameter importances per objective (Optuna's PED-ANOVA,
 fast on large studies), the correlation of each group's sparsity with each objective, time per
 phase, and the classes that compression hurts (a section of ``report.md`` and ``flips-trial-<n>.png``,
@@ -11,15 +11,13 @@ via :mod:`searcher.harm`). Everything is computed from the stored study: the fro
 At scale (10,000 trials): the trials are read once, in bulk and only the fields shown
 (:mod:`searcher.bulk`); importances and the interactive plot use a sample (:data:`SAMPLE`); no
 module is imported that the report does not use (scipy.stats, torch, scikit-learn); on Linux the
-three plots are drawn in a forked process while the tables are computed (matplotlib's and plotly's
-imports are most of their cost, and a second core is idle otherwise).
+plots are drawn in a process forked before the study is read (:class:`report_plots.Plotter`).
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
 import math
-import multiprocessing
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,15 +26,12 @@ import numpy as np
 import optuna
 
 from . import bulk, pareto, record
+from .report_plots import PlotInputs, Plotter
 from .spec import target_direction, target_unit
 
 #: Importances and the interactive plot use at most this many trials (all front trials plus a fixed
 #: random sample of the rest): on 10,000 trials each full pass costs seconds and adds nothing.
 SAMPLE = 2000
-
-LABELS = {"latency_ms": "latency (ms)", "top1": "Top-1 (%)", "size_bytes": "size (bytes)", "params": "parameters",
-          "flops": "FLOPs", "memory_bytes": "memory (bytes)"}
-
 
 @dataclass
 class ReportData:
@@ -46,7 +41,8 @@ class ReportData:
     baseline: dict
     front: list[pareto.FrontRow]
     counts: dict[str, int]
-    sample: optuna.Study | None = None  # in memory: the front and a sample of the other trials
+    sample: optuna.Study | None = None  # in memory: the front and a sample of the others, params and values
+    sampled: list[int] = field(default_factory=list)  # the same trials: indices into ``trials``
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # a user attribute of every trial (_values)
 
     @property
@@ -70,27 +66,28 @@ def collect(study: optuna.Study, trials: list | None = None) -> ReportData:
         complete = [t for t in every if t.state == optuna.trial.TrialState.COMPLETE]
         data = ReportData(study, complete, targets, record.baseline(study), pareto.front(study, every),
                           pareto.counts(study, every))
-        data.sample = _in_memory_sample(data)
+        data.sample, data.sampled = _in_memory_sample(data)
     return data
 
 
-def _in_memory_sample(data: ReportData) -> optuna.Study:
+def _in_memory_sample(data: ReportData) -> tuple[optuna.Study, list[int]]:
+    """The front and a fixed random sample of the other trials: as an in-memory study of parameters and
+    values (what PED-ANOVA reads), and as indices into ``data.trials`` (what the interactive plot shows)."""
     on_front = data.front_numbers
-    rest = [t for t in data.trials if t.number not in on_front]
+    rest = [i for i, t in enumerate(data.trials) if t.number not in on_front]
     if len(rest) > SAMPLE:
         rng = np.random.default_rng(0)
-        rest = [rest[i] for i in sorted(rng.choice(len(rest), SAMPLE, replace=False))]
-    chosen = sorted([t for t in data.trials if t.number in on_front] + rest, key=lambda t: t.number)
-    # whole: the interactive plot shows every user attribute of a trial
-    chosen = bulk.with_all_user_attrs(data.study, chosen)
+        rest = [rest[i] for i in rng.choice(len(rest), SAMPLE, replace=False)]
+    chosen = sorted([i for i, t in enumerate(data.trials) if t.number in on_front] + rest)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
     try:
         sample = optuna.create_study(directions=data.study.directions)
     finally:
         optuna.logging.set_verbosity(verbosity)
-    sample.add_trials([t.frozen() if isinstance(t, bulk.TrialRecord) else t for t in chosen])
-    return sample
+    sample.add_trials([optuna.trial.create_trial(values=t.values, params=t.params, distributions=t.distributions)
+                       for t in (data.trials[i] for i in chosen)])
+    return sample, chosen
 
 
 def _values(data: ReportData, metric: str) -> np.ndarray:
@@ -99,47 +96,27 @@ def _values(data: ReportData, metric: str) -> np.ndarray:
     return data.columns[metric]
 
 
-def plot_front_png(data: ReportData, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    latency, top1 = _values(data, "latency_ms"), _values(data, "top1")
-    on_front = np.array([t.number in data.front_numbers for t in data.trials], dtype=bool)
+def plot_inputs(data: ReportData, history: list[tuple[int, float]]) -> PlotInputs:
+    """What the plots draw, as plain arrays (they are drawn in another process)."""
     counts = data.counts
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ax.scatter(latency[~on_front], top1[~on_front], s=18, color="tab:blue", alpha=0.25, label="dominated trials")
-    order = np.argsort(latency[on_front])
-    ax.plot(latency[on_front][order], top1[on_front][order], "-o", color="tab:red", ms=5, label="Pareto front")
-    if data.baseline:
-        ax.scatter([data.baseline["latency_ms"]], [data.baseline["top1"]], marker="*", s=180, color="black",
-                   label="baseline (uncompressed)", zorder=5)
-    ax.set_xlabel(LABELS["latency_ms"])
-    ax.set_ylabel(LABELS["top1"])
-    ax.set_title(f"{data.study.study_name}: {counts.get('complete', 0)} complete, "
-                 f"{counts.get('pruned', 0)} collapsed, {counts.get('fail', 0)} failed")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    title = (f"{data.study.study_name}: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} collapsed, "
+             f"{counts.get('fail', 0)} failed")
+    front = {row.number: row for row in data.front}
+    groups = record.group_names(data.study) if front else []
 
+    def hover(trial) -> str:
+        lines = [f"trial {trial.number}"]
+        if trial.number in front:
+            lines.append(pareto.settings_short(front[trial.number].params, front[trial.number].attrs, groups))
+        return "<br>".join(lines + [f"{k}: {v}" for k, v in trial.params.items()])
 
-def plot_front_html(data: ReportData, path: Path) -> Path:
-    import plotly.graph_objects as go
-
-    with _without_sklearn():
-        importlib.import_module("optuna.visualization")
-    figure = optuna.visualization.plot_pareto_front(
-        data.sample, targets=lambda t: (t.user_attrs["latency_ms"], t.user_attrs["top1"]),
-        target_names=[LABELS["latency_ms"], LABELS["top1"]])
-    if data.baseline:
-        figure.add_trace(go.Scatter(x=[data.baseline["latency_ms"]], y=[data.baseline["top1"]], mode="markers",
-                                    marker={"symbol": "star", "size": 16, "color": "black"}, name="baseline"))
-    figure.write_html(str(path), include_plotlyjs="directory")  # plotly.min.js beside it: works offline
-    return path
+    base = data.baseline
+    return PlotInputs(
+        title=title, latency=_values(data, "latency_ms"), top1=_values(data, "top1"),
+        on_front=np.array([t.number in front for t in data.trials], dtype=bool),
+        baseline=(base["latency_ms"], base["top1"]) if base.get("latency_ms") is not None else None,
+        hover={i: hover(data.trials[i]) for i in data.sampled}, history=[v for _, v in history],
+        front=_plots_front(data))
 
 
 def reference_point(data: ReportData) -> np.ndarray:
@@ -202,7 +179,7 @@ def importances(data: ReportData) -> dict[str, dict[str, float]]:
 
 @contextlib.contextmanager
 def _without_sklearn():
-    """Import ``optuna.importance`` (also under ``optuna.visualization``) without scikit-learn: the
+    """Import ``optuna.importance`` without scikit-learn: the
     package imports it for fANOVA, which the report does not use (2-4 s of a cold report); PED-ANOVA
     needs none of it. ``None`` in ``sys.modules`` makes that import fail as a missing package would,
     which Optuna's ``try_import`` expects; only the fANOVA and mean-decrease-impurity evaluators of
@@ -290,8 +267,11 @@ def front_markdown(data: ReportData) -> list[str]:
     return lines
 
 
-def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = None, data_splits=None) -> list[Path]:
-    """Write the report folder; returns the files written."""
+def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = None, data_splits=None,
+                 plotter: Plotter | None = None) -> list[Path]:
+    """Write the report folder; returns the files written. ``plotter``: one started before the study was
+    opened (its imports then overlap the reading), else one is started here."""
+    plotter = plotter or Plotter()
     out.mkdir(parents=True, exist_ok=True)
     data = collect(study)
     written = []
@@ -303,7 +283,7 @@ def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = Non
         lines.append("No complete trial yet.")
     else:
         history = hypervolume_history(data)
-        plots = _Beside(write_plots, data, history, out)
+        plotter.draw(plot_inputs(data, history), out)
         if _plots_front(data):
             lines += ["![Pareto front](front.png) — interactive: [front.html](front.html)", ""]
         lines += ["## Pareto front", ""] + front_markdown(data) + [""]
@@ -346,73 +326,13 @@ def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = Non
             section, files = class_harm_section(data, artifacts_dir, data_splits, out)
             lines += section
             written += files
-        written = plots.result() + written
+        written = plotter.result() + written
+    if not data.trials:
+        plotter.close()
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return [report] + written
 
 
-def write_plots(data: ReportData, history: list[tuple[int, float]], out: Path) -> list[Path]:
-    """front.png and front.html where the trials have latency and Top-1; hypervolume.png where there is a history."""
-    written = []
-    if _plots_front(data):
-        written += [plot_front_png(data, out / "front.png"), plot_front_html(data, out / "front.html")]
-    if history:
-        written.append(_plot_hypervolume(history, out / "hypervolume.png"))
-    return written
-
-
 def _plots_front(data: ReportData) -> bool:
     return {"latency", "top1"} <= set(data.targets) or "latency_ms" in data.trials[0].user_attrs
-
-
-class _Beside:
-    """``fn(*args)`` in a forked child while the caller goes on; ``result()`` waits for it. Where fork
-    is not the platform's safe default (Windows, macOS) it runs at once, in this process."""
-
-    def __init__(self, fn, *args):
-        self._process = None
-        if sys.platform != "linux":
-            self._value = fn(*args)
-            return
-        context = multiprocessing.get_context("fork")
-        self._receive, send = context.Pipe(duplex=False)
-        self._process = context.Process(target=_send_result, args=(send, fn, args), daemon=True)
-        self._process.start()
-        send.close()
-
-    def result(self):
-        if self._process is None:
-            return self._value
-        try:
-            ok, value = self._receive.recv()
-        except EOFError:
-            ok, value = False, f"it exited with code {self._process.exitcode}"
-        self._process.join()
-        if not ok:
-            raise RuntimeError(f"drawing the report's plots failed: {value}")
-        return value
-
-
-def _send_result(send, fn, args) -> None:
-    try:
-        send.send((True, fn(*args)))
-    except BaseException as error:  # the parent raises it: a plot is part of the report
-        send.send((False, f"{type(error).__name__}: {error}"))
-
-
-def _plot_hypervolume(history: list[tuple[int, float]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    ax.plot(range(1, len(history) + 1), [v for _, v in history], color="tab:green")
-    ax.set_xlabel("complete trials")
-    ax.set_ylabel("hypervolume")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path

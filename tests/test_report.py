@@ -135,12 +135,24 @@ def test_report_draws_its_plots_and_ranks_parameters_without_scikit_learn(tmp_pa
     assert (tmp_path / "front.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_a_plot_that_fails_in_its_process_fails_the_report():
-    from edgetune.searcher.report import _Beside
+def test_a_plot_that_fails_in_its_process_fails_the_report(tmp_path):
+    from edgetune.searcher.report_plots import PlotInputs, Plotter
 
-    def broken():
-        raise ValueError("no axes")
+    def inputs(**changed):
+        given = dict(title="t", latency=np.array([1.0, 2.0]), top1=np.array([90.0, 95.0]),
+                     on_front=np.array([True, True]), baseline=(2.5, 96.0), hover={0: "trial 0", 1: "trial 1"},
+                     history=[0.5, 1.0])
+        return PlotInputs(**{**given, **changed})
 
-    with pytest.raises(RuntimeError, match="drawing the report's plots failed: ValueError: no axes"):
-        _Beside(broken).result()
-    assert _Beside(lambda x: [x], 3).result() == [3]
+    broken = Plotter()
+    broken.draw(inputs(latency=np.array([1.0])), tmp_path)  # arrays of different lengths
+    with pytest.raises(RuntimeError, match="drawing the report's plots failed: IndexError"):
+        broken.result()
+    plotter = Plotter()
+    plotter.draw(inputs(), tmp_path)
+    assert sorted(p.name for p in plotter.result()) == ["front.html", "front.png", "hypervolume.png"]
+    html = (tmp_path / "front.html").read_text()
+    assert "trial 1" in html and "Pareto front" in html and "baseline" in html
+    unused = Plotter()
+    unused.close()  # its child reads end-of-file and exits: nothing left running
+    assert unused._process is None and not [c for c in __import__("multiprocessing").active_children()]
