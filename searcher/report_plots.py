@@ -9,6 +9,7 @@ child imports both while the parent reads, and the parent then sends it plain ar
 """
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import sys
 from dataclasses import dataclass
@@ -114,8 +115,8 @@ def _import_plotting() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: F401
-    import plotly.graph_objects  # noqa: F401
+    for module in ("matplotlib.pyplot", "plotly.graph_objects"):
+        importlib.import_module(module)
 
 
 class Plotter:
