@@ -1,8 +1,19 @@
-"""edgetune's latency protocol against OpenVINO's own benchmark_app, on the same IR and device.
+"""edgetune's latency against OpenVINO's own benchmark_app, on the same IR and device.
 
+    python bench/benchmark_app_agreement.py --study NAME [--storage URL] [--artifacts DIR]
+        [--seconds 2] [--min-pairs 8] [--max-pairs 60] [--target-ci 0.025]
     python bench/benchmark_app_agreement.py [--model resnet56] [--rounds 5] [--seconds 10]
 
-Exports the model (random weights: latency does not depend on them) to OpenVINO IR at batch 1,
+With ``--study``: each model of the study's Pareto front (the one ``tune pareto`` prints), as stored
+in its artifact, against the baseline's IR from the same store, both timed by benchmark_app as a user
+would (``-hint latency -api sync -infer_precision f32``), alternating short runs: B M B M ... B. Each
+pair's ratio is the model's median over the geometric mean of the baseline runs either side of it,
+so a drift of the host that is linear over a pair cancels. Pairs are added until the 95% interval
+of the mean log-ratio (Student's t) is within ``--target-ci`` (or ``--max-pairs``). Prints each
+model's recorded ``latency_vs_baseline`` (edgetune's paired protocol, measured during the trial)
+beside the reference ratio and its interval; the last line is the largest disagreement.
+
+Without it: exports the model (random weights: latency does not depend on them) to OpenVINO IR at batch 1,
 then alternates, round by round, edgetune's measurement (`OpenVINODevice`, LATENCY hint, f32
 pinned, synchronous) and `benchmark_app -hint latency -api sync -infer_precision f32` on that
 file. Reports each round's two medians and their ratio, and the spread of edgetune's medians
@@ -11,6 +22,7 @@ across rounds (repeatability within one process).
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import shutil
 import subprocess
@@ -25,25 +37,107 @@ from edgetune.devices import create_device
 from edgetune.devices.protocol import LatencyProtocol
 from edgetune.objectives.models import create_model
 
-MEDIAN = re.compile(r"Median:\s+([0-9.]+)\s*ms")
+MEDIAN = re.compile(r"Median:\s+([0-9.]+)\s*(ms|us)")  # it prints microseconds below 1 ms
 
 
-def benchmark_app(xml: Path, seconds: int) -> float:
+def benchmark_app_on(xml: Path, seconds: float) -> float:
+    """benchmark_app's median latency (ms) of one IR as a user would run it; a dynamic input becomes batch 1
+    (the shape edgetune times)."""
+    import openvino as ov
+
+    shape = [d.get_length() if d.is_static else 1 for d in ov.Core().read_model(xml).inputs[0].get_partial_shape()]
     tool = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
-    output = subprocess.run([tool, "-m", str(xml), "-d", "CPU", "-hint", "latency", "-api", "sync",
-                             "-infer_precision", "f32", "-shape", "[1,3,32,32]", "-t", str(seconds)], capture_output=True, text=True, check=True).stdout
-    match = MEDIAN.search(output)
-    if not match:
-        raise SystemExit("benchmark_app printed no median:\n" + output[-2000:])
-    return float(match.group(1))
+    done = subprocess.run([tool, "-m", str(xml), "-d", "CPU", "-hint", "latency", "-api", "sync", "-infer_precision",
+                           "f32", "-shape", str(shape).replace(" ", ""), "-t", f"{seconds:g}"],
+                          capture_output=True, text=True)
+    match = MEDIAN.search(done.stdout)
+    if done.returncode != 0 or not match:
+        raise SystemExit(f"benchmark_app failed on {xml}:\n" + (done.stdout + done.stderr)[-2000:])
+    return float(match.group(1)) / (1000.0 if match.group(2) == "us" else 1.0)
+
+
+def t_interval(logs: np.ndarray) -> tuple[float, float]:
+    """The geometric-mean ratio and the relative half-width of its 95% interval (Student's t on the logs)."""
+    from scipy.stats import t
+
+    mean = float(np.mean(logs))
+    half = float(t.ppf(0.975, len(logs) - 1) * np.std(logs, ddof=1) / np.sqrt(len(logs)))
+    return math.exp(mean), math.expm1(half)
+
+
+def paired_reference(model: Path, baseline: Path, seconds: float, min_pairs: int, max_pairs: int,
+                     target_ci: float) -> tuple[float, float, int]:
+    """benchmark_app's ratio model/baseline by alternated runs: (ratio, its 95% half-width, pairs)."""
+    before = benchmark_app_on(baseline, seconds)
+    logs: list[float] = []
+    while True:
+        ours = benchmark_app_on(model, seconds)
+        after = benchmark_app_on(baseline, seconds)
+        logs.append(math.log(ours) - (math.log(before) + math.log(after)) / 2)
+        before = after
+        if len(logs) >= min_pairs:
+            ratio, half = t_interval(np.array(logs))
+            if half <= target_ci or len(logs) >= max_pairs:
+                return ratio, half, len(logs)
+
+
+def agreement_on_study(args) -> None:
+    import optuna
+
+    from edgetune.searcher import artifacts, pareto, record
+    from edgetune.searcher.storage import load_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = load_study(args.storage, args.study)
+    store = record.artifacts_dir(study, args.artifacts)
+    base = record.baseline(study)
+    rows = pareto.front(study)
+    print(f"study {study.study_name}: {len(rows)} front models against the baseline ({base['latency_ms']:.3f} ms "
+          f"recorded); benchmark_app runs of {args.seconds:g} s, pairs until the 95% interval is within "
+          f"±{args.target_ci:.1%} (at least {args.min_pairs}, at most {args.max_pairs})\n", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        def ir(name: str, artifact_id: str) -> Path:
+            folder = artifacts.fetch(store, artifact_id, Path(tmp) / name)
+            return next((folder / "deployed").glob("*.xml"))
+
+        baseline = ir("baseline", base["artifact_id"])
+        table = []
+        for row in rows:
+            model = ir(f"trial-{row.number}", row.attrs["artifact_id"])
+            ratio, half, pairs = paired_reference(model, baseline, args.seconds, args.min_pairs, args.max_pairs,
+                                                  args.target_ci)
+            recorded = row.attrs["latency_vs_baseline"]
+            table.append((row, recorded, ratio, half, pairs))
+            print(f"trial {row.number}: recorded {recorded:.3f}, benchmark_app {ratio:.3f} ±{half:.1%} "
+                  f"({pairs} pairs)", flush=True)
+    groups = record.group_names(study)
+    print("\n| trial | settings | recorded ratio (±95%) | benchmark_app paired ratio (±95%) | pairs | recorded / reference |")
+    print("|---|---|---|---|---|---|")
+    for row, recorded, ratio, half, pairs in table:
+        print(f"| {row.number} | {pareto.settings_short(row.params, row.attrs, groups)} | {recorded:.3f} "
+              f"(±{row.attrs.get('latency_ci95_rel', float('nan')):.1%}) | {ratio:.3f} (±{half:.1%}) | {pairs} | "
+              f"{recorded / ratio - 1:+.1%} |")
+    worst = max(table, key=lambda r: abs(r[1] / r[2] - 1))
+    print(f"\nagreement: largest |recorded / benchmark_app - 1| {abs(worst[1] / worst[2] - 1):.1%} (trial {worst[0].number}) "
+          f"over {len(table)} models; reference intervals up to ±{max(r[3] for r in table):.1%}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--study", help="a stored study: its front against benchmark_app (else one random model)")
+    parser.add_argument("--storage", default="sqlite:///edgetune.db")
+    parser.add_argument("--artifacts", help="the study's artifact store (default: its spec's)")
+    parser.add_argument("--min-pairs", type=int, default=8)
+    parser.add_argument("--max-pairs", type=int, default=60)
+    parser.add_argument("--target-ci", type=float, default=0.025)
     parser.add_argument("--model", default="resnet56")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=None, help="per run (default: 2 with --study, else 10)")
     args = parser.parse_args()
+    if args.study:
+        args.seconds = args.seconds or 2.0
+        return agreement_on_study(args)
+    args.seconds = int(args.seconds or 10)
     device = create_device("openvino:CPU", protocol=LatencyProtocol(max_seconds=args.seconds, target_ci_rel=0.0))
     deployment = device.deploy(create_model(args.model, 10).eval(), torch.rand(2, 3, 32, 32))
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,7 +145,7 @@ def main() -> None:
         ours, theirs = [], []
         for _ in range(args.rounds):
             ours.append(deployment.measure_latency().median_ms)
-            theirs.append(benchmark_app(xml, args.seconds))
+            theirs.append(benchmark_app_on(xml, args.seconds))
     deployment.close()
     info = device.info()
     print(f"{args.model}, batch 1, f32 pinned, {info.full_name}, {info.runtime}; {args.seconds} s per measurement\n")
