@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import warnings
 from pathlib import Path
@@ -467,7 +468,12 @@ def main() -> None:  # console script entry point
     for category in (DeprecationWarning, FutureWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU hosts
-    app(prog_name="tune")
+    try:
+        app(prog_name="tune")
+    finally:
+        # The interpreter's exit collects garbage over every object still alive: after reading 10,000
+        # trials that was 0.4 s of a 3 s report. Frozen objects are skipped (they are still freed).
+        gc.freeze()
 
 
 if __name__ == "__main__":

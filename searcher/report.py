@@ -31,7 +31,7 @@ from .spec import target_direction, target_unit
 
 #: Importances and the interactive plot use at most this many trials (all front trials plus a fixed
 #: random sample of the rest): on 10,000 trials each full pass costs seconds and adds nothing.
-SAMPLE = 2000
+SAMPLE = 1000
 
 @dataclass
 class ReportData:
@@ -41,8 +41,8 @@ class ReportData:
     baseline: dict
     front: list[pareto.FrontRow]
     counts: dict[str, int]
-    sample: optuna.Study | None = None  # in memory: the front and a sample of the others, params and values
-    sampled: list[int] = field(default_factory=list)  # the same trials: indices into ``trials``
+    sampled: list[int] = field(default_factory=list)  # the front and a sample of the others: indices into trials
+    sample: optuna.Study | None = None  # the same trials in memory, parameters and values (sample_study)
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # a user attribute of every trial (_values)
 
     @property
@@ -66,28 +66,34 @@ def collect(study: optuna.Study, trials: list | None = None) -> ReportData:
         complete = [t for t in every if t.state == optuna.trial.TrialState.COMPLETE]
         data = ReportData(study, complete, targets, record.baseline(study), pareto.front(study, every),
                           pareto.counts(study, every))
-        data.sample, data.sampled = _in_memory_sample(data)
+        data.sampled = _sampled(data)
     return data
 
 
-def _in_memory_sample(data: ReportData) -> tuple[optuna.Study, list[int]]:
-    """The front and a fixed random sample of the other trials: as an in-memory study of parameters and
-    values (what PED-ANOVA reads), and as indices into ``data.trials`` (what the interactive plot shows)."""
+def _sampled(data: ReportData) -> list[int]:
+    """The front and a fixed random sample of the other trials, as indices into ``data.trials``."""
     on_front = data.front_numbers
     rest = [i for i, t in enumerate(data.trials) if t.number not in on_front]
     if len(rest) > SAMPLE:
         rng = np.random.default_rng(0)
         rest = [rest[i] for i in rng.choice(len(rest), SAMPLE, replace=False)]
-    chosen = sorted([i for i, t in enumerate(data.trials) if t.number in on_front] + rest)
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
-    try:
-        sample = optuna.create_study(directions=data.study.directions)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-    sample.add_trials([optuna.trial.create_trial(values=t.values, params=t.params, distributions=t.distributions)
-                       for t in (data.trials[i] for i in chosen)])
-    return sample, chosen
+    return sorted([i for i, t in enumerate(data.trials) if t.number in on_front] + rest)
+
+
+def sample_study(data: ReportData) -> optuna.Study:
+    """The sampled trials as an in-memory study of their parameters and values (what PED-ANOVA reads);
+    built on first use, after the plots have their inputs."""
+    if data.sample is None:
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
+        try:
+            data.sample = optuna.create_study(directions=data.study.directions)
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+        data.sample.add_trials([optuna.trial.create_trial(values=t.values, params=t.params,
+                                                          distributions=t.distributions)
+                                for t in (data.trials[i] for i in data.sampled)])
+    return data.sample
 
 
 def _values(data: ReportData, metric: str) -> np.ndarray:
@@ -171,7 +177,7 @@ def importances(data: ReportData) -> dict[str, dict[str, float]]:
     for index, target in enumerate(data.targets):
         try:
             result[target] = importance.get_param_importances(
-                data.sample, evaluator=evaluator, target=lambda t, i=index: t.values[i])
+                sample_study(data), evaluator=evaluator, target=lambda t, i=index: t.values[i])
         except (ValueError, RuntimeError):  # too few distinct values to rank anything
             result[target] = {}
     return result
@@ -300,7 +306,7 @@ def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = Non
             lines += [f"| {m} | {history[m - 1][1]:.4g} |" for m in marks] + ["", "![hypervolume](hypervolume.png)", ""]
         ranking = importances(data)
         if ranking:
-            size = len(data.sample.get_trials(deepcopy=False))  # not .trials: that deep-copies every trial
+            size = len(data.sampled)
             sampled = f" on {size} of {len(data.trials)} trials" if size < len(data.trials) else ""
             lines += [f"## Parameter importances (PED-ANOVA{sampled})", "", "| parameter | " + " | ".join(ranking) + " |",
                       "|---|" + "---|" * len(ranking)]

@@ -101,78 +101,97 @@ def plot_hypervolume(history: list[float], path: Path) -> Path:
     return path
 
 
-def draw(inputs: PlotInputs, out: Path) -> list[Path]:
-    """Every plot the inputs call for, into ``out``."""
-    written = []
-    if inputs.front:
-        written += [plot_front_png(inputs, out / "front.png"), plot_front_html(inputs, out / "front.html")]
+def draw_static(inputs: PlotInputs, out: Path) -> list[Path]:
+    """The PNG plots the inputs call for (matplotlib), into ``out``."""
+    written = [plot_front_png(inputs, out / "front.png")] if inputs.front else []
     if inputs.history:
         written.append(plot_hypervolume(inputs.history, out / "hypervolume.png"))
     return written
 
 
-def _import_plotting() -> None:
-    import matplotlib
+def draw_interactive(inputs: PlotInputs, out: Path) -> list[Path]:
+    """front.html (plotly), where the inputs call for it."""
+    return [plot_front_html(inputs, out / "front.html")] if inputs.front else []
 
-    matplotlib.use("Agg")
-    for module in ("matplotlib.pyplot", "plotly.graph_objects"):
-        importlib.import_module(module)
+
+def draw(inputs: PlotInputs, out: Path) -> list[Path]:
+    """Every plot the inputs call for, into ``out``, in this process."""
+    return draw_static(inputs, out) + draw_interactive(inputs, out)
+
+
+#: One child per plotting library: each imports its own while the study is read, then draws its plots.
+CHILDREN = (("matplotlib.pyplot", draw_static), ("plotly.graph_objects", draw_interactive))
 
 
 class Plotter:
-    """:func:`draw` in a forked child that has imported matplotlib and plotly by the time the inputs come.
+    """:func:`draw` in forked children, one per plotting library, that have imported it by the time the
+    inputs come.
 
     Start it before the slow reading; ``draw`` sends the inputs, ``result`` waits for the files. Where
     fork is not the platform's safe default (Windows, macOS) ``draw`` draws at once, in this process. A
-    plotter that is never given inputs ends with this process (its child reads end-of-file and exits).
+    plotter that is never given inputs ends with this process (its children read end-of-file and exit).
     """
 
     def __init__(self):
-        self._process, self._written = None, []
+        self._children, self._written = [], []
         if sys.platform != "linux":
             return
         context = multiprocessing.get_context("fork")
-        self._receive, send = context.Pipe(duplex=False)
-        inputs, self._send = context.Pipe(duplex=False)
-        self._process = context.Process(target=_child, args=(inputs, self._send, send), daemon=True)
-        self._process.start()
-        send.close()
-        inputs.close()
+        ours = []  # this process's ends so far: a child closes its copies, or a sibling never reads end-of-file
+        for module, fn in CHILDREN:
+            receive, send = context.Pipe(duplex=False)
+            inputs, give = context.Pipe(duplex=False)
+            ours += [give, receive]
+            process = context.Process(target=_child, args=(module, fn, inputs, send, list(ours)), daemon=True)
+            process.start()
+            send.close()
+            inputs.close()
+            self._children.append((process, give, receive))
 
     def draw(self, inputs: PlotInputs, out: Path) -> None:
-        if self._process is None:
+        if not self._children:
             self._written = draw(inputs, out)
-        else:
-            self._send.send((inputs, out))
+        for _, give, _ in self._children:
+            give.send((inputs, out))
 
     def result(self) -> list[Path]:
-        if self._process is None:
-            return self._written
-        try:
-            ok, value = self._receive.recv()
-        except EOFError:
-            ok, value = False, f"it exited with code {self._process.exitcode}"
-        self._process.join()
-        if not ok:
-            raise RuntimeError(f"drawing the report's plots failed: {value}")
-        return value
+        written, failures = list(self._written), []
+        for process, _, receive in self._children:
+            try:
+                ok, value = receive.recv()
+            except EOFError:
+                ok, value = False, f"it exited with code {process.exitcode}"
+            process.join()
+            if ok:
+                written += value
+            else:
+                failures.append(value)
+        self._children = []
+        if failures:
+            raise RuntimeError(f"drawing the report's plots failed: {'; '.join(failures)}")
+        return written
 
     def close(self) -> None:
-        """Let the child go without drawing (a report with nothing to plot)."""
-        if self._process is not None:
-            self._send.close()
-            self._process.join()
-            self._process = None
+        """Let the children go without drawing (a report with nothing to plot)."""
+        for process, give, _ in self._children:
+            give.close()
+            process.join()
+        self._children = []
 
 
-def _child(inputs, parents_end, send) -> None:
-    parents_end.close()  # else the inputs pipe never reads end-of-file here
+def _child(module: str, fn, inputs, send, parents_ends) -> None:
+    for end in parents_ends:
+        end.close()
     try:
-        _import_plotting()
+        if module.startswith("matplotlib"):
+            import matplotlib
+
+            matplotlib.use("Agg")
+        importlib.import_module(module)
         try:
             given = inputs.recv()
         except EOFError:  # the parent closed it: nothing to draw
             return
-        send.send((True, draw(*given)))
+        send.send((True, fn(*given)))
     except BaseException as error:  # the parent raises it: a plot is part of the report
         send.send((False, f"{type(error).__name__}: {error}"))

@@ -204,7 +204,7 @@ def test_the_report_reads_the_study_once_and_samples_it(tmp_path):
     assert all(set(t.user_attrs) <= report.report_user_attrs(study) for t in data.trials)
     # the in-memory sample (all of it here: fewer than SAMPLE trials): what PED-ANOVA reads, and the same trials'
     # indices for the interactive plot
-    sampled = data.sample.get_trials(deepcopy=False)
+    sampled = report.sample_study(data).get_trials(deepcopy=False)
     assert [(t.values, t.params) for t in sampled] == [(t.values, t.params) for t in expected]
     assert [data.trials[i].number for i in data.sampled] == [t.number for t in expected]
 

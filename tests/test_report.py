@@ -155,4 +155,4 @@ def test_a_plot_that_fails_in_its_process_fails_the_report(tmp_path):
     assert "trial 1" in html and "Pareto front" in html and "baseline" in html
     unused = Plotter()
     unused.close()  # its child reads end-of-file and exits: nothing left running
-    assert unused._process is None and not [c for c in __import__("multiprocessing").active_children()]
+    assert not unused._children and not __import__("multiprocessing").active_children()
