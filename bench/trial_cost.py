@@ -1,6 +1,7 @@
 """Where a trial's time goes, and edgetune's own overhead as a share of it.
 
     python bench/trial_cost.py [--trials 8] [--spec studies/default.toml] [--set key=value ...]
+    python bench/trial_cost.py --study NAME [--storage URL]    # a study that already ran (make demo's)
 
 Runs the study (default: the embedded default, ResNet-56 on digits, on the OpenVINO CPU) for a few
 trials in a temporary database, then reads each trial's recorded phase times (prune, speedup,
@@ -42,10 +43,17 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--spec", default=None)
     parser.add_argument("--set", action="append", help="spec override, as for tune start")
+    parser.add_argument("--study", help="read this stored study's trials instead of running new ones")
+    parser.add_argument("--storage", default="sqlite:///edgetune.db")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        study = run(args, Path(tmp))
-    trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if args.study:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(study_name=args.study, storage=args.storage)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            study = run(args, Path(tmp))
+    trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+              and "finalized_from" not in t.user_attrs]  # tune finalize's long fine-tunes are not search trials
     walls = np.array([(t.datetime_complete - t.datetime_start).total_seconds() for t in trials])
     phases = sorted({k for t in trials for k in t.user_attrs["seconds"]},
                     key=lambda k: ("prune", "speedup", "screen", "fine_tune", "deploy", "evaluate", "measure", "memory", "store").index(k))
