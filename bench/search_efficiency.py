@@ -2,6 +2,7 @@
 
     python bench/search_efficiency.py --task default --trials 10 --seeds 0 1 2
     python bench/search_efficiency.py --task cifar --trials 10 --seeds 0 1 2   # ../shared/data/cifar10-12k
+    python bench/search_efficiency.py --task quick --trials 40 --methods tpe nsga2 uniform   # samplers at 40 trials
 
     # as run for BENCHMARKS.md: both tasks side by side, one core each, a 1-epoch fine-tune
     ... --threads 1 --set finetune.epochs=1 --set device.threads=1 --plot bench-results/<task>.png
@@ -62,6 +63,8 @@ TASKS = {
     "cifar": {"model.name": "resnet20", "data.name": "imagefolder",
               "data.dir": str(ROOT.parent / "shared" / "data" / "cifar10-12k"), "baseline.epochs": 15,
               "baseline.lr": 0.05, "finetune.epochs": 2},
+    # cheap enough for 40-trial budgets (the sampler comparison): ResNet-20 on digits, one epoch per trial
+    "quick": {"model.name": "resnet20", "finetune.epochs": 1, "finetune.max_epochs": 0},
 }
 
 
@@ -198,6 +201,13 @@ def summarise(results: dict, trials: int, sweep: str = "uniform", drops: tuple[f
         shown = ", ".join("-" if n is None else str(n) for n in reach)
         lines.append(f"| {method} | {len(by_seed)} | {np.median(finals):.3f} ({min(finals):.3f}-{max(finals):.3f}) | "
                      f"{reach_text} ({shown}) |")
+    marks = list(range(10, trials + 1, 10))
+    if len(marks) > 1:  # a longer budget: where one search overtakes another
+        lines += ["", "| method | " + " | ".join(f"hypervolume after {m} trials, median (range)" for m in marks) + " |",
+                  "|---|" + "---|" * len(marks)]
+        for method, by_seed in results.items():
+            at = [[r["curve"][min(m, len(r["curve"])) - 1] if r["curve"] else 0.0 for r in by_seed.values()] for m in marks]
+            lines.append(f"| {method} | " + " | ".join(f"{np.median(v):.3f} ({min(v):.3f}-{max(v):.3f})" for v in at) + " |")
     lines += ["", "| method | " + " | ".join(f"fastest at Top-1 >= baseline - {d:g} (x baseline latency; vs {sweep})"
                                               for d in drops) + " |", "|---|" + "---|" * len(drops)]
     fastest = {d: _median([fastest_within(r, d) for r in reference.values()]) for d in drops}
