@@ -80,12 +80,6 @@ class TrialRecord:
             raise RuntimeError("This attribute is not available during multi-objective optimization.")
         return self.values[0]
 
-    def frozen(self) -> FrozenTrial:
-        """A complete ``FrozenTrial`` of these fields (for Optuna's plotting and importance functions)."""
-        return optuna.trial.create_trial(state=self.state, values=self.values, params=self.params,
-                                         distributions=self.distributions, user_attrs=self.user_attrs,
-                                         constraints=self.constraints or None)
-
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
@@ -192,10 +186,9 @@ _USER_ATTR_COLUMNS = (_user_attrs.c.trial_id, _user_attrs.c.key, _user_attrs.c.v
 
 
 def _user_attrs_by_trial(found) -> dict[int, dict]:
-    """Rows of ``_USER_ATTR_COLUMNS`` as each trial's attributes, decoded, in key order. Optuna promises no
-    order, but the interactive plot shows them in its: key order on SQLite (it reads them through the
-    (trial_id, key) index), and on PostgreSQL whatever the query plan gives (key order through that index
-    on a small table, the order written on a large one), which no reader can reproduce."""
+    """Rows of ``_USER_ATTR_COLUMNS`` as each trial's attributes, decoded, in key order: Optuna promises no
+    order (key order on SQLite, through the (trial_id, key) index; on PostgreSQL whatever the query plan
+    gives), so the one order every storage can give is chosen here."""
     pairs: dict[int, list] = {}
     for trial_id, key, encoded in found:
         pairs.setdefault(trial_id, []).append((key, encoded))

@@ -33,6 +33,7 @@ from .spec import target_direction, target_unit
 #: random sample of the rest): on 10,000 trials each full pass costs seconds and adds nothing.
 SAMPLE = 1000
 
+
 @dataclass
 class ReportData:
     study: optuna.Study

@@ -88,11 +88,6 @@ def _check_same_as_optuna(study: optuna.Study, by_sql: bool = True) -> None:
     whole = bulk.with_all_user_attrs(study, [some[0], expected[1], every[2], some[3]])
     assert [w.user_attrs for w in whole] == [expected[i].user_attrs for i in range(4)]
     assert whole[1] is expected[1] and whole[2] is every[2] and whole[0].all_user_attrs and whole[3].all_user_attrs
-    # a record as a FrozenTrial, for Optuna's own plotting and importance functions
-    frozen = every[0].frozen()
-    assert (frozen.values, frozen.params, frozen.distributions, frozen.user_attrs, frozen.constraints) == \
-        (expected[0].values, expected[0].params, expected[0].distributions, expected[0].user_attrs,
-         expected[0].constraints)
     # what the front and the report show is the same from records as from Optuna's trials
     assert [(r.number, r.attrs, r.params) for r in pareto.front(study)] == \
         [(r.number, r.attrs, r.params) for r in pareto.front(study, expected)]
