@@ -1,11 +1,11 @@
-"""The report's three plots, drawn in a child process that starts before the study is read.
+"""The report's three plots, drawn in child processes that start before the study is read.
 
 A cold report on 10,000 trials spends about a second importing matplotlib and plotly and about half
-a second drawing; the study takes as long to open and read. So :class:`Plotter` forks first, the
-child imports both while the parent reads, and the parent then sends it plain arrays
-(:class:`PlotInputs`, no study: nothing of the database crosses the fork). ``front.png``
-(matplotlib), ``front.html`` (plotly, offline, WebGL for the dominated cloud) and
-``hypervolume.png``.
+a second drawing; opening and reading the study takes as long. So :class:`Plotter` forks first (one
+child per library), the children import while the parent reads, and the parent then sends them
+plain arrays (:class:`PlotInputs`; the study is opened after the fork, so no database connection is
+shared). ``front.png`` and ``hypervolume.png`` (matplotlib), ``front.html`` (plotly, offline, WebGL
+for the dominated cloud).
 """
 from __future__ import annotations
 
