@@ -148,8 +148,10 @@ def score(study: optuna.Study, trials: int) -> dict:
         last = by_number.get(trial.number, last)
         curve.append(last)
     points = [(t.user_attrs["latency_ms"], t.user_attrs["top1"]) for t in complete]
+    seeded = {t.number for t in ordered if t.user_attrs.get("seeded")}
     device = baseline.get("device") or {}
-    return {"curve": curve, "points": points, "baseline_latency_ms": baseline["latency_ms"], "baseline_top1": baseline["top1"],
+    return {"curve": curve, "points": points, "seeded": [t.number in seeded for t in complete],
+            "baseline_latency_ms": baseline["latency_ms"], "baseline_top1": baseline["top1"],
             "device": f"{device.get('name')} on {device.get('full_name')} "
                       f"({device.get('extra', {}).get('capabilities', '?')}; {device.get('threads_used')} thread(s))"}
 
@@ -221,17 +223,34 @@ def summarise(results: dict, trials: int, sweep: str = "uniform", drops: tuple[f
                          f"{latency:.3f} ({latency / fastest[d]:.2f}x)" + (f", {missing} seed(s) none" if missing else ""))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", f"| method | latency at the Top-1 of each {sweep}-front model, x its latency: median (range; "
-              f"models with no match) | seeds whose front dominates {sweep}'s (same seed) |", "|---|---|---|"]
+              f"models with no match) | seeds whose front dominates {sweep}'s (same seed) | {sweep}-front models "
+              "left undominated: by all trials / the recipe seeds alone / the sampler's trials alone |",
+              "|---|---|---|---|"]
     for method, by_seed in results.items():
         per_seed = {seed: gain_at_sweep_front(result, reference[seed]) for seed, result in by_seed.items() if seed in reference}
         ratios = [r for found in per_seed.values() for r in found]
         found = [r for r in ratios if r is not None]
         # dominated: every model on the sweep's front is matched by one at least as fast and as accurate
         dominating = [seed for seed, seed_ratios in per_seed.items() if all(r is not None and r <= 1.0 for r in seed_ratios)]
+        left = [sum(_undominated(_part(by_seed[seed], part), reference[seed]) for seed in per_seed)
+                for part in (None, True, False)]
         lines.append(f"| {method} | " + (f"{np.median(found):.2f}x ({min(found):.2f}-{max(found):.2f}; "
                                           f"{len(ratios) - len(found)} of {len(ratios)} unmatched)" if found else "none")
-                     + f" | {len(dominating)} of {len(per_seed)} |")
+                     + f" | {len(dominating)} of {len(per_seed)} | {' / '.join(map(str, left))} of {len(ratios)} |")
     return lines
+
+
+def _part(result: dict, seeded: bool | None) -> dict:
+    """The result with only its recipe-seeded trials (True), only the sampler's (False), or all (None)."""
+    if seeded is None:
+        return result
+    flags = result.get("seeded") or [False] * len(result["points"])
+    return {**result, "points": [p for p, s in zip(result["points"], flags) if s == seeded]}
+
+
+def _undominated(result: dict, sweep: dict) -> int:
+    """How many models on the sweep's front no model of ``result`` matches at least as fast and as accurate."""
+    return sum(r is None or r > 1.0 for r in gain_at_sweep_front(result, sweep))
 
 
 def load_results(db: str, task: str, methods, seeds, trials: int) -> dict:
