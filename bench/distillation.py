@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from edgetune.objectives.evaluate import topk_accuracy, torch_logits
 from edgetune.objectives.finetune import TrainSettings, train
 from edgetune.objectives.models import flops_and_params
-from edgetune.objectives.pipeline import TrialContext, TrialPlan, _Clock, shrink
+from edgetune.objectives.pipeline import TrialContext, TrialPlan, PhaseClock, shrink
 from edgetune.objectives.structure import block_importance, residual_stages
 from edgetune.searcher.recipes import recipes
 from edgetune.searcher.spec import load_spec
@@ -71,7 +71,7 @@ def main() -> None:
                          stream={s: w.channels(p[f"width.{s}"]) for s, w in space.stream.items() if f"width.{s}" in p},
                          depth={s: p[f"depth.{s}"] for s in space.depth if f"depth.{s}" in p}, channel_multiple=args.multiple)
         pruned = copy.deepcopy(baseline).eval()
-        shrink(pruned, context, plan, _Clock(None))
+        shrink(pruned, context, plan, PhaseClock(None))
         share = flops_and_params(pruned, data.example_input(2))[0] / base_flops
         for epochs in args.epochs:
             result = {}

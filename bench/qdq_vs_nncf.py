@@ -25,7 +25,7 @@ import optuna
 import torch
 
 from edgetune.objectives.groups import compute_layers
-from edgetune.objectives.pipeline import _Clock, deploy_and_measure, device_plan_for, shrink, trial_epochs
+from edgetune.objectives.pipeline import PhaseClock, deploy_and_measure, device_plan_for, shrink, trial_epochs
 from edgetune.objectives.qdq import with_learned_int8
 from edgetune.objectives.quantize import qat_finetune
 from edgetune.searcher.space import suggest_plan
@@ -58,7 +58,7 @@ def main() -> None:
         rows = []
         for number, plan in zip(range(args.trials), proposals(spec, prepared, args.seed)):
             model = copy.deepcopy(ctx.baseline).eval()
-            shrink(model, ctx, plan, _Clock(None))
+            shrink(model, ctx, plan, PhaseClock(None))
             device_plan = device_plan_for(model, ctx, plan)
             epochs = trial_epochs(model, ctx, plan)
             settings = replace(plan.finetune, epochs=epochs, seed=spec["study.seed"] + number)
@@ -69,7 +69,7 @@ def main() -> None:
                       "qdq": (with_learned_int8(model, scales), replace(device_plan, int8_scales="model", calibration=None))}
             result = {}
             for route in (["nncf", "qdq"] if number % 2 == 0 else ["qdq", "nncf"]):  # neither always goes first
-                clock = _Clock(None)
+                clock = PhaseClock(None)
                 on_device, route_plan = routes[route]
                 measured = deploy_and_measure(on_device, ctx, route_plan, clock)
                 measured.deployment.close()

@@ -143,7 +143,10 @@ class TrialOutcome:
     predictions: np.ndarray  # the deployed model's class for each validation image
 
 
-class _Clock:
+class PhaseClock:
+    """Seconds spent in each named phase of a trial (``with clock.phase("deploy"):``), announced to
+    ``on_phase`` as each starts."""
+
     def __init__(self, on_phase: Callable[[str], None] | None):
         self.seconds: dict[str, float] = {}
         self._on_phase = on_phase
@@ -167,7 +170,7 @@ def fine_tune_epochs(plan: TrialPlan, baseline_flops: int, flops: int) -> int:
     return max(epochs, min(plan.max_epochs, round(epochs * baseline_flops / flops)))
 
 
-def shrink(model: nn.Module, ctx: TrialContext, plan: TrialPlan, clock: "_Clock") -> str | None:
+def shrink(model: nn.Module, ctx: TrialContext, plan: TrialPlan, clock: "PhaseClock") -> str | None:
     """Remove blocks, prune residual streams, prune inner widths (in place); returns the engine that
     removed the inner widths' channels ("nni", "torch-pruning"; None when none were pruned)."""
     example = ctx.data.example_input(2)
@@ -183,7 +186,7 @@ def shrink(model: nn.Module, ctx: TrialContext, plan: TrialPlan, clock: "_Clock"
         return pruning.remove_channels(model, masks, example) if masks else None
 
 
-def screen_latency(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan, clock: "_Clock") -> float:
+def screen_latency(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan, clock: "PhaseClock") -> float:
     """The latency of the pruned model before fine-tuning: latency depends on the structure and the
     precisions, not on the weights' values, so a candidate that misses a limit is known in seconds."""
     with clock.phase("screen"):
@@ -215,7 +218,7 @@ def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None
               latency_limit_ms: float | None = None) -> TrialOutcome:
     """The trial's steps; with ``latency_limit_ms``, the pruned model is timed before fine-tuning and
     a model slower than the limit stops there (:class:`TooSlowError`)."""
-    clock = _Clock(on_phase)
+    clock = PhaseClock(on_phase)
     model = copy.deepcopy(ctx.baseline).eval()
     engine = shrink(model, ctx, plan, clock)
     device_plan = device_plan_for(model, ctx, plan)
@@ -240,7 +243,7 @@ def device_plan_for(model: nn.Module, ctx: TrialContext, plan: TrialPlan) -> Pre
 
 
 def fine_tune_and_measure(model: nn.Module, ctx: TrialContext, plan: TrialPlan, settings: TrainSettings,
-                          device_plan: PrecisionPlan, clock: "_Clock") -> TrialOutcome:
+                          device_plan: PrecisionPlan, clock: "PhaseClock") -> TrialOutcome:
     """Fine-tune a pruned model (in place; quantization-aware for its int8 modules), deploy it, evaluate
     it on the device and measure it; the outcome records its structure as realized."""
     quantized = list(device_plan.int8_modules)
@@ -297,9 +300,9 @@ class Measured:
 
 
 def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan = PrecisionPlan(),
-                       clock: _Clock | None = None) -> Measured:
+                       clock: PhaseClock | None = None) -> Measured:
     """Deploy ``model`` on the device; Top-1 on the deployed artifact; latency by the protocol."""
-    clock = clock or _Clock(None)
+    clock = clock or PhaseClock(None)
     example = ctx.data.example_input(2)
     flops, _ = flops_and_params(model, example)
     with clock.phase("deploy"):
@@ -347,7 +350,7 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
 
 
 def measure_on(other: OtherDevice, model: nn.Module, ctx: TrialContext, plan: PrecisionPlan,
-               clock: _Clock) -> dict:
+               clock: PhaseClock) -> dict:
     """Latency of the same model on a further device (paired with that device's baseline)."""
     with clock.phase("deploy"):
         deployment = other.device.deploy(model, ctx.data.example_input(2), other.plan_for(plan))

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from edgetune.objectives.errors import first_line
 from edgetune.objectives.export import load_pruned
 from edgetune.objectives.finetune import TrainSettings
-from edgetune.objectives.pipeline import TrialPlan, _Clock, device_plan_for, fine_tune_and_measure
+from edgetune.objectives.pipeline import TrialPlan, PhaseClock, device_plan_for, fine_tune_and_measure
 
 from .artifacts import fetch
 from .pareto import front
@@ -92,7 +92,7 @@ def finalize(prepared: Prepared, spec, epochs: int, numbers: list[int] | None = 
                 folder = fetch(spec["study.artifacts"], original.user_attrs["artifact_id"], Path(tmp),
                                original.user_attrs.get("artifact_sha256"))
                 model = load_pruned(folder).train()
-            clock = _Clock(lambda phase: on_status(f"trial {original.number}: {phase}"))
+            clock = PhaseClock(lambda phase: on_status(f"trial {original.number}: {phase}"))
             outcome = fine_tune_and_measure(model, prepared.context, plan, plan.finetune,
                                             device_plan_for(model, prepared.context, plan), clock)
             if "seeded" in original.user_attrs:  # the recipe it grew from (its pruner comes with the plan)
