@@ -43,6 +43,9 @@ def target_of_unit(unit: str) -> str:
 
 
 SAMPLERS = ("auto", "tpe", "nsga2", "random")
+#: Why ``auto`` is TPE, for one target and several (BENCHMARKS.md, "Is the search better than the alternatives?").
+AUTO_SAMPLER_REASON = ("auto: multi-objective TPE found the best fronts at 10 trials (3 seeds, two tasks) and NSGA-II, "
+                       "with a population of 3-4, the weakest")
 PRECISIONS = ("f32", "bf16", "f16", "int8")
 QUANTIZATION = ("qat", "qat-qdq", "ptq")
 
@@ -209,13 +212,14 @@ class Spec:
 
     @property
     def sampler(self) -> str:
+        return self.sampler_choice()[0]
+
+    def sampler_choice(self) -> tuple[str, str]:
+        """The sampler this study runs, and why (recorded on the study as ``sampler``)."""
         choice = self.values["study.sampler"]
-        if choice == "auto":
-            # TPE for one target and for several: at 10 trials (3 seeds, two tasks; BENCHMARKS.md,
-            # "Is the search better than the alternatives?") multi-objective TPE found the best fronts
-            # and NSGA-II, with a population of 3-4, the weakest.
-            return "tpe"
-        return choice
+        if choice != "auto":
+            return choice, "named in the spec"
+        return "tpe", AUTO_SAMPLER_REASON
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self.values)

@@ -19,6 +19,16 @@ def test_one_target_defaults_to_tpe_and_sampler_can_be_forced():
     assert load_spec(overrides={"study.sampler": "random"}).sampler == "random"
 
 
+def test_the_study_records_its_sampler_and_why(tmp_path):
+    from edgetune.searcher.study import open_study
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    study = open_study(load_spec(overrides={"study.storage": storage}))
+    assert study.user_attrs["sampler"]["name"] == "tpe" and study.user_attrs["sampler"]["why"].startswith("auto: ")
+    resumed = open_study(load_spec(overrides={"study.storage": storage, "study.sampler": "random"}))  # as this run chose
+    assert resumed.user_attrs["sampler"] == {"name": "random", "why": "named in the spec"}
+
+
 def test_file_values_and_overrides(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text('[model]\nname = "resnet20"\n[finetune]\nepochs = 4\n[search.groups]\nearly = ["layer1\\\\..*"]\n')
