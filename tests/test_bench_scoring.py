@@ -86,10 +86,23 @@ def test_resume_and_snapshot_keep_only_finished_studies(bench, tmp_path):
 
 def test_the_summary_says_whose_front_dominates_the_sweeps(bench):
     sweep = {0: {"curve": [1.0], "points": [(1.0, 90.0), (0.6, 80.0)], "baseline_top1": 90.0}}
-    better = {0: {"curve": [2.0], "points": [(0.5, 80.0), (0.9, 91.0)], "baseline_top1": 90.0}}
+    # the faster model is a recipe seed's, the more accurate one the sampler's: neither alone dominates
+    better = {0: {"curve": [2.0], "points": [(0.5, 80.0), (0.9, 91.0)], "seeded": [True, False], "baseline_top1": 90.0}}
     worse = {0: {"curve": [0.5], "points": [(0.5, 80.0)], "baseline_top1": 90.0}}
     lines = bench.summarise({"uniform": sweep, "tpe": better, "random": worse}, trials=1)
     rows = {line.split(" | ")[0].strip("| "): line for line in lines[-3:]}
-    assert rows["tpe"].endswith("| 1 of 1 |")
-    assert rows["random"].endswith("| 0 of 1 |")
-    assert rows["uniform"].endswith("| 1 of 1 |")  # a front dominates itself
+    # seeds whose front dominates; sweep-front models left undominated by all / the seeds / the sampler's trials
+    assert rows["tpe"].endswith("| 1 of 1 | 0 / 1 / 1 of 2 |")
+    assert rows["random"].endswith("| 0 of 1 | 1 / 2 / 1 of 2 |")
+    assert rows["uniform"].endswith("| 1 of 1 | 0 / 2 / 0 of 2 |")  # a front dominates itself
+
+
+def test_a_longer_budget_shows_hypervolume_every_ten_trials(bench):
+    curve = [float(i) for i in range(1, 21)]
+    sweep = {0: {"curve": curve, "points": [(1.0, 90.0)], "baseline_top1": 90.0}}
+    lines = bench.summarise({"uniform": sweep}, trials=20)
+    header = next(line for line in lines if "hypervolume after 10 trials" in line)
+    assert "hypervolume after 20 trials" in header
+    row = lines[lines.index(header) + 2]
+    assert row == "| uniform | 10.000 (10.000-10.000) | 20.000 (20.000-20.000) |"
+    assert not any("hypervolume after" in line for line in bench.summarise({"uniform": sweep}, trials=10))
