@@ -104,10 +104,14 @@ def _values(data: ReportData, metric: str) -> np.ndarray:
 
 
 def plot_inputs(data: ReportData, history: list[tuple[int, float]]) -> PlotInputs:
-    """What the plots draw, as plain arrays (they are drawn in another process)."""
+    """What the plots draw, as plain arrays (they are drawn in another process): the front and the sample
+    of the other trials (:data:`SAMPLE`; the plots of 10,000 points took twice as long and showed the
+    same cloud), and the hypervolume after every trial."""
     counts = data.counts
     title = (f"{data.study.study_name}: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} collapsed, "
              f"{counts.get('fail', 0)} failed")
+    if len(data.sampled) < len(data.trials):
+        title += f" ({len(data.sampled) - len(data.front):,} dominated shown)"
     front = {row.number: row for row in data.front}
     groups = record.group_names(data.study) if front else []
 
@@ -117,13 +121,13 @@ def plot_inputs(data: ReportData, history: list[tuple[int, float]]) -> PlotInput
             lines.append(pareto.settings_short(front[trial.number].params, front[trial.number].attrs, groups))
         return "<br>".join(lines + [f"{k}: {v}" for k, v in trial.params.items()])
 
+    shown = [data.trials[i] for i in data.sampled]
     base = data.baseline
     return PlotInputs(
-        title=title, latency=_values(data, "latency_ms"), top1=_values(data, "top1"),
-        on_front=np.array([t.number in front for t in data.trials], dtype=bool),
+        title=title, latency=_values(data, "latency_ms")[data.sampled], top1=_values(data, "top1")[data.sampled],
+        on_front=np.array([t.number in front for t in shown], dtype=bool),
         baseline=(base["latency_ms"], base["top1"]) if base.get("latency_ms") is not None else None,
-        hover={i: hover(data.trials[i]) for i in data.sampled}, history=[v for _, v in history],
-        front=_plots_front(data))
+        hover=[hover(t) for t in shown], history=[v for _, v in history], front=_plots_front(data))
 
 
 def reference_point(data: ReportData) -> np.ndarray:

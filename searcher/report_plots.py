@@ -23,11 +23,11 @@ LATENCY, TOP1 = "latency (ms)", "Top-1 (%)"
 @dataclass
 class PlotInputs:
     title: str
-    latency: np.ndarray  # every complete trial's, by number
+    latency: np.ndarray  # of the trials shown (the front and a sample of the rest), by number
     top1: np.ndarray
     on_front: np.ndarray  # bool, the same order
     baseline: tuple[float, float] | None  # (latency ms, Top-1 %)
-    hover: dict[int, str]  # index into the arrays -> its hover text: the interactive plot shows only these
+    hover: list[str]  # the same order: what the interactive plot shows on each point
     history: list[float]  # hypervolume after each complete trial (empty: no plot)
     front: bool = True  # latency and Top-1 are there to plot
 
@@ -58,13 +58,12 @@ def plot_front_png(inputs: PlotInputs, path: Path) -> Path:
 
 
 def plot_front_html(inputs: PlotInputs, path: Path) -> Path:
-    """The front and a sample of the dominated trials; hovering a point names its trial and settings."""
+    """The front and the dominated trials; hovering a point names its trial and settings."""
     import plotly.graph_objects as go
 
-    shown = np.array(sorted(inputs.hover), dtype=int)
-    front = shown[inputs.on_front[shown]]
+    front = np.flatnonzero(inputs.on_front)
     front = front[np.argsort(inputs.latency[front])]
-    rest = shown[~inputs.on_front[shown]]
+    rest = np.flatnonzero(~inputs.on_front)
     template = f"%{{text}}<br>{LATENCY}: %{{x:.3f}}<br>{TOP1}: %{{y:.2f}}<extra></extra>"
 
     def points(index, **style):

@@ -140,7 +140,7 @@ def test_a_plot_that_fails_in_its_process_fails_the_report(tmp_path):
 
     def inputs(**changed):
         given = dict(title="t", latency=np.array([1.0, 2.0]), top1=np.array([90.0, 95.0]),
-                     on_front=np.array([True, True]), baseline=(2.5, 96.0), hover={0: "trial 0", 1: "trial 1"},
+                     on_front=np.array([True, True]), baseline=(2.5, 96.0), hover=["trial 0", "trial 1"],
                      history=[0.5, 1.0])
         return PlotInputs(**{**given, **changed})
 
