@@ -40,15 +40,16 @@ from edgetune.objectives.models import create_model
 MEDIAN = re.compile(r"Median:\s+([0-9.]+)\s*(ms|us)")  # it prints microseconds below 1 ms
 
 
-def benchmark_app_on(xml: Path, seconds: float) -> float:
+def benchmark_app_on(xml: Path, seconds: float, threads: int = 0) -> float:
     """benchmark_app's median latency (ms) of one IR as a user would run it; a dynamic input becomes batch 1
-    (the shape edgetune times)."""
+    (the shape edgetune times); ``threads``: its ``-nthreads`` (0: the latency hint's choice)."""
     import openvino as ov
 
     shape = [d.get_length() if d.is_static else 1 for d in ov.Core().read_model(xml).inputs[0].get_partial_shape()]
     tool = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
     done = subprocess.run([tool, "-m", str(xml), "-d", "CPU", "-hint", "latency", "-api", "sync", "-infer_precision",
-                           "f32", "-shape", str(shape).replace(" ", ""), "-t", f"{seconds:g}"],
+                           "f32", "-shape", str(shape).replace(" ", ""), "-t", f"{seconds:g}",
+                           *(["-nthreads", str(threads)] if threads else [])],
                           capture_output=True, text=True)
     match = MEDIAN.search(done.stdout)
     if done.returncode != 0 or not match:
@@ -66,13 +67,13 @@ def t_interval(logs: np.ndarray) -> tuple[float, float]:
 
 
 def paired_reference(model: Path, baseline: Path, seconds: float, min_pairs: int, max_pairs: int,
-                     target_ci: float) -> tuple[float, float, int]:
+                     target_ci: float, threads: int = 0) -> tuple[float, float, int]:
     """benchmark_app's ratio model/baseline by alternated runs: (ratio, its 95% half-width, pairs)."""
-    before = benchmark_app_on(baseline, seconds)
+    before = benchmark_app_on(baseline, seconds, threads)
     logs: list[float] = []
     while True:
-        ours = benchmark_app_on(model, seconds)
-        after = benchmark_app_on(baseline, seconds)
+        ours = benchmark_app_on(model, seconds, threads)
+        after = benchmark_app_on(baseline, seconds, threads)
         logs.append(math.log(ours) - (math.log(before) + math.log(after)) / 2)
         before = after
         if len(logs) >= min_pairs:
@@ -92,9 +93,12 @@ def agreement_on_study(args) -> None:
     store = record.artifacts_dir(study, args.artifacts)
     base = record.baseline(study)
     rows = pareto.front(study)
+    # the threads the study's deployments ran with, where the spec pinned them (else the hint chooses for both)
+    threads = int((record.spec_values(study).get("device.threads") or 0) and base["device"]["threads_used"])
     print(f"study {study.study_name}: {len(rows)} front models against the baseline ({base['latency_ms']:.3f} ms "
           f"recorded); benchmark_app runs of {args.seconds:g} s, pairs until the 95% interval is within "
-          f"±{args.target_ci:.1%} (at least {args.min_pairs}, at most {args.max_pairs})\n", flush=True)
+          f"±{args.target_ci:.1%} (at least {args.min_pairs}, at most {args.max_pairs}), "
+          f"{f'-nthreads {threads}' if threads else 'threads as the latency hint chooses'}\n", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         def ir(name: str, artifact_id: str) -> Path:
             folder = artifacts.fetch(store, artifact_id, Path(tmp) / name)
@@ -105,7 +109,7 @@ def agreement_on_study(args) -> None:
         for row in rows:
             model = ir(f"trial-{row.number}", row.attrs["artifact_id"])
             ratio, half, pairs = paired_reference(model, baseline, args.seconds, args.min_pairs, args.max_pairs,
-                                                  args.target_ci)
+                                                  args.target_ci, threads)
             recorded = row.attrs["latency_vs_baseline"]
             table.append((row, recorded, ratio, half, pairs))
             print(f"trial {row.number}: recorded {recorded:.3f}, benchmark_app {ratio:.3f} ±{half:.1%} "
