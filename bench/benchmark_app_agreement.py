@@ -47,9 +47,11 @@ def benchmark_app_on(xml: Path, seconds: float, threads: int = 0) -> float:
 
     shape = [d.get_length() if d.is_static else 1 for d in ov.Core().read_model(xml).inputs[0].get_partial_shape()]
     tool = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
-    done = subprocess.run([tool, "-m", str(xml), "-d", "CPU", "-hint", "latency", "-api", "sync", "-infer_precision",
-                           "f32", "-shape", str(shape).replace(" ", ""), "-t", f"{seconds:g}",
-                           *(["-nthreads", str(threads)] if threads else [])],
+    # benchmark_app takes -nthreads only without a hint: then one stream and those threads, as the latency hint
+    # with INFERENCE_NUM_THREADS compiles edgetune's deployment
+    tuning = ["-hint", "none", "-nstreams", "1", "-nthreads", str(threads)] if threads else ["-hint", "latency"]
+    done = subprocess.run([tool, "-m", str(xml), "-d", "CPU", *tuning, "-api", "sync", "-infer_precision",
+                           "f32", "-shape", str(shape).replace(" ", ""), "-t", f"{seconds:g}"],
                           capture_output=True, text=True)
     match = MEDIAN.search(done.stdout)
     if done.returncode != 0 or not match:
@@ -82,10 +84,17 @@ def paired_reference(model: Path, baseline: Path, seconds: float, min_pairs: int
                 return ratio, half, len(logs)
 
 
+def deployed_ir(store: str, artifact_id: str, folder: Path) -> Path:
+    """The deployed OpenVINO IR of a stored trial (or baseline) artifact, unpacked into ``folder``."""
+    from edgetune.searcher import artifacts
+
+    return next((artifacts.fetch(store, artifact_id, folder) / "deployed").glob("*.xml"))
+
+
 def agreement_on_study(args) -> None:
     import optuna
 
-    from edgetune.searcher import artifacts, pareto, record
+    from edgetune.searcher import pareto, record
     from edgetune.searcher.storage import load_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -100,14 +109,10 @@ def agreement_on_study(args) -> None:
           f"±{args.target_ci:.1%} (at least {args.min_pairs}, at most {args.max_pairs}), "
           f"{f'-nthreads {threads}' if threads else 'threads as the latency hint chooses'}\n", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        def ir(name: str, artifact_id: str) -> Path:
-            folder = artifacts.fetch(store, artifact_id, Path(tmp) / name)
-            return next((folder / "deployed").glob("*.xml"))
-
-        baseline = ir("baseline", base["artifact_id"])
+        baseline = deployed_ir(store, base["artifact_id"], Path(tmp) / "baseline")
         table = []
         for row in rows:
-            model = ir(f"trial-{row.number}", row.attrs["artifact_id"])
+            model = deployed_ir(store, row.attrs["artifact_id"], Path(tmp) / f"trial-{row.number}")
             ratio, half, pairs = paired_reference(model, baseline, args.seconds, args.min_pairs, args.max_pairs,
                                                   args.target_ci, threads)
             recorded = row.attrs["latency_vs_baseline"]

@@ -1,0 +1,87 @@
+"""How repeatable a trial's paired latency ratio is, at one thread and at the latency hint's choice.
+
+    python bench/thread_repeatability.py --study NAME [--storage URL] [--artifacts DIR] --trials 4 16 0
+        [--repeats 4] [--threads 1 0]
+
+The baseline's and each named trial's deployed IR, from the study's artifact store, compiled in this
+process as the OpenVINO adapter compiles them (LATENCY hint, f32 pinned; ``INFERENCE_NUM_THREADS``
+where a thread count is given, 0 = the hint's choice), then the paired protocol
+(devices.protocol.measure_paired, 5 s limit, ±2% target) repeated back to back. Prints each trial's
+ratios, their spread ((max - min) / median) against the interval each measurement reported, and
+the baseline's median. The spread is what a trial's single measurement can be off by; pairing
+cancels only drift that scales both models alike.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_app_agreement import deployed_ir  # noqa: E402
+
+
+def compiled_runner(core, xml: Path, threads: int):
+    import openvino as ov
+
+    model = core.read_model(str(xml))
+    shape = [d.get_length() if d.is_static else 1 for d in model.inputs[0].get_partial_shape()]
+    model.reshape(shape)
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    request = core.compile_model(model, "CPU", config).create_infer_request()
+    request.set_input_tensor(ov.Tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32)))
+    return request.infer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", required=True)
+    parser.add_argument("--storage", default="sqlite:///edgetune.db")
+    parser.add_argument("--artifacts", help="the study's artifact store (default: its spec's)")
+    parser.add_argument("--trials", type=int, nargs="+", required=True)
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 0], help="0: the latency hint's choice")
+    args = parser.parse_args()
+
+    import openvino as ov
+    import optuna
+
+    from edgetune.devices.protocol import LatencyProtocol, measure_paired
+    from edgetune.searcher import record
+    from edgetune.searcher.storage import load_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = load_study(args.storage, args.study)
+    store = record.artifacts_dir(study, args.artifacts)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    core = ov.Core()
+    protocol = LatencyProtocol(max_seconds=5.0, target_ci_rel=0.02)
+    print("| threads | trial | recorded | ratios, repeated | spread | intervals reported | baseline median ms |")
+    print("|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        baseline_xml = deployed_ir(store, record.baseline(study)["artifact_id"], Path(tmp) / "baseline")
+        irs = {n: deployed_ir(store, trials[n].user_attrs["artifact_id"], Path(tmp) / f"trial-{n}") for n in args.trials}
+        for threads in args.threads:
+            reference = compiled_runner(core, baseline_xml, threads)
+            for number, xml in irs.items():
+                candidate = compiled_runner(core, xml, threads)
+                ratios, intervals, medians = [], [], []
+                for _ in range(args.repeats):
+                    _, ref, ratio, ci = measure_paired(reference, candidate, protocol)
+                    ratios.append(ratio)
+                    intervals.append(ci)
+                    medians.append(ref.median_ms)
+                spread = (max(ratios) - min(ratios)) / statistics.median(ratios)
+                print(f"| {threads or 'hint'} | {number} | {trials[number].user_attrs.get('latency_vs_baseline', float('nan')):.3f} "
+                      f"| {' '.join(f'{r:.3f}' for r in ratios)} | {spread:.0%} | "
+                      f"±{min(intervals):.1%}–±{max(intervals):.1%} | {min(medians):.2f}–{max(medians):.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
