@@ -3,7 +3,7 @@
 Written once, under the study's lock, when the first worker bootstraps it (:mod:`searcher.study`);
 read by every command. The keys are the contract of docs/ARCHITECTURE.md: ``spec``, ``groups``,
 ``groups_described``, ``stages``, ``block_importance``, ``channel_multiple`` (+ ``_source``),
-``recipes``, ``data``, ``baseline_source`` and the baseline's record under ``baseline_<name>``.
+``recipes``, ``data``, ``baseline_source``, ``sampler`` and the baseline's record under ``baseline_<name>``.
 """
 from __future__ import annotations
 
@@ -79,6 +79,17 @@ def channel_multiple(study: optuna.Study) -> tuple[int, str]:
 
 def write_recipes(study: optuna.Study, names: list[str]) -> None:
     study.set_user_attr("recipes", names)
+
+
+def write_sampler(study: optuna.Study, name: str, why: str) -> None:
+    """The sampler this run of the study uses, and why (a resume may name another with --sampler)."""
+    if sampler(study) != {"name": name, "why": why}:
+        study.set_user_attr("sampler", {"name": name, "why": why})
+
+
+def sampler(study: optuna.Study) -> dict | None:
+    """``{"name", "why"}`` of the sampler last used; None for studies from before it was recorded."""
+    return study.user_attrs.get("sampler")
 
 
 def check_model_source(study: optuna.Study, model: str, sha256: str | None) -> None:

@@ -289,8 +289,8 @@ def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = Non
     counts = data.counts
     lines += [f"{counts.get('complete', 0)} complete trials, {counts.get('pruned', 0)} collapsed, "
               f"{counts.get('fail', 0)} failed; targets: {', '.join(data.targets)}.", ""]
-    sampler = study.user_attrs.get("sampler")
-    if sampler:  # studies from before it was recorded have none
+    sampler = record.sampler(study)
+    if sampler:
         lines += [f"Sampler: {sampler['name']} ({sampler['why']}).", ""]
     if not data.trials:
         lines.append("No complete trial yet.")

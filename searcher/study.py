@@ -76,9 +76,7 @@ def open_study(spec: Spec, storage: optuna.storages.BaseStorage | None = None) -
         raise SpecError(f"study '{name}' exists with other targets; choose another --study-name")
     if study.metric_names is None:
         study.set_metric_names([target_unit(t) for t in spec.targets])
-    name, why = spec.sampler_choice()
-    if study.user_attrs.get("sampler") != {"name": name, "why": why}:  # this run's: --sampler may differ on resume
-        study.set_user_attr("sampler", {"name": name, "why": why})
+    record.write_sampler(study, *spec.sampler_choice())
     return study
 
 
