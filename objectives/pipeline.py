@@ -162,14 +162,6 @@ class PhaseClock:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 4)
 
 
-def fine_tune_epochs(plan: TrialPlan, baseline_flops: int, flops: int) -> int:
-    """The plan's epochs, scaled by the compute the model removed, up to ``plan.max_epochs``."""
-    epochs = plan.finetune.epochs
-    if not plan.max_epochs or plan.max_epochs <= epochs or flops <= 0:
-        return epochs
-    return max(epochs, min(plan.max_epochs, round(epochs * baseline_flops / flops)))
-
-
 def shrink(model: nn.Module, ctx: TrialContext, plan: TrialPlan, clock: "PhaseClock") -> str | None:
     """Remove blocks, prune residual streams, prune inner widths (in place); returns the engine that
     removed the inner widths' channels ("nni", "torch-pruning"; None when none were pruned)."""
@@ -207,11 +199,15 @@ def timed(deployment: Deployment, device: Device, reference: Reference | None) -
 
 
 def trial_epochs(model: nn.Module, ctx: TrialContext, plan: TrialPlan) -> int:
-    """How long this pruned model fine-tunes: ``finetune.epochs``, scaled by the FLOPs it removed up to
-    ``max_epochs`` (:func:`fine_tune_epochs`; its FLOPs are counted only when the cap allows more)."""
-    if plan.max_epochs and plan.max_epochs > plan.finetune.epochs:
-        return fine_tune_epochs(plan, ctx.baseline_flops, flops_and_params(model, ctx.data.example_input(2))[0])
-    return plan.finetune.epochs
+    """How long this pruned model fine-tunes: ``finetune.epochs``, scaled by the compute it removed (the
+    baseline's FLOPs over its own), up to ``max_epochs``; its FLOPs are counted only when the cap allows more."""
+    epochs = plan.finetune.epochs
+    if not plan.max_epochs or plan.max_epochs <= epochs:
+        return epochs
+    flops = flops_and_params(model, ctx.data.example_input(2))[0]
+    if flops <= 0:
+        return epochs
+    return max(epochs, min(plan.max_epochs, round(epochs * ctx.baseline_flops / flops)))
 
 
 def run_trial(ctx: TrialContext, plan: TrialPlan, on_phase: Callable[[str], None] | None = None,
