@@ -40,12 +40,17 @@ from edgetune.objectives.models import create_model
 MEDIAN = re.compile(r"Median:\s+([0-9.]+)\s*(ms|us)")  # it prints microseconds below 1 ms
 
 
+def batch_one_shape(model) -> list[int]:
+    """An OpenVINO model's input shape with its dynamic dimensions (the batch) at 1: what edgetune times."""
+    return [d.get_length() if d.is_static else 1 for d in model.inputs[0].get_partial_shape()]
+
+
 def benchmark_app_on(xml: Path, seconds: float, threads: int = 0) -> float:
     """benchmark_app's median latency (ms) of one IR as a user would run it; a dynamic input becomes batch 1
     (the shape edgetune times); ``threads``: its ``-nthreads`` (0: the latency hint's choice)."""
     import openvino as ov
 
-    shape = [d.get_length() if d.is_static else 1 for d in ov.Core().read_model(xml).inputs[0].get_partial_shape()]
+    shape = batch_one_shape(ov.Core().read_model(xml))
     tool = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
     # benchmark_app takes -nthreads only without a hint: then one stream and those threads, as the latency hint
     # with INFERENCE_NUM_THREADS compiles edgetune's deployment

@@ -22,19 +22,18 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_app_agreement import deployed_ir  # noqa: E402
+from benchmark_app_agreement import batch_one_shape, deployed_ir  # noqa: E402
 
 
-def compiled_runner(core, xml: Path, threads: int):
+def compiled_runner(device, xml: Path):
+    """One synchronous inference of the IR, compiled as the OpenVINO ``device`` compiles its deployments
+    (one device per thread count: reference and candidate share its runtime, as in a trial)."""
     import openvino as ov
 
-    model = core.read_model(str(xml))
-    shape = [d.get_length() if d.is_static else 1 for d in model.inputs[0].get_partial_shape()]
+    model = device.core.read_model(str(xml))
+    shape = batch_one_shape(model)
     model.reshape(shape)
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    request = core.compile_model(model, "CPU", config).create_infer_request()
+    request = device.core.compile_model(model, device.target, device.compile_config("f32")).create_infer_request()
     request.set_input_tensor(ov.Tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32)))
     return request.infer
 
@@ -49,9 +48,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 0], help="0: the latency hint's choice")
     args = parser.parse_args()
 
-    import openvino as ov
     import optuna
 
+    from edgetune.devices import create_device
     from edgetune.devices.protocol import LatencyProtocol, measure_paired
     from edgetune.searcher import record
     from edgetune.searcher.storage import load_study
@@ -60,7 +59,6 @@ def main() -> None:
     study = load_study(args.storage, args.study)
     store = record.artifacts_dir(study, args.artifacts)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    core = ov.Core()
     protocol = LatencyProtocol(max_seconds=5.0, target_ci_rel=0.02)
     print("| threads | trial | recorded | ratios, repeated | spread | intervals reported | baseline median ms |")
     print("|---|---|---|---|---|---|---|")
@@ -68,9 +66,10 @@ def main() -> None:
         baseline_xml = deployed_ir(store, record.baseline(study)["artifact_id"], Path(tmp) / "baseline")
         irs = {n: deployed_ir(store, trials[n].user_attrs["artifact_id"], Path(tmp) / f"trial-{n}") for n in args.trials}
         for threads in args.threads:
-            reference = compiled_runner(core, baseline_xml, threads)
+            device = create_device("openvino:CPU", threads=threads)
+            reference = compiled_runner(device, baseline_xml)
             for number, xml in irs.items():
-                candidate = compiled_runner(core, xml, threads)
+                candidate = compiled_runner(device, xml)
                 ratios, intervals, medians = [], [], []
                 for _ in range(args.repeats):
                     _, ref, ratio, ci = measure_paired(reference, candidate, protocol)
