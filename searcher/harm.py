@@ -15,6 +15,7 @@ import numpy as np
 from edgetune.objectives.evaluate import per_class_accuracy
 
 from . import artifacts
+from .report_plots import pyplot
 
 MAX_THUMBNAILS = 32
 
@@ -50,11 +51,7 @@ def flips(base_pred: np.ndarray, trial_pred: np.ndarray, labels: np.ndarray) -> 
 
 def plot_flips(images: np.ndarray, indices: np.ndarray, labels: np.ndarray, base_pred: np.ndarray,
                trial_pred: np.ndarray, mean, std, title: str, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     shown = indices[:MAX_THUMBNAILS]
     columns = 8
     rows = max(1, math.ceil(len(shown) / columns))

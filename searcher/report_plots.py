@@ -32,11 +32,22 @@ class PlotInputs:
     front: bool = True  # latency and Top-1 are there to plot
 
 
-def plot_front_png(inputs: PlotInputs, path: Path) -> Path:
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: the report writes files and never opens a window."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plotly() -> None:
+    importlib.import_module("plotly.graph_objects")
+
+
+def plot_front_png(inputs: PlotInputs, path: Path) -> Path:
+    plt = pyplot()
 
     latency, top1, on_front = inputs.latency, inputs.top1, inputs.on_front
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
@@ -84,10 +95,7 @@ def plot_front_html(inputs: PlotInputs, path: Path) -> Path:
 
 
 def plot_hypervolume(history: list[float], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
     ax.plot(range(1, len(history) + 1), history, color="tab:green")
@@ -119,7 +127,7 @@ def draw(inputs: PlotInputs, out: Path) -> list[Path]:
 
 
 #: One child per plotting library: each imports its own while the study is read, then draws its plots.
-CHILDREN = (("matplotlib.pyplot", draw_static), ("plotly.graph_objects", draw_interactive))
+CHILDREN = ((pyplot, draw_static), (_plotly, draw_interactive))
 
 
 class Plotter:
@@ -137,11 +145,11 @@ class Plotter:
             return
         context = multiprocessing.get_context("fork")
         ours = []  # this process's ends so far: a child closes its copies, or a sibling never reads end-of-file
-        for module, fn in CHILDREN:
+        for load, fn in CHILDREN:
             receive, send = context.Pipe(duplex=False)
             inputs, give = context.Pipe(duplex=False)
             ours += [give, receive]
-            process = context.Process(target=_child, args=(module, fn, inputs, send, list(ours)), daemon=True)
+            process = context.Process(target=_child, args=(load, fn, inputs, send, list(ours)), daemon=True)
             process.start()
             send.close()
             inputs.close()
@@ -178,15 +186,11 @@ class Plotter:
         self._children = []
 
 
-def _child(module: str, fn, inputs, send, parents_ends) -> None:
+def _child(load, fn, inputs, send, parents_ends) -> None:
     for end in parents_ends:
         end.close()
     try:
-        if module.startswith("matplotlib"):
-            import matplotlib
-
-            matplotlib.use("Agg")
-        importlib.import_module(module)
+        load()
         try:
             given = inputs.recv()
         except EOFError:  # the parent closed it: nothing to draw
