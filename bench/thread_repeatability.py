@@ -1,7 +1,8 @@
-"""How repeatable a trial's paired latency ratio is, at one thread and at the latency hint's choice.
+"""How repeatable a trial's paired latency ratio is, at one thread, at the latency hint's choice, and
+at the fastest count as a study with ``device.threads = 0`` measures it.
 
     python bench/thread_repeatability.py --study NAME [--storage URL] [--artifacts DIR] --trials 4 16 0
-        [--repeats 4] [--threads 1 0]
+        [--repeats 4] [--threads 1 0 fastest]
 
 The baseline's and each named trial's deployed IR, from the study's artifact store, compiled in this
 process as the OpenVINO adapter compiles them (LATENCY hint, f32 pinned; ``INFERENCE_NUM_THREADS``
@@ -10,6 +11,11 @@ where a thread count is given, 0 = the hint's choice), then the paired protocol
 ratios, their spread ((max - min) / median) against the interval each measurement reported, and
 the baseline's median. The spread is what a trial's single measurement can be off by; pairing
 cancels only drift that scales both models alike.
+
+``fastest``: the adapter's own deployments of the same IRs. The baseline is measured once at every
+count (``Deployment.measure_latency``, as a study's baseline is), then each trial again and again
+against it, each time at the count where it runs fastest (which the table shows per repeat); its
+ratio is to the baseline at the baseline's fastest count.
 """
 from __future__ import annotations
 
@@ -45,7 +51,8 @@ def main() -> None:
     parser.add_argument("--artifacts", help="the study's artifact store (default: its spec's)")
     parser.add_argument("--trials", type=int, nargs="+", required=True)
     parser.add_argument("--repeats", type=int, default=4)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 0], help="0: the latency hint's choice")
+    parser.add_argument("--threads", nargs="+", default=["1", "0", "fastest"],
+                        help="a count, 0: the latency hint's choice, fastest: the adapter's choice per model")
     args = parser.parse_args()
 
     import optuna
@@ -66,6 +73,10 @@ def main() -> None:
         baseline_xml = deployed_ir(store, record.baseline(study)["artifact_id"], Path(tmp) / "baseline")
         irs = {n: deployed_ir(store, trials[n].user_attrs["artifact_id"], Path(tmp) / f"trial-{n}") for n in args.trials}
         for threads in args.threads:
+            if threads == "fastest":
+                fastest(create_device("openvino:CPU", protocol=protocol), baseline_xml, irs, trials, args.repeats)
+                continue
+            threads = int(threads)
             device = create_device("openvino:CPU", threads=threads)
             reference = compiled_runner(device, baseline_xml)
             for number, xml in irs.items():
@@ -80,6 +91,29 @@ def main() -> None:
                 print(f"| {threads or 'hint'} | {number} | {trials[number].user_attrs.get('latency_vs_baseline', float('nan')):.3f} "
                       f"| {' '.join(f'{r:.3f}' for r in ratios)} | {spread:.0%} | "
                       f"±{min(intervals):.1%}–±{max(intervals):.1%} | {min(medians):.2f}–{max(medians):.2f} |", flush=True)
+
+
+def fastest(device, baseline_xml: Path, irs: dict[int, Path], trials: dict, repeats: int) -> None:
+    """The adapter's thread choice: the baseline once at every count, each trial paired at its own."""
+    from edgetune.devices.openvino import OpenVINODeployment
+
+    def deployed(xml: Path) -> OpenVINODeployment:
+        model = device.core.read_model(str(xml))
+        return OpenVINODeployment(xml, device, tuple(batch_one_shape(model)[1:]), "f32", {})
+
+    baseline = deployed(baseline_xml)
+    base = baseline.measure_latency()
+    print(f"| fastest | baseline | | {base.threads} thread(s) fastest; by count: "
+          + ", ".join(f"{t}: {ms:.2f} ms ±{ci:.1%}" for t, (ms, ci) in sorted((base.by_threads or {}).items())) + " | | | |")
+    for number, xml in irs.items():
+        candidate = deployed(xml)
+        results = [candidate.measure_latency(baseline, base.by_threads) for _ in range(repeats)]
+        ratios = [r.ratio for r in results]
+        spread = (max(ratios) - min(ratios)) / statistics.median(ratios)
+        print(f"| fastest | {number} | {trials[number].user_attrs.get('latency_vs_baseline', float('nan')):.3f} "
+              f"| {' '.join(f'{r.ratio:.3f} ({r.threads})' for r in results)} | {spread:.0%} | "
+              f"±{min(r.ci95_rel for r in results):.1%}–±{max(r.ci95_rel for r in results):.1%} | "
+              f"{min(r.reference_median_ms for r in results):.2f}–{max(r.reference_median_ms for r in results):.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import hmac
 import io
+import json
 import tempfile
 import threading
 import uuid
 import zipfile
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 
 from .base import Device, PrecisionPlan
+from .protocol import thread_table
 
 ONNX_FIRST_BYTES = (b"\x08",)  # an ONNX ModelProto starts with field 1 (ir_version), varint
 
@@ -117,11 +118,12 @@ def create_app(device: Device, token: str, max_upload_bytes: int = 256 * 2**20):
                 "threads": getattr(deployed, "threads", 0), "layers": getattr(deployed, "_layers", [])}
 
     @app.post("/deployments/{deployment_id}/latency", dependencies=[Depends(authorised)])
-    def latency(deployment_id: str, reference: str = ""):
+    def latency(deployment_id: str, reference: str = "", reference_ms: str = ""):
         candidate = deployment(deployment_id)
+        known = thread_table(json.loads(reference_ms)) if reference_ms else None  # the reference's by_threads
         with measuring:  # one measurement at a time on this device
-            stats = candidate.measure_latency(deployment(reference) if reference else None)
-        return {**asdict(stats), "ci95_rel": stats.ci95_rel}
+            stats = candidate.measure_latency(deployment(reference) if reference else None, known)
+        return stats.to_dict()
 
     @app.post("/deployments/{deployment_id}/memory", dependencies=[Depends(authorised)])
     def memory(deployment_id: str):

@@ -9,7 +9,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from .protocol import LatencyProtocol, LatencyStats, measure, measure_paired
+from .protocol import LatencyProtocol, LatencyStats, measure_fastest, measure_paired_fastest
 
 
 class DeviceError(RuntimeError):
@@ -95,14 +95,21 @@ class Deployment(abc.ABC):
     inference_precision: str
     protocol: LatencyProtocol
     batch: int = 1
+    #: inference threads it runs at (0: not the adapter's to choose); measure_latency keeps the fastest
+    threads: int = 0
 
     @abc.abstractmethod
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Logits for a batch of images (N, C, H, W) in float32."""
 
     @abc.abstractmethod
-    def runner(self) -> Callable[[], None]:
-        """A callable that runs one synchronous inference of one batch (input already bound)."""
+    def runner(self, threads: int | None = None) -> Callable[[], None]:
+        """A callable that runs one synchronous inference of one batch (input already bound), at
+        ``threads`` (one of :meth:`thread_options`; None: the deployment's own)."""
+
+    def thread_options(self) -> tuple[int, ...]:
+        """The thread counts :meth:`measure_latency` tries, the deployment's own first."""
+        return (self.threads,)
 
     def device_time_ms(self) -> float | None:
         """Median time inside the runtime's graph (performance counters), where it can tell."""
@@ -112,14 +119,28 @@ class Deployment(abc.ABC):
         """Images per second with several requests in flight, where the runtime supports it."""
         return None
 
-    def measure_latency(self, reference: "Deployment | None" = None) -> LatencyStats:
-        """Time one batch by the latency protocol; paired with ``reference`` when given."""
+    def measure_latency(self, reference: "Deployment | None" = None,
+                        reference_ms: Mapping[int, tuple[float, float]] | None = None) -> LatencyStats:
+        """Time one batch by the latency protocol at the fastest of :meth:`thread_options`, which the
+        deployment keeps (``threads``) for what runs it next: the device-time counters, the memory
+        probe, an export's manifest (devices.protocol.measure_fastest).
+
+        Paired with ``reference`` when given, at the same thread count. ``reference_ms``: the
+        reference's own ``by_threads`` (its latency at each count); the ratio is then to the reference
+        at *its* fastest count. Without it, the two are paired at this deployment's own count only.
+        """
+        options = self.thread_options()
         if reference is None:
-            stats = measure(self.runner(), self.protocol, self.batch)
-            return replace(stats, device_median_ms=self.device_time_ms())
-        candidate, ref, ratio, ratio_ci = measure_paired(reference.runner(), self.runner(), self.protocol, self.batch)
-        return replace(candidate, device_median_ms=self.device_time_ms(), reference_median_ms=ref.median_ms,
-                       ratio=ratio, ratio_ci95_rel=ratio_ci)
+            stats = measure_fastest({t: self.runner(t) for t in options}, self.protocol, self.batch)
+        else:
+            known = reference_ms or {options[0]: (1.0, 0.0)}
+            runs = {t: self.runner(t) for t in options if t in known}
+            threads, candidate, ref, ratio, ratio_ci = measure_paired_fastest(
+                {t: reference.runner(t) for t in runs}, runs, known, self.protocol, self.batch)
+            stats = replace(candidate, reference_median_ms=ref.median_ms, ratio=ratio, ratio_ci95_rel=ratio_ci,
+                            threads=threads)
+        self.threads = stats.threads
+        return replace(stats, device_median_ms=self.device_time_ms())
 
     @abc.abstractmethod
     def save(self, directory: Path) -> list[Path]:

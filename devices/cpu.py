@@ -76,7 +76,7 @@ class CPUDeployment(TorchScriptDeployment):
             x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
             return torch.cat([self._module(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).numpy()
 
-    def runner(self):
+    def runner(self, threads: int | None = None):  # one count: the device's (thread_options)
         module, x = self._module, self._input
 
         def run_once() -> None:

@@ -48,7 +48,7 @@ class CUDADeployment(TorchScriptDeployment):
                 outputs.append(self._module(x).float().cpu())
         return torch.cat(outputs).numpy()
 
-    def runner(self):
+    def runner(self, threads: int | None = None):  # one count: the device's (thread_options)
         module, x, sync = self._module, self._input, torch.cuda.synchronize
 
         def run_once() -> None:

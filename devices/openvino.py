@@ -81,26 +81,44 @@ class OpenVINODeployment(Deployment):
         self._xml = xml
         self._workdir = xml.parent
         self._input_shape = input_shape  # (C, H, W)
-        self._config = device.compile_config(float_precision)
+        self._float_precision = float_precision
         self._scopes = scopes  # module path -> ONNX node-name prefix, for precision_of
-        self._latency_model = self._compile()
+        default = self._compile()
         self._eval_model = self._compile(static=False)
-        self._layers = layer_precisions(self._latency_model)
+        self._layers = layer_precisions(default)
         self.precision_used = dict(collections.Counter(p for _, p in self._layers))
         if device.target == "CPU":
-            self.inference_precision = precision_name(self._latency_model.get_property("INFERENCE_PRECISION_HINT"))
-            self.threads = int(self._latency_model.get_property("INFERENCE_NUM_THREADS"))
+            self.inference_precision = precision_name(default.get_property("INFERENCE_PRECISION_HINT"))
+            self.threads = int(default.get_property("INFERENCE_NUM_THREADS"))
         else:
             self.inference_precision, self.threads = float_precision, 0
+        self._latency_models = {self.threads: default}  # by thread count, compiled when first timed
+
+    @property
+    def _config(self) -> dict:
+        config = self._device.compile_config(self._float_precision)
+        if self._device.target == "CPU" and self.threads:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        return config
+
+    def thread_options(self) -> tuple[int, ...]:
+        """With the thread count left to the runtime on the CPU: its choice for the latency hint (every
+        core), then 1, 2, 4, ... below it. Below a millisecond one thread can beat two (protocol.py)."""
+        if self._device.target != "CPU" or self._device.threads:
+            return (self.threads,)
+        return (self.threads, *(1 << i for i in range(self.threads.bit_length()) if 1 << i < self.threads))
 
     def _compile(self, static: bool = True, **config):
-        """Compile the IR with the deployment's config updated by ``config``; ``static``: at the timed
-        batch size. Read afresh each time, since ``reshape`` changes the model in place."""
-        core = self._device.core
-        model = core.read_model(str(self._xml))
+        """Compile the IR with the deployment's config (at its thread count, once chosen) updated by
+        ``config``; ``static``: at the timed batch size. Read afresh each time, since ``reshape``
+        changes the model in place."""
+        return self._device.core.compile_model(self._read(static), self._device.target, {**self._config, **config})
+
+    def _read(self, static: bool = True):
+        model = self._device.core.read_model(str(self._xml))
         if static:
             model.reshape([self.batch, *self._input_shape])
-        return core.compile_model(model, self._device.target, {**self._config, **config})
+        return model
 
     def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         request = self._eval_model.create_infer_request()
@@ -113,8 +131,11 @@ class OpenVINODeployment(Deployment):
     def _input(self) -> np.ndarray:
         return np.random.default_rng(0).standard_normal((self.batch, *self._input_shape)).astype(np.float32)
 
-    def runner(self):
-        request = self._latency_model.create_infer_request()
+    def runner(self, threads: int | None = None):
+        threads = threads or self.threads
+        if threads not in self._latency_models:
+            self._latency_models[threads] = self._compile(INFERENCE_NUM_THREADS=threads)
+        request = self._latency_models[threads].create_infer_request()
         request.set_input_tensor(_tensor(self._input()))
         return request.infer
 
@@ -122,7 +143,10 @@ class OpenVINODeployment(Deployment):
         """Images per second with several asynchronous requests (THROUGHPUT hint), its own figure."""
         import openvino as ov
 
-        compiled = self._compile(PERFORMANCE_HINT="THROUGHPUT")
+        # the runtime's threads for its own hint, unless the spec pinned them: not the latency's choice
+        compiled = self._device.core.compile_model(
+            self._read(), self._device.target,
+            {**self._device.compile_config(self._float_precision), "PERFORMANCE_HINT": "THROUGHPUT"})
         jobs = requests or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         queue = ov.AsyncInferQueue(compiled, jobs)
         x = _tensor(self._input())
@@ -176,7 +200,7 @@ class OpenVINODeployment(Deployment):
         return self._xml.with_suffix(".bin").stat().st_size
 
     def close(self) -> None:
-        self._latency_model = self._eval_model = None
+        self._latency_models, self._eval_model = {}, None
         shutil.rmtree(self._workdir, ignore_errors=True)
 
 

@@ -15,6 +15,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -82,14 +83,18 @@ class RemoteDeployment(Deployment):
             outputs.append(np.load(io.BytesIO(data), allow_pickle=False))
         return np.concatenate(outputs)
 
-    def runner(self):
+    def runner(self, threads: int | None = None):
         raise NotImplementedError("a remote deployment is timed on its agent")
 
-    def measure_latency(self, reference: "Deployment | None" = None) -> LatencyStats:
+    def measure_latency(self, reference: "Deployment | None" = None,
+                        reference_ms: Mapping[int, tuple[float, float]] | None = None) -> LatencyStats:
+        """Timed on the agent, which keeps the fastest thread count there (``threads`` follows it)."""
         reference_id = reference.id if isinstance(reference, RemoteDeployment) else None
-        record = self._client.json("POST", f"/deployments/{self.id}/latency", reference=reference_id)
-        record.pop("ci95_rel", None)
-        return LatencyStats(**record)
+        known = json.dumps(reference_ms) if reference_ms else None
+        stats = LatencyStats.from_dict(self._client.json("POST", f"/deployments/{self.id}/latency",
+                                                         reference=reference_id, reference_ms=known))
+        self.threads = stats.threads if stats.threads is not None else self.threads
+        return stats
 
     def _measure_memory(self) -> int | None:
         """The agent's adapter's figure (see its ``memory_bytes``)."""

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from edgetune.devices import Deployment, Device, LatencyStats, PrecisionPlan
-from edgetune.devices.protocol import exclusive
+from edgetune.devices.protocol import exclusive, thread_table
 
 from . import prune as pruning
 from . import structure
@@ -56,6 +56,18 @@ class Reference:
 
     deployment: Deployment
     latency_ms: float
+    # Its latency at each thread count it was measured at (the record's ``latency_by_threads``): a
+    # trial is paired with it at the count where the trial's model runs fastest. Empty: one count.
+    by_threads: dict[int, tuple[float, float]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, deployment: Deployment, baseline: dict, at: str = "") -> "Reference":
+        """From the study's baseline record (``at``: ``@<device>`` for a further device)."""
+        by_threads = baseline.get(f"latency_by_threads{at}")
+        return cls(deployment, baseline[f"latency_ms{at}"], thread_table(by_threads) if by_threads else {})
+
+    def latency_at(self, threads: int | None) -> float:
+        return self.by_threads[threads][0] if threads in self.by_threads else self.latency_ms
 
 
 @dataclass(frozen=True)
@@ -194,7 +206,10 @@ def timed(deployment: Deployment, device: Device, reference: Reference | None) -
     one, the latency is put on the baseline's scale: its recorded latency x the paired ratio, so
     drift of the host between trials cancels out (see devices.protocol.measure_paired)."""
     with exclusive(device.info().name):
-        stats = deployment.measure_latency(reference.deployment if reference else None)
+        if reference is None:
+            stats = deployment.measure_latency()
+        else:
+            stats = deployment.measure_latency(reference.deployment, reference.by_threads or None)
     return stats, (reference.latency_ms * stats.ratio if reference else stats.median_ms)
 
 
@@ -314,9 +329,9 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
             throughput = deployment.measure_throughput() if ctx.throughput else None
     with clock.phase("memory"), exclusive(ctx.device.info().name):  # the probe runs inferences: not beside a timing
         memory = deployment.memory_bytes()
-    drift = stats.reference_median_ms / ctx.reference.latency_ms if stats.ratio is not None else 1.0
+    drift = stats.reference_median_ms / ctx.reference.latency_at(stats.threads) if stats.ratio is not None else 1.0
     info = ctx.device.info().to_dict()
-    info.update(inference_precision=deployment.inference_precision, threads_used=getattr(deployment, "threads", info["threads"]))
+    info.update(inference_precision=deployment.inference_precision, threads_used=deployment.threads)
     attributes = {
         "latency_ms": latency_ms,
         "latency_p90_ms": stats.p90_ms / drift,
@@ -326,6 +341,7 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
         "latency_converged": stats.converged,
         "latency_raw_ms": stats.median_ms,
         "latency_vs_baseline": stats.ratio,
+        "latency_by_threads": stats.by_threads,
         "latency_drift": drift,
         "latency_device_ms": stats.device_median_ms,
         "throughput_fps": throughput,
@@ -377,6 +393,7 @@ def evaluate_baseline(ctx: TrialContext) -> tuple[TrialOutcome, dict[str, Deploy
         with exclusive(other.device.info().name):
             stats = others[other.name].measure_latency()
         attributes.update({f"latency_ms@{other.name}": stats.median_ms, f"latency_ci95_rel@{other.name}": stats.ci95_rel,
+                           f"latency_by_threads@{other.name}": stats.by_threads,
                            f"inference_precision@{other.name}": others[other.name].inference_precision})
     return TrialOutcome(attributes, measured.deployment, model, measured.predictions), others
 
@@ -391,5 +408,5 @@ def paired_with(ctx: TrialContext, deployment: Deployment, others: dict[str, Dep
     """The context trials run in: ``ctx`` with the deployed baseline on each device and its recorded
     latency there (``baseline``: the study's baseline record), so every trial is timed paired."""
     return replace(
-        ctx, reference=Reference(deployment, baseline["latency_ms"]),
-        also=[replace(o, reference=Reference(others[o.name], baseline[f"latency_ms@{o.name}"])) for o in ctx.also])
+        ctx, reference=Reference.of(deployment, baseline),
+        also=[replace(o, reference=Reference.of(others[o.name], baseline, f"@{o.name}")) for o in ctx.also])

@@ -417,7 +417,7 @@ def device_agent(
     device: str = typer.Option("openvino:CPU", help="The local device to serve."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 unless other hosts must reach it."),
     port: int = typer.Option(8765, help="Port."),
-    threads: int = typer.Option(0, help="Inference threads (0: the runtime's default)."),
+    threads: int = typer.Option(0, help="Inference threads (0: each model at its fastest count)."),
     max_upload_mb: int = typer.Option(256, help="Largest model or array accepted, in MiB."),
     latency_ci: float = typer.Option(0.02, help="Stop timing once the 95% CI of the median is this tight."),
     latency_max_seconds: float = typer.Option(5.0, help="Time limit of one measurement."),

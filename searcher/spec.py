@@ -137,7 +137,7 @@ KEYS: dict[str, Key] = {
     "device.name": Key(str, "a device string such as openvino:CPU (`tune devices` lists them)", lambda v: bool(v)),
     "device.also": Key(list, "a list of other device strings to measure each trial's model on, e.g. [\"cpu\"]",
                        lambda v: all(isinstance(d, str) and d for d in v) and len(set(v)) == len(v)),
-    "device.threads": Key(int, "an integer >= 0 (0: the runtime's default)", lambda v: v >= 0),
+    "device.threads": Key(int, "an integer >= 0 (0: each model at its fastest count)", lambda v: v >= 0),
     "device.batch": Key(int, "an integer >= 1", lambda v: v >= 1),
     "device.latency_ci": Key((int, float), "a relative half-width in (0, 0.5]", lambda v: 0 < v <= 0.5),
     "device.latency_max_seconds": Key((int, float), "a number of seconds > 0", lambda v: v > 0),

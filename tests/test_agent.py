@@ -60,7 +60,10 @@ def test_remote_device_deploys_measures_and_predicts(agent_url, digits, monkeypa
         logits = deployment.predict(digits.x_val[:20].numpy())
         assert np.allclose(logits, model(digits.x_val[:20]).detach().numpy(), atol=1e-4)
         stats = deployment.measure_latency(reference=reference)
-        assert stats.runs >= 20 and 0.8 < stats.ratio < 1.25  # the same model against itself
+        # the same model against itself: 1, within what the measurement says of its own noise (a loaded
+        # host, as under pytest -n, moves it further than any fixed band)
+        assert stats.runs >= 20 and abs(stats.ratio - 1.0) <= max(0.2, 2 * stats.ratio_ci95_rel)
+        assert stats.threads == deployment.threads == 1
         assert deployment.precision_used == {"f32": 22} and deployment.size_bytes > 0
         assert device.info().measures_memory and deployment.memory_bytes() > 0  # the agent's probe, measured there
     finally:

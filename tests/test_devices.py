@@ -67,6 +67,19 @@ def test_median_interval_is_distribution_free_order_statistics():
     assert median == 50.5 and low == 41 and high == 61  # ranks n/2 -/+ 1.96 sqrt(n)/2
 
 
+def test_the_ratios_interval_widens_when_blocks_of_pairs_disagree():
+    """Ratios that shift halfway through a measurement (the host changed) are not 40 independent
+    draws: the interval covers the shift, where the order statistics alone would not."""
+    from edgetune.devices.protocol import ratio_half_width
+
+    rng = np.random.default_rng(0)
+    steady = 1.0 + rng.normal(0, 0.01, 40)
+    shifted = np.concatenate([steady[:20], steady[20:] * 1.2])
+    median, low, high = median_ci95(shifted)
+    assert ratio_half_width(steady) < 0.02
+    assert ratio_half_width(shifted) > 0.1 > (high - low) / 2 / median
+
+
 def test_protocol_stops_once_the_interval_is_tight():
     stats = measure(lambda: time.sleep(0.001), LatencyProtocol(warmup_runs=3, warmup_seconds=0.05, min_runs=20,
                                                                 target_ci_rel=0.5, max_seconds=5))
@@ -129,6 +142,58 @@ def test_paired_protocol_times_a_model_after_it_has_settled():
     _, _, ratio, _ = measure_paired(reference, candidate, LatencyProtocol(warmup_runs=2, warmup_seconds=0.0, max_seconds=3,
                                                                           target_ci_rel=0.05, settle_seconds=0.008))
     assert 0.4 < ratio < 0.65  # settled: 1 ms against 2 ms; single alternating runs would give 1.5
+
+
+def test_fastest_of_several_thread_counts_is_kept_on_the_first_ones_scale():
+    from edgetune.devices.protocol import measure_fastest
+
+    quick = LatencyProtocol(warmup_runs=2, warmup_seconds=0.0, min_runs=10, target_ci_rel=0.1, max_seconds=2,
+                            segment_seconds=0.01, min_segments=6)
+    stats = measure_fastest({2: lambda: time.sleep(0.002), 1: lambda: time.sleep(0.001)}, quick)
+    assert stats.threads == 1 and set(stats.by_threads) == {1, 2}
+    assert 0.35 < stats.by_threads[1][0] / stats.by_threads[2][0] < 0.7  # 1 ms against 2 ms, paired
+    assert stats.median_ms == stats.by_threads[1][0] and stats.ci95_low_ms < stats.median_ms < stats.ci95_high_ms
+    alone = measure_fastest({4: lambda: time.sleep(0.001)}, quick)
+    assert alone.threads == 4 and alone.by_threads is None
+
+
+def test_a_candidate_is_paired_at_its_fastest_count_and_scaled_to_the_references_fastest():
+    """The reference runs 1 ms at 2 threads and 2 ms at 1; the candidate 0.6 ms at 2 and 0.5 ms at 1:
+    it is timed at 1 thread (paired with the reference at 1), and its ratio is to the reference's
+    fastest, 1 ms: 0.5, not the 0.25 of the pair at one thread."""
+    from edgetune.devices.protocol import measure_paired_fastest
+
+    quick = LatencyProtocol(warmup_runs=2, warmup_seconds=0.0, target_ci_rel=0.1, max_seconds=2, min_segments=6)
+    reference = {2: lambda: time.sleep(0.001), 1: lambda: time.sleep(0.002)}
+    candidate = {2: lambda: time.sleep(0.0006), 1: lambda: time.sleep(0.0005)}
+    threads, cand, ref, ratio, ci = measure_paired_fastest(reference, candidate, {2: (1.0, 0.0), 1: (2.0, 0.01)}, quick)
+    assert threads == 1 and 0.4 < ratio < 0.62 and ci >= 0.01
+    assert 1.5 < ref.median_ms < 3  # the reference as it ran beside it: at one thread
+    with pytest.raises(ValueError, match=r"measured at \[3\] threads"):
+        measure_paired_fastest(reference, candidate, {3: (1.0, 0.0)}, quick)
+
+
+def test_openvino_keeps_the_fastest_thread_count_when_the_spec_leaves_it_open():
+    device = create_device("openvino:CPU", protocol=FAST)
+    x = torch.rand(2, 3, 32, 32)
+    model = device.deploy(create_model("resnet20", 10).eval(), x)
+    try:
+        options = model.thread_options()
+        assert options[0] == model.threads and sorted(options[1:]) == [1 << i for i in range(len(options) - 1)]
+        stats = model.measure_latency()
+        assert stats.threads in options and model.threads == stats.threads
+        if len(options) > 1:  # a host with one core has nothing to choose
+            assert set(stats.by_threads) == set(options)
+            assert stats.median_ms == min(ms for ms, _ in stats.by_threads.values())
+        paired = model.measure_latency(model, stats.by_threads)  # against itself, at its fastest count
+        assert abs(paired.ratio - 1.0) <= max(0.1, 2 * paired.ratio_ci95_rel)
+    finally:
+        model.close()
+    pinned = create_device("openvino:CPU", threads=1, protocol=FAST).deploy(create_model("resnet20", 10).eval(), x)
+    try:
+        assert pinned.thread_options() == (1,)
+    finally:
+        pinned.close()
 
 
 def test_plain_cpu_measures_a_tiny_model_with_threads_recorded():

@@ -1,5 +1,6 @@
 """A whole study end to end: real NNI, OpenVINO, Optuna and SQLite, on ResNet-20 and digits."""
 
+import os
 import optuna
 import pytest
 from typer.testing import CliRunner
@@ -124,7 +125,7 @@ def test_three_targets_latency_top1_size(tmp_path):
 def test_a_second_device_is_its_own_objective(tmp_path):
     folder = fresh_tiny_spec(tmp_path)  # its own database: the shared one holds 'tiny' alone
     output = _start(folder, "--study-name", "two-devices", "--trials", "2", "--set", 'device.also=["cpu"]',
-                    "--target", "latency,latency@cpu,top1")
+                    "--target", "latency,latency@cpu,top1", "--set", "device.threads=0")
     assert "ms@cpu" in output  # the front shows the second device's latency
     study = optuna.load_study(study_name="two-devices", storage=f"sqlite:///{folder}/tiny.db")
     assert study.metric_names == ["latency_ms", "latency_ms@cpu", "top1"]
@@ -135,6 +136,13 @@ def test_a_second_device_is_its_own_objective(tmp_path):
         assert trial.values[1] == trial.user_attrs["latency_ms@cpu"] > 0
         assert trial.values[0] == trial.user_attrs["latency_ms"] > 0
         assert trial.user_attrs["inference_precision@cpu"] in ("f32", "int8")
+    # threads left open: OpenVINO's models run at the fastest count, the baseline's timed at each
+    by_threads = study.user_attrs.get("baseline_latency_by_threads") or {}
+    assert bool(by_threads) == (os.cpu_count() > 1) and ("1" in by_threads or not by_threads)
+    if by_threads:
+        assert study.user_attrs["baseline_latency_ms"] == min(ms for ms, _ in by_threads.values())
+        for trial in complete:
+            assert str(trial.user_attrs["device"]["threads_used"]) in by_threads
 
 
 @pytest.mark.slow
