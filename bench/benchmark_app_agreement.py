@@ -1,17 +1,22 @@
 """edgetune's latency against OpenVINO's own benchmark_app, on the same IR and device.
 
-    python bench/benchmark_app_agreement.py --study NAME [--storage URL] [--artifacts DIR]
+    python bench/benchmark_app_agreement.py --study NAME [--storage URL] [--artifacts DIR] [--remeasure]
         [--seconds 2] [--min-pairs 8] [--max-pairs 60] [--target-ci 0.025]
     python bench/benchmark_app_agreement.py [--model resnet56] [--rounds 5] [--seconds 10]
 
 With ``--study``: each model of the study's Pareto front (the one ``tune pareto`` prints), as stored
 in its artifact, against the baseline's IR from the same store, both timed by benchmark_app as a user
-would (``-hint latency -api sync -infer_precision f32``), alternating short runs: B M B M ... B. Each
+would (``-api sync -infer_precision f32``, one stream, ``-nthreads`` = the thread count each model
+ran at in the study, ``device.threads_used``), alternating short runs: B M B M ... B. Each
 pair's ratio is the model's median over the geometric mean of the baseline runs either side of it,
 so a drift of the host that is linear over a pair cancels. Pairs are added until the 95% interval
 of the mean log-ratio (Student's t) is within ``--target-ci`` (or ``--max-pairs``). Prints each
 model's recorded ``latency_vs_baseline`` (edgetune's paired protocol, measured during the trial)
 beside the reference ratio and its interval; the last line is the largest disagreement.
+``--remeasure``: each model is first timed again by today's adapter, in this process (the baseline
+at every thread count, then the model paired with it at its fastest count, as a trial of a study
+with ``device.threads = 0`` is), and benchmark_app runs each at the count that measurement kept:
+today's protocol against benchmark_app on the study's IRs, without running the study again.
 
 Without it: exports the model (random weights: latency does not depend on them) to OpenVINO IR at batch 1,
 then alternates, round by round, edgetune's measurement (`OpenVINODevice`, LATENCY hint, f32
@@ -64,6 +69,13 @@ def benchmark_app_on(xml: Path, seconds: float, threads: int = 0) -> float:
     return float(match.group(1)) / (1000.0 if match.group(2) == "us" else 1.0)
 
 
+def adapter_deployment(device, xml: Path):
+    """An IR deployed by the OpenVINO adapter as a trial's would be (f32 pinned, batch 1)."""
+    from edgetune.devices.openvino import OpenVINODeployment
+
+    return OpenVINODeployment(xml, device, tuple(batch_one_shape(device.core.read_model(str(xml)))[1:]), "f32", {})
+
+
 def t_interval(logs: np.ndarray) -> tuple[float, float]:
     """The geometric-mean ratio and the relative half-width of its 95% interval (Student's t on the logs)."""
     from scipy.stats import t
@@ -74,13 +86,13 @@ def t_interval(logs: np.ndarray) -> tuple[float, float]:
 
 
 def paired_reference(model: Path, baseline: Path, seconds: float, min_pairs: int, max_pairs: int,
-                     target_ci: float, threads: int = 0) -> tuple[float, float, int]:
+                     target_ci: float, threads: int = 0, baseline_threads: int = 0) -> tuple[float, float, int]:
     """benchmark_app's ratio model/baseline by alternated runs: (ratio, its 95% half-width, pairs)."""
-    before = benchmark_app_on(baseline, seconds, threads)
+    before = benchmark_app_on(baseline, seconds, baseline_threads)
     logs: list[float] = []
     while True:
         ours = benchmark_app_on(model, seconds, threads)
-        after = benchmark_app_on(baseline, seconds, threads)
+        after = benchmark_app_on(baseline, seconds, baseline_threads)
         logs.append(math.log(ours) - (math.log(before) + math.log(after)) / 2)
         before = after
         if len(logs) >= min_pairs:
@@ -107,33 +119,43 @@ def agreement_on_study(args) -> None:
     store = record.artifacts_dir(study, args.artifacts)
     base = record.baseline(study)
     rows = pareto.front(study)
-    # the threads the study's deployments ran with, where the spec pinned them (else the hint chooses for both)
-    threads = int((record.spec_values(study).get("device.threads") or 0) and base["device"]["threads_used"])
     print(f"study {study.study_name}: {len(rows)} front models against the baseline ({base['latency_ms']:.3f} ms "
-          f"recorded); benchmark_app runs of {args.seconds:g} s, pairs until the 95% interval is within "
-          f"±{args.target_ci:.1%} (at least {args.min_pairs}, at most {args.max_pairs}), "
-          f"{f'-nthreads {threads}' if threads else 'threads as the latency hint chooses'}\n", flush=True)
+          f"recorded); benchmark_app runs of {args.seconds:g} s at each model's thread count, pairs until the 95% "
+          f"interval is within ±{args.target_ci:.1%} (at least {args.min_pairs}, at most {args.max_pairs})"
+          f"{'; each model re-measured by the adapter first' if args.remeasure else ''}\n", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         baseline = deployed_ir(store, base["artifact_id"], Path(tmp) / "baseline")
+        base_threads, by_threads, device = base["device"]["threads_used"], None, None
+        if args.remeasure:
+            device = create_device("openvino:CPU", protocol=LatencyProtocol(max_seconds=5.0))
+            reference = adapter_deployment(device, baseline)
+            stats = reference.measure_latency()
+            base_threads, by_threads = stats.threads, stats.by_threads
+            print("baseline re-measured: " + ", ".join(f"{t} thread(s) {ms:.3f} ms" for t, (ms, _) in sorted((by_threads or {}).items())))
         table = []
         for row in rows:
             model = deployed_ir(store, row.attrs["artifact_id"], Path(tmp) / f"trial-{row.number}")
+            recorded, ci, threads = row.attrs["latency_vs_baseline"], row.attrs.get("latency_ci95_rel"), row.attrs["device"]["threads_used"]
+            if args.remeasure:
+                stats = adapter_deployment(device, model).measure_latency(reference, by_threads)
+                recorded, ci, threads = stats.ratio, stats.ci95_rel, stats.threads
             ratio, half, pairs = paired_reference(model, baseline, args.seconds, args.min_pairs, args.max_pairs,
-                                                  args.target_ci, threads)
-            recorded = row.attrs["latency_vs_baseline"]
-            table.append((row, recorded, ratio, half, pairs))
-            print(f"trial {row.number}: recorded {recorded:.3f}, benchmark_app {ratio:.3f} ±{half:.1%} "
-                  f"({pairs} pairs)", flush=True)
+                                                  args.target_ci, threads, base_threads)
+            table.append((row, recorded, ci, threads, ratio, half, pairs))
+            print(f"trial {row.number}: {'re-measured' if args.remeasure else 'recorded'} {recorded:.3f} at {threads} "
+                  f"thread(s), benchmark_app {ratio:.3f} ±{half:.1%} ({pairs} pairs)", flush=True)
     groups = record.group_names(study)
-    print("\n| trial | settings | recorded ratio (±95%) | benchmark_app paired ratio (±95%) | pairs | recorded / reference |")
-    print("|---|---|---|---|---|---|")
-    for row, recorded, ratio, half, pairs in table:
-        print(f"| {row.number} | {pareto.settings_short(row.params, row.attrs, groups)} | {recorded:.3f} "
-              f"(±{row.attrs.get('latency_ci95_rel', float('nan')):.1%}) | {ratio:.3f} (±{half:.1%}) | {pairs} | "
+    ours = "re-measured" if args.remeasure else "recorded"
+    print(f"\n| trial | settings | threads (baseline: {base_threads}) | {ours} ratio (±95%) | benchmark_app paired ratio (±95%) "
+          f"| pairs | {ours} / reference |")
+    print("|---|---|---|---|---|---|---|")
+    for row, recorded, ci, threads, ratio, half, pairs in table:
+        print(f"| {row.number} | {pareto.settings_short(row.params, row.attrs, groups)} | {threads} | {recorded:.3f} "
+              f"(±{ci if ci is not None else float('nan'):.1%}) | {ratio:.3f} (±{half:.1%}) | {pairs} | "
               f"{recorded / ratio - 1:+.1%} |")
-    worst = max(table, key=lambda r: abs(r[1] / r[2] - 1))
-    print(f"\nagreement: largest |recorded / benchmark_app - 1| {abs(worst[1] / worst[2] - 1):.1%} (trial {worst[0].number}) "
-          f"over {len(table)} models; reference intervals up to ±{max(r[3] for r in table):.1%}")
+    worst = max(table, key=lambda r: abs(r[1] / r[4] - 1))
+    print(f"\nagreement: largest |{ours} / benchmark_app - 1| {abs(worst[1] / worst[4] - 1):.1%} (trial {worst[0].number}) "
+          f"over {len(table)} models; reference intervals up to ±{max(r[5] for r in table):.1%}")
 
 
 def main() -> None:
@@ -141,6 +163,7 @@ def main() -> None:
     parser.add_argument("--study", help="a stored study: its front against benchmark_app (else one random model)")
     parser.add_argument("--storage", default="sqlite:///edgetune.db")
     parser.add_argument("--artifacts", help="the study's artifact store (default: its spec's)")
+    parser.add_argument("--remeasure", action="store_true", help="time each model again by today's adapter first")
     parser.add_argument("--min-pairs", type=int, default=8)
     parser.add_argument("--max-pairs", type=int, default=60)
     parser.add_argument("--target-ci", type=float, default=0.025)

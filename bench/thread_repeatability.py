@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_app_agreement import batch_one_shape, deployed_ir  # noqa: E402
+from benchmark_app_agreement import adapter_deployment, batch_one_shape, deployed_ir  # noqa: E402
 
 
 def compiled_runner(device, xml: Path):
@@ -95,18 +95,12 @@ def main() -> None:
 
 def fastest(device, baseline_xml: Path, irs: dict[int, Path], trials: dict, repeats: int) -> None:
     """The adapter's thread choice: the baseline once at every count, each trial paired at its own."""
-    from edgetune.devices.openvino import OpenVINODeployment
-
-    def deployed(xml: Path) -> OpenVINODeployment:
-        model = device.core.read_model(str(xml))
-        return OpenVINODeployment(xml, device, tuple(batch_one_shape(model)[1:]), "f32", {})
-
-    baseline = deployed(baseline_xml)
+    baseline = adapter_deployment(device, baseline_xml)
     base = baseline.measure_latency()
     print(f"| fastest | baseline | | {base.threads} thread(s) fastest; by count: "
           + ", ".join(f"{t}: {ms:.2f} ms ±{ci:.1%}" for t, (ms, ci) in sorted((base.by_threads or {}).items())) + " | | | |")
     for number, xml in irs.items():
-        candidate = deployed(xml)
+        candidate = adapter_deployment(device, xml)
         results = [candidate.measure_latency(baseline, base.by_threads) for _ in range(repeats)]
         ratios = [r.ratio for r in results]
         spread = (max(ratios) - min(ratios)) / statistics.median(ratios)
