@@ -276,7 +276,8 @@ def measure_paired_fastest(reference: Mapping[int, Callable[[], None]], candidat
         raise ValueError(f"the reference was measured at {sorted(reference_ms)} threads, the candidate runs at {sorted(candidate)}")
     chosen = options[0]
     if len(options) > 1:
-        screen = replace(protocol, max_seconds=0.0)  # stops at min_segments pairs
+        # stops at min_segments pairs; the warm-up time is shared, so that it stays what one count had
+        screen = replace(protocol, max_seconds=0.0, warmup_seconds=protocol.warmup_seconds / len(options))
         estimate = {t: reference_ms[t][0] * measure_paired(reference[t], candidate[t], screen, batch)[2] for t in options}
         chosen = min(estimate, key=estimate.get)
         protocol = replace(protocol, warmup_seconds=0.0)  # its screen warmed it up
