@@ -2,7 +2,7 @@
 at the fastest count as a study with ``device.threads = 0`` measures it.
 
     python bench/thread_repeatability.py --study NAME [--storage URL] [--artifacts DIR] --trials 4 16 0
-        [--repeats 4] [--threads 1 0 fastest]
+        [--repeats 4] [--threads 1 0 fastest] [--max-seconds 5 ...]
 
 The baseline's and each named trial's deployed IR, from the study's artifact store, compiled in this
 process as the OpenVINO adapter compiles them (LATENCY hint, f32 pinned; ``INFERENCE_NUM_THREADS``
@@ -15,7 +15,9 @@ cancels only drift that scales both models alike.
 ``fastest``: the adapter's own deployments of the same IRs. The baseline is measured once at every
 count (``Deployment.measure_latency``, as a study's baseline is), then each trial again and again
 against it, each time at the count where it runs fastest (which the table shows per repeat); its
-ratio is to the baseline at the baseline's fastest count.
+ratio is to the baseline at the baseline's fastest count. Several ``--max-seconds`` (the protocol's
+limit; ``fastest`` only) are interleaved repeat by repeat, so that whether a shorter limit repeats
+worse is seen under the same host.
 """
 from __future__ import annotations
 
@@ -51,6 +53,8 @@ def main() -> None:
     parser.add_argument("--artifacts", help="the study's artifact store (default: its spec's)")
     parser.add_argument("--trials", type=int, nargs="+", required=True)
     parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--max-seconds", type=float, nargs="+", default=[5.0],
+                        help="the protocol's time limit per measurement (several: fastest only, interleaved)")
     parser.add_argument("--threads", nargs="+", default=["1", "0", "fastest"],
                         help="a count, 0: the latency hint's choice, fastest: the adapter's choice per model")
     args = parser.parse_args()
@@ -66,7 +70,7 @@ def main() -> None:
     study = load_study(args.storage, args.study)
     store = record.artifacts_dir(study, args.artifacts)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    protocol = LatencyProtocol(max_seconds=5.0, target_ci_rel=0.02)
+    protocol = LatencyProtocol(max_seconds=args.max_seconds[0], target_ci_rel=0.02)
     print("| threads | trial | recorded | ratios, repeated | spread | intervals reported | baseline median ms |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,7 +78,8 @@ def main() -> None:
         irs = {n: deployed_ir(store, trials[n].user_attrs["artifact_id"], Path(tmp) / f"trial-{n}") for n in args.trials}
         for threads in args.threads:
             if threads == "fastest":
-                fastest(create_device("openvino:CPU", protocol=protocol), baseline_xml, irs, trials, args.repeats)
+                fastest(create_device("openvino:CPU", protocol=protocol), baseline_xml, irs, trials, args.repeats,
+                        args.max_seconds)
                 continue
             threads = int(threads)
             device = create_device("openvino:CPU", threads=threads)
@@ -93,21 +98,30 @@ def main() -> None:
                       f"±{min(intervals):.1%}–±{max(intervals):.1%} | {min(medians):.2f}–{max(medians):.2f} |", flush=True)
 
 
-def fastest(device, baseline_xml: Path, irs: dict[int, Path], trials: dict, repeats: int) -> None:
+def fastest(device, baseline_xml: Path, irs: dict[int, Path], trials: dict, repeats: int, limits: list[float]) -> None:
     """The adapter's thread choice: the baseline once at every count, each trial paired at its own."""
+    from dataclasses import replace
+
     baseline = adapter_deployment(device, baseline_xml)
     base = baseline.measure_latency()
     print(f"| fastest | baseline | | {base.threads} thread(s) fastest; by count: "
           + ", ".join(f"{t}: {ms:.2f} ms ±{ci:.1%}" for t, (ms, ci) in sorted((base.by_threads or {}).items())) + " | | | |")
     for number, xml in irs.items():
         candidate = adapter_deployment(device, xml)
-        results = [candidate.measure_latency(baseline, base.by_threads) for _ in range(repeats)]
-        ratios = [r.ratio for r in results]
-        spread = (max(ratios) - min(ratios)) / statistics.median(ratios)
-        print(f"| fastest | {number} | {trials[number].user_attrs.get('latency_vs_baseline', float('nan')):.3f} "
-              f"| {' '.join(f'{r.ratio:.3f} ({r.threads})' for r in results)} | {spread:.0%} | "
-              f"±{min(r.ci95_rel for r in results):.1%}–±{max(r.ci95_rel for r in results):.1%} | "
-              f"{min(r.reference_median_ms for r in results):.2f}–{max(r.reference_median_ms for r in results):.2f} |", flush=True)
+        results: dict[float, list] = {limit: [] for limit in limits}
+        for _ in range(repeats):
+            for limit in limits:
+                candidate.protocol = replace(device.protocol, max_seconds=limit)
+                results[limit].append(candidate.measure_latency(baseline, base.by_threads))
+        for limit, rows in results.items():
+            ratios = [r.ratio for r in rows]
+            spread = (max(ratios) - min(ratios)) / statistics.median(ratios)
+            label = "fastest" + (f", {limit:g} s" if len(limits) > 1 else "")
+            print(f"| {label} | {number} | {trials[number].user_attrs.get('latency_vs_baseline', float('nan')):.3f} "
+                  f"| {' '.join(f'{r.ratio:.3f} ({r.threads})' for r in rows)} | {spread:.0%} "
+                  f"(sd of logs {np.std(np.log(ratios), ddof=1):.1%}) | "
+                  f"±{min(r.ci95_rel for r in rows):.1%}–±{max(r.ci95_rel for r in rows):.1%} | "
+                  f"{min(r.reference_median_ms for r in rows):.2f}–{max(r.reference_median_ms for r in rows):.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -281,11 +281,16 @@ def measure_paired_fastest(reference: Mapping[int, Callable[[], None]], candidat
         estimate = {t: reference_ms[t][0] * measure_paired(reference[t], candidate[t], screen, batch)[2] for t in options}
         chosen = min(estimate, key=estimate.get)
         protocol = replace(protocol, warmup_seconds=0.0)  # its screen warmed it up
-    cand, ref, ratio, ratio_ci = measure_paired(reference[chosen], candidate[chosen], protocol, batch)
     fastest = min(reference_ms, key=lambda t: reference_ms[t][0])
-    if chosen != fastest:  # the reference's own ratio between the two counts adds its uncertainty
+    # Off the reference's fastest count, the reference's own ratio between the two counts adds its
+    # uncertainty, which no time spent on this pair reduces: the pair stops once its part is under
+    # half of that one (it then widens the whole by 12% at most).
+    scale_ci = math.hypot(reference_ms[chosen][1], reference_ms[fastest][1]) if chosen != fastest else 0.0
+    protocol = replace(protocol, target_ci_rel=max(protocol.target_ci_rel, scale_ci / 2))
+    cand, ref, ratio, ratio_ci = measure_paired(reference[chosen], candidate[chosen], protocol, batch)
+    if chosen != fastest:
         ratio *= reference_ms[chosen][0] / reference_ms[fastest][0]
-        ratio_ci = math.sqrt(ratio_ci ** 2 + reference_ms[chosen][1] ** 2 + reference_ms[fastest][1] ** 2)
+        ratio_ci = math.hypot(ratio_ci, scale_ci)
     return chosen, cand, ref, ratio, ratio_ci
 
 
