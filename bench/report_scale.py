@@ -131,14 +131,11 @@ def phases(storage: str, out: str) -> None:
         wall, cpu = now_wall, now_cpu
 
     from edgetune.searcher import bulk, pareto, report, report_plots
-    from edgetune.searcher.storage import open_storage
+    from edgetune.searcher.storage import read_study
 
     lap("import report (optuna, numpy, sqlalchemy)")
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=STUDY, storage=open_storage(storage))
-    lap("open storage (Optuna's RDBStorage), load study")
+    study = read_study(storage, STUDY)
+    lap("open the study to read (storage.read_study)")
     rows = bulk.read_trials(study, report.report_user_attrs(study))
     lap("read the trials (bulk)")
     data = report.collect(study, rows)

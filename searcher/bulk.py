@@ -22,6 +22,14 @@ What this relies on beyond Optuna's public API, all of Optuna 5.0's RDB storage:
   ``constraints`` list (older studies), as ``FrozenTrial.constraints`` reads them;
 - ``Study._storage`` (a ``_CachedStorage`` whose ``_backend`` is the ``RDBStorage``) to find the
   engine. Any other storage (in memory, journal file) is read through ``study.get_trials()``.
+
+:class:`StoredStudy` goes one step further for the commands that only read (``tune report``,
+``tune pareto``): the study itself (name, directions, metric names, user attributes) from the
+``studies``, ``study_directions``, ``study_user_attributes`` and ``study_system_attributes`` tables
+(metric names as the system attribute ``study:metric_names``), on a plain SQLAlchemy engine, when
+the schema is the one Optuna 5.0 creates (``alembic_version`` = ``SCHEMA``). Opening an
+``RDBStorage`` imports alembic and Optuna's ORM and checks the schema, 0.45-0.5 s of a 3 s report
+of 10,000 trials; any other schema is opened through Optuna, which says what to do about it.
 """
 from __future__ import annotations
 
@@ -32,10 +40,14 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, or_, select
+from sqlalchemy.engine import Engine
 
 OPTUNA_VERSION = "5.0.0"  # the version this module was written and tested against
+SCHEMA = "v3.2.0.a"  # the alembic revision of the tables that version creates (its head)
+METRIC_NAMES = "study:metric_names"  # optuna.study.study._SYSTEM_ATTR_METRIC_NAMES
 
 #: Optuna's constraint keys (``optuna.study._constrained_optimization._CONSTRAINTS_KEY``)
 CONSTRAINTS = "constraints"
@@ -55,7 +67,62 @@ _user_attrs = Table("trial_user_attributes", _meta, Column("trial_user_attribute
 _system_attrs = Table("trial_system_attributes", _meta, Column("trial_system_attribute_id", Integer),
                       Column("trial_id", Integer), Column("key", String), Column("value_json", Text))
 
+_studies = Table("studies", _meta, Column("study_id", Integer), Column("study_name", String))
+_directions = Table("study_directions", _meta, Column("study_direction_id", Integer), Column("direction", String),
+                    Column("study_id", Integer), Column("objective", Integer))
+_study_user_attrs = Table("study_user_attributes", _meta, Column("study_user_attribute_id", Integer),
+                          Column("study_id", Integer), Column("key", String), Column("value_json", Text))
+_study_system_attrs = Table("study_system_attributes", _meta, Column("study_system_attribute_id", Integer),
+                            Column("study_id", Integer), Column("key", String), Column("value_json", Text))
+_schema = Table("alembic_version", _meta, Column("version_num", String))
+
 _INFINITE = {"INF_POS": float("inf"), "INF_NEG": float("-inf")}
+
+
+@dataclass(frozen=True)
+class StoredStudy:
+    """A study in an RDB storage as the commands that only read it see it: the parts of
+    ``optuna.Study`` they use, under the same names, and its trials through :func:`read_trials`."""
+
+    study_name: str
+    study_id: int
+    engine: Engine
+    directions: list[StudyDirection]
+    metric_names: list[str] | None
+    user_attrs: dict
+
+    @property
+    def direction(self) -> StudyDirection:
+        if len(self.directions) > 1:
+            raise RuntimeError("A single direction cannot be retrieved from a multi-objective study.")
+        return self.directions[0]
+
+
+def stored_study_names(engine: Engine) -> list[str] | None:
+    """The names of the studies in the database, or None where its schema is not ``SCHEMA`` (or it has
+    no Optuna tables): then only Optuna can open it."""
+    if optuna.__version__.split(".")[0] != OPTUNA_VERSION.split(".")[0]:
+        return None
+    with engine.connect() as connection:
+        if not engine.dialect.has_table(connection, "alembic_version"):
+            return None
+        if [row[0] for row in connection.execute(select(_schema.c.version_num))] != [SCHEMA]:
+            return None
+        return [row[0] for row in connection.execute(select(_studies.c.study_name).order_by(_studies.c.study_id))]
+
+
+def stored_study(engine: Engine, name: str) -> StoredStudy:
+    """The study ``name`` (which :func:`stored_study_names` listed), read-only."""
+    with engine.connect() as connection:
+        study_id = connection.execute(select(_studies.c.study_id).where(_studies.c.study_name == name)).scalar_one()
+        directions = [StudyDirection[row[0]] for row in connection.execute(
+            select(_directions.c.direction).where(_directions.c.study_id == study_id).order_by(_directions.c.objective))]
+        user_attrs = {key: decode(value) for key, value in connection.execute(
+            select(_study_user_attrs.c.key, _study_user_attrs.c.value_json)
+            .where(_study_user_attrs.c.study_id == study_id).order_by(_study_user_attrs.c.key))}
+        names = connection.execute(select(_study_system_attrs.c.value_json).where(
+            _study_system_attrs.c.study_id == study_id, _study_system_attrs.c.key == METRIC_NAMES)).scalar()
+    return StoredStudy(name, study_id, engine, directions, decode(names) if names else None, user_attrs)
 
 
 @dataclass
@@ -94,6 +161,14 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _rdb_source(study) -> tuple[Engine, int] | None:
+    """The engine and the study's id where its trials can be read by SQL here, else None."""
+    if isinstance(study, StoredStudy):
+        return study.engine, study.study_id
+    storage = rdb_storage(study)
+    return (storage.engine, storage.get_study_id_from_name(study.study_name)) if storage is not None else None
+
+
 def rdb_storage(study: optuna.Study) -> optuna.storages.RDBStorage | None:
     """The study's RDB storage, or None where it has another (in memory, journal) or where Optuna is not
     of the major version this module was written against (then everything is read through Optuna)."""
@@ -110,16 +185,16 @@ def read_trials(study: optuna.Study, user_attrs: Collection[str] | None = None) 
     None; a storage read through ``study.get_trials()`` keeps all of them anyway, ``all_user_attrs``
     says which). Equal, field by field, to what ``study.get_trials()`` gives; the user attributes in key
     order (:func:`_user_attrs_by_trial`)."""
-    storage = rdb_storage(study)
-    if storage is None:
+    source = _rdb_source(study)
+    if source is None:
         return [_from_frozen(t) for t in study.get_trials(deepcopy=False)]
     with gc_paused():
-        return _read_rdb(storage, storage.get_study_id_from_name(study.study_name), user_attrs)
+        return _read_rdb(*source, user_attrs)
 
 
-def _read_rdb(storage: optuna.storages.RDBStorage, study_id: int, user_attrs: Collection[str] | None) -> list[TrialRecord]:
+def _read_rdb(engine: Engine, study_id: int, user_attrs: Collection[str] | None) -> list[TrialRecord]:
     of_study = select(_trials.c.trial_id).where(_trials.c.study_id == study_id).scalar_subquery()
-    with storage.engine.connect() as connection:
+    with engine.connect() as connection:
         def rows(query):  # fetchall: row by row through SQLAlchemy costs twice as much
             return connection.execute(query).fetchall()
 
@@ -172,7 +247,7 @@ def with_all_user_attrs(study: optuna.Study, trials: Iterable) -> list:
     partial = {t.trial_id: t for t in trials if isinstance(t, TrialRecord) and not t.all_user_attrs}
     if not partial:
         return trials
-    with gc_paused(), rdb_storage(study).engine.connect() as connection:
+    with gc_paused(), _rdb_source(study)[0].connect() as connection:
         found = []
         for chunk in _chunks(list(partial)):
             found += connection.execute(select(*_USER_ATTR_COLUMNS).where(_user_attrs.c.trial_id.in_(chunk))).fetchall()

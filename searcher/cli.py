@@ -207,9 +207,9 @@ def pareto(
     storage: str = STORAGE_OPTION,
 ):
     """Print the current Pareto front of a stored study, with deltas against its baseline."""
-    from .storage import load_study
+    from .storage import read_study
 
-    _print_front(load_study(storage, study_name))
+    _print_front(read_study(storage, study_name))
 
 
 app.command("status", help="Same as `tune pareto`.")(pareto)
@@ -255,10 +255,10 @@ def report(
     from . import record
     from .report import write_report
     from .report_plots import Plotter
-    from .storage import load_study
+    from .storage import read_study
 
     plotter = Plotter()  # first: matplotlib's and plotly's imports overlap opening and reading the study
-    study = load_study(storage, study_name)
+    study = read_study(storage, study_name)
     splits = None
     stored = record.spec_values(study)
     # Class-level harm compares stored predictions: without the baseline's there is nothing to compare,

@@ -148,11 +148,49 @@ def load_study(storage_url: str, name: str | None) -> optuna.Study:
     the commands that only read a study (pareto, report, export) need nothing heavier than this module."""
     storage = open_storage(storage_url)
     names = optuna.get_all_study_names(storage)  # summaries would read every trial
+    return optuna.load_study(study_name=_chosen(names, name), storage=storage)
+
+
+def read_study(storage_url: str, name: str | None):
+    """A study for a command that only reads it (``tune report``, ``tune pareto``): a read-only
+    :class:`searcher.bulk.StoredStudy` where the database has the schema that module reads, else
+    :func:`load_study`. The same study and the same errors either way."""
+    from . import bulk
+
+    engine = _engine_to_read(storage_url)
+    if engine is not None:
+        try:
+            names = bulk.stored_study_names(engine)
+            if names is not None:
+                return bulk.stored_study(engine, _chosen(names, name))
+        except SQLAlchemyError:
+            pass  # Optuna's own open says what is wrong
+    return load_study(storage_url, name)
+
+
+def _engine_to_read(url: str):
+    """An engine on an existing database (None: a bad URL, or an SQLite file that does not exist, which
+    reading must not create): Optuna's open, which follows, reports those."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if not database or database == ":memory:" or database.startswith("file:") or not Path(database).expanduser().is_file():
+            return None
+    try:
+        return create_engine(sqlalchemy_url(url))
+    except (SQLAlchemyError, ImportError):
+        return None
+
+
+def _chosen(names: list[str], name: str | None) -> str:
     if name is None:
         if len(names) != 1:
             raise StorageError(f"storage holds {len(names)} studies ({', '.join(names) or 'none'}); "
                                "name one with --study-name")
-        name = names[0]
+        return names[0]
     if name not in names:
         raise StorageError(f"no study '{name}' in the storage; studies: {', '.join(names) or 'none'}")
-    return optuna.load_study(study_name=name, storage=storage)
+    return name

@@ -8,6 +8,7 @@ import optuna
 import pytest
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
+from sqlalchemy import create_engine
 
 from edgetune.searcher import bulk, pareto, report
 from tests.postgres import PostgresServer
@@ -22,6 +23,7 @@ def _build(storage) -> optuna.Study:
     """Every kind of trial and field the report reads, made through Optuna's public API."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name="bulk", storage=storage, directions=["minimize", "maximize"])
+    study.set_metric_names(["latency_ms", "top1"])
     study.set_user_attr("spec", {"study.targets": ["latency", "top1"]})
     study.set_user_attr("baseline_latency_ms", 2.0)
     study.set_user_attr("baseline_top1", 98.0)
@@ -92,12 +94,37 @@ def _check_same_as_optuna(study: optuna.Study, by_sql: bool = True) -> None:
     assert [(r.number, r.attrs, r.params) for r in pareto.front(study)] == \
         [(r.number, r.attrs, r.params) for r in pareto.front(study, expected)]
     assert pareto.counts(study) == pareto.counts(study, expected)
+    if by_sql:  # the read-only view tune report and tune pareto open instead of Optuna's storage
+        engine = bulk.rdb_storage(study).engine
+        assert bulk.stored_study_names(engine) == ["bulk"]
+        view = bulk.stored_study(engine, "bulk")
+        assert (view.study_name, view.directions, view.metric_names, view.user_attrs) == \
+            (study.study_name, study.directions, study.metric_names, study.user_attrs)
+        assert [_fields(r) for r in bulk.read_trials(view)] == [_fields(t) for t in expected]
+        assert [(r.number, r.attrs) for r in pareto.front(view)] == [(r.number, r.attrs) for r in pareto.front(study)]
 
 
 def test_reads_exactly_what_optuna_gives_on_sqlite(tmp_path):
     study = _build(f"sqlite:///{tmp_path}/bulk.db")
     assert bulk.rdb_storage(study) is not None, "the study must be read by SQL here, not through get_trials"
     _check_same_as_optuna(study)
+
+
+def test_read_only_commands_open_the_view_with_the_same_choices_and_errors(tmp_path):
+    from edgetune.searcher.storage import StorageError, read_study
+
+    url = f"sqlite:///{tmp_path}/bulk.db"
+    _build(url)
+    view = read_study(url, None)  # the only study
+    assert isinstance(view, bulk.StoredStudy) and view.study_name == "bulk"
+    with pytest.raises(StorageError, match="no study 'nope' in the storage; studies: bulk"):
+        read_study(url, "nope")
+    with pytest.raises(StorageError, match="storage holds 0 studies"):  # a file that is not there: Optuna's open
+        read_study(f"sqlite:///{tmp_path}/elsewhere.db", None)
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE alembic_version SET version_num = 'v3.0.0.d'")  # an older schema
+    assert bulk.stored_study_names(engine) is None  # then Optuna opens it (and asks for an upgrade)
 
 
 @pytest.mark.slow
