@@ -341,7 +341,6 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
         "latency_converged": stats.converged,
         "latency_raw_ms": stats.median_ms,
         "latency_vs_baseline": stats.ratio,
-        "latency_by_threads": stats.by_threads,
         "latency_drift": drift,
         "latency_device_ms": stats.device_median_ms,
         "throughput_fps": throughput,
@@ -358,6 +357,8 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
         "device": info,
         "seconds": clock.seconds,
     }
+    if stats.by_threads:  # measured at several thread counts: the baseline (a trial is paired at one)
+        attributes["latency_by_threads"] = stats.by_threads
     return Measured(attributes, deployment, logits.argmax(axis=1).astype(np.int16))
 
 
@@ -393,8 +394,9 @@ def evaluate_baseline(ctx: TrialContext) -> tuple[TrialOutcome, dict[str, Deploy
         with exclusive(other.device.info().name):
             stats = others[other.name].measure_latency()
         attributes.update({f"latency_ms@{other.name}": stats.median_ms, f"latency_ci95_rel@{other.name}": stats.ci95_rel,
-                           f"latency_by_threads@{other.name}": stats.by_threads,
                            f"inference_precision@{other.name}": others[other.name].inference_precision})
+        if stats.by_threads:
+            attributes[f"latency_by_threads@{other.name}"] = stats.by_threads
     return TrialOutcome(attributes, measured.deployment, model, measured.predictions), others
 
 
