@@ -4,9 +4,9 @@ at the fastest count as a study with ``device.threads = 0`` measures it.
     python bench/thread_repeatability.py --study NAME [--storage URL] [--artifacts DIR] --trials 4 16 0
         [--repeats 4] [--threads 1 0 fastest] [--max-seconds 5 ...]
 
-The baseline's and each named trial's deployed IR, from the study's artifact store, compiled in this
-process as the OpenVINO adapter compiles them (LATENCY hint, f32 pinned; ``INFERENCE_NUM_THREADS``
-where a thread count is given, 0 = the hint's choice), then the paired protocol
+The baseline's and each named trial's deployed IR, from the study's artifact store, deployed in this
+process by the OpenVINO adapter (LATENCY hint, f32 pinned, batch 1; one device per thread count, with
+``INFERENCE_NUM_THREADS`` where a count is given, 0 = the hint's choice), then the paired protocol
 (devices.protocol.measure_paired, 5 s limit, ±2% target) repeated back to back. Prints each trial's
 ratios, their spread ((max - min) / median) against the interval each measurement reported, and
 the baseline's median. The spread is what a trial's single measurement can be off by; pairing
@@ -30,20 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_app_agreement import adapter_deployment, batch_one_shape, deployed_ir  # noqa: E402
-
-
-def compiled_runner(device, xml: Path):
-    """One synchronous inference of the IR, compiled as the OpenVINO ``device`` compiles its deployments
-    (one device per thread count: reference and candidate share its runtime, as in a trial)."""
-    import openvino as ov
-
-    model = device.core.read_model(str(xml))
-    shape = batch_one_shape(model)
-    model.reshape(shape)
-    request = device.core.compile_model(model, device.target, device.compile_config("f32")).create_infer_request()
-    request.set_input_tensor(ov.Tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32)))
-    return request.infer
+from benchmark_app_agreement import adapter_deployment, deployed_ir  # noqa: E402
 
 
 def main() -> None:
@@ -83,9 +70,9 @@ def main() -> None:
                 continue
             threads = int(threads)
             device = create_device("openvino:CPU", threads=threads)
-            reference = compiled_runner(device, baseline_xml)
+            reference = adapter_deployment(device, baseline_xml).runner()
             for number, xml in irs.items():
-                candidate = compiled_runner(device, xml)
+                candidate = adapter_deployment(device, xml).runner()
                 ratios, intervals, medians = [], [], []
                 for _ in range(args.repeats):
                     _, ref, ratio, ci = measure_paired(reference, candidate, protocol)
