@@ -208,8 +208,8 @@ def timed(deployment: Deployment, device: Device, reference: Reference | None) -
     with exclusive(device.info().name):
         if reference is None:
             stats = deployment.measure_latency()
-        else:
-            stats = deployment.measure_latency(reference.deployment, reference.by_threads or None)
+        else:  # an empty by_threads: the baseline was timed at one count, the trial is paired there
+            stats = deployment.measure_latency(reference.deployment, reference.by_threads)
     return stats, (reference.latency_ms * stats.ratio if reference else stats.median_ms)
 
 

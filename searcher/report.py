@@ -191,9 +191,9 @@ def importances(data: ReportData) -> dict[str, dict[str, float]]:
 @contextlib.contextmanager
 def _without_sklearn():
     """Import ``optuna.importance`` without scikit-learn: the package imports it for fANOVA, which the
-    report does not use (2-4 s of a cold report); PED-ANOVA needs none of it. ``None`` in ``sys.modules`` makes that import fail as a missing package would,
-    which Optuna's ``try_import`` expects; only the fANOVA and mean-decrease-impurity evaluators of
-    this process are left without it."""
+    report does not use (2-4 s of a cold report); PED-ANOVA needs none of it. ``None`` in
+    ``sys.modules`` makes that import fail as a missing package would, which Optuna's ``try_import``
+    expects; only the fANOVA and mean-decrease-impurity evaluators of this process are left without it."""
     if "sklearn" in sys.modules or "optuna.importance" in sys.modules:
         yield
         return
