@@ -4,6 +4,11 @@
     python bench/search_efficiency.py --task cifar --trials 10 --seeds 0 1 2   # ../shared/data/cifar10-12k
     python bench/search_efficiency.py --task quick --trials 40 --methods tpe nsga2 uniform   # samplers at 40 trials
 
+    # one run shared out to two processes, one core each, each with its own SQLite database (a
+    # database has one worker); then scored together: --merge copies their finished studies into --db
+    ... --share 0/2 --db sqlite:///bench-results/cifar-0.db &  ... --share 1/2 --db sqlite:///bench-results/cifar-1.db
+    ... --summary --merge bench-results/cifar-0.db bench-results/cifar-1.db --db sqlite:///bench-results/cifar.db
+
     # as run for BENCHMARKS.md: both tasks side by side, one core each, a 1-epoch fine-tune
     ... --threads 1 --set finetune.epochs=1 --set device.threads=1 --plot bench-results/<task>.png
 
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sys
 import types
@@ -273,6 +279,19 @@ def load_results(db: str, task: str, methods, seeds, trials: int) -> dict:
     return results
 
 
+def merge(sources: list[Path], db: str, trials: int) -> list[str]:
+    """Copy the finished studies of other SQLite databases (``--share`` runs) into ``db``, unless it has them."""
+    copied = []
+    for source in sources:
+        url = f"sqlite:///{source.resolve()}"
+        for summary in optuna.get_all_study_summaries(url, include_best_trial=False):
+            name = summary.study_name
+            if finished(url, name, trials) and name not in {s.study_name for s in optuna.get_all_study_summaries(db)}:
+                optuna.copy_study(from_study_name=name, from_storage=url, to_storage=db)
+                copied.append(name)
+    return copied
+
+
 def snapshot(db: str, destination: Path, trials: int) -> list[str]:
     """Copy the SQLite database to ``destination`` with only its finished studies: the record behind
     BENCHMARKS.md, and where a later run resumes (an unfinished study would need its artifacts)."""
@@ -346,9 +365,16 @@ def main() -> None:
                         "two tasks can then run side by side, one core each")
     parser.add_argument("--summary", action="store_true", help="only score the studies already in --db "
                         "(e.g. of a run cut short): print, plot, write the JSON")
+    parser.add_argument("--share", default=None, metavar="K/N", help="run only the K-th of N shares of the "
+                        "(seed, method) studies (K from 0): N processes, each with its own --db, split one run")
+    parser.add_argument("--merge", nargs="+", type=Path, default=[], metavar="SQLITE", help="databases of --share "
+                        "runs: their finished studies are copied into --db before scoring")
     parser.add_argument("--snapshot", type=Path, default=None, help="also copy the (SQLite) --db's finished "
                         "studies to this file; a later run can resume from a copy of it")
     args = parser.parse_args()
+    share = re.fullmatch(r"(\d+)/(\d+)", args.share or "0/1")
+    if not share or int(share[1]) >= int(share[2]):
+        parser.error(f"--share {args.share}: K/N with 0 <= K < N, e.g. 0/2")
     if "uniform" not in args.methods:
         parser.error("the comparison is against the uniform sweep: keep 'uniform' in --methods")
     from edgetune.searcher.spec import parse_override
@@ -363,13 +389,20 @@ def main() -> None:
     db = args.db or f"sqlite:///{ROOT / 'bench-results' / (args.task + '.db')}"
     if not args.summary:
         # Seed by seed, so a run cut short still compares every method on the seeds it finished.
+        studies = [(seed, method) for seed in args.seeds for method in args.methods]
+        if args.share:
+            studies = studies[int(share[1])::int(share[2])]
         try:
-            for seed in args.seeds:
-                for method in args.methods:
-                    print(f"{method}, seed {seed}", flush=True)
-                    run_method(args.task, method, seed, args.trials, db, extra)
+            for seed, method in studies:
+                print(f"{method}, seed {seed}", flush=True)
+                run_method(args.task, method, seed, args.trials, db, extra)
         except KeyboardInterrupt:
             sys.exit("stopped; the same command resumes where this run stopped")
+        if args.share:
+            print(f"share {args.share} done; score all shares with --summary --merge")
+            return
+    if args.merge:
+        print("merged: " + (", ".join(merge(args.merge, db, args.trials)) or "nothing new"))
     results = load_results(db, args.task, args.methods, args.seeds, args.trials)
     if "uniform" not in results:
         sys.exit(f"no uniform sweep with a finished trial in {db} yet: nothing to compare against")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from filelock import FileLock
 from torch import nn
 
 from .data import DataSplits
@@ -73,11 +74,15 @@ def get_baseline(model_name: str, data: DataSplits, data_id: dict, settings: Tra
     path = cache_dir() / "baselines" / f"{label}-{data.name}-{cache_key(model_name, data, data_id, settings)}.pt"
     if path.is_file():
         return load_checkpoint(model, path).eval(), "cache"
-    torch.manual_seed(settings.seed)
-    model = create_model(model_name, data.num_classes)
-    train(model, data.x_train, data.y_train, settings, on_epoch)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), partial)
-    partial.replace(path)  # atomic: a killed run never leaves half a checkpoint
+    # Workers starting together on a fresh cache: one trains, the others wait for its checkpoint.
+    with FileLock(path.with_suffix(".lock")):
+        if path.is_file():
+            return load_checkpoint(model, path).eval(), "cache"
+        torch.manual_seed(settings.seed)
+        model = create_model(model_name, data.num_classes)
+        train(model, data.x_train, data.y_train, settings, on_epoch)
+        partial = path.with_suffix(".tmp")
+        torch.save(model.state_dict(), partial)
+        partial.replace(path)  # atomic: a killed run never leaves half a checkpoint
     return model.eval(), "trained"

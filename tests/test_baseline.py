@@ -1,6 +1,7 @@
 import os
 import pickle
 import shlex
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -45,6 +46,17 @@ def test_baseline_is_trained_once_then_cached(digits, tmp_path):
     (tmp_path / "tinynet.py").write_text(TINY_NET.replace("8, 3, stride=4", "8, 5, stride=4"))
     _, source = get_baseline(model, digits, {"name": "digits"}, settings)
     assert source == "trained"  # the model's file changed: its own key
+
+
+def test_workers_starting_together_train_the_baseline_once(digits, tmp_path):
+    (tmp_path / "tinynet.py").write_text(TINY_NET)
+    model = f"{tmp_path}/tinynet.py:build"
+    settings = TrainSettings(epochs=2, lr=0.05, seed=3)
+    with ThreadPoolExecutor(2) as pool:  # two workers of one study on a fresh cache
+        runs = list(pool.map(lambda _: get_baseline(model, digits, {"name": "digits"}, settings), range(2)))
+    assert sorted(source for _, source in runs) == ["cache", "trained"]  # the second waited for the first's checkpoint
+    for a, b in zip(runs[0][0].state_dict().values(), runs[1][0].state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_checkpoint_is_loaded_as_weights_only(tmp_path, digits):
