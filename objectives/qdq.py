@@ -7,6 +7,11 @@ writes as QuantizeLinear/DequantizeLinear pairs; OpenVINO runs such a graph in i
 device calibrates nothing a second time (NNCF's post-training pass: most of an int8 deployment's
 seconds) and the deployed model uses the scales its weights were trained for.
 
+An input QAT never saw below zero (its tracked minimum, e.g. after a ReLU) is quantized as uint8 with
+the same scale, as NNCF quantizes such activations: OpenVINO then runs the convolution on u8 with zero
+point 0, where a signed int8 input costs it a zero-point compensation (about 10% of a ResNet's time,
+BENCHMARKS.md). Values up to the int8 range are unchanged; the uint8 range only extends past it.
+
 Each layer's weight is first rounded to the int8 grid its QAT forward used. A batch norm that
 follows a layer is then folded into it, as OpenVINO would fold it anyway: scaling an output channel
 by gamma/sigma scales its int8 grid by the same factor, so the folded weight is exactly per-channel
@@ -32,12 +37,13 @@ NNI_QMAX = 127
 
 
 class _FakeQuantize(nn.Module):
-    def __init__(self, scale: float):
+    def __init__(self, scale: float, unsigned: bool = False):
         super().__init__()
         self.scale = float(scale)  # a constant of the exported graph, not a buffer (no state-dict entry)
+        self.range = (0, 255) if unsigned else (QMIN, QMAX)  # exported as a uint8 or int8 QuantizeLinear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.fake_quantize_per_tensor_affine(x, self.scale, 0, QMIN, QMAX)
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, 0, *self.range)
 
 
 class _FakeQuantizePerChannel(nn.Module):
@@ -55,7 +61,8 @@ def _quantize_input(module: nn.Module, args: tuple) -> tuple:
 
 
 def learned_scales(calibration_config: dict) -> dict[str, dict[str, float]]:
-    """``{layer: {"input": scale, "weight": scale}}`` from NNI's calibration config (JSON-safe)."""
+    """``{layer: {"input": scale, "weight": scale, "unsigned": bool}}`` from NNI's calibration config
+    (JSON-safe); ``unsigned``: the input's tracked minimum was never below zero."""
     scales = {}
     for layer, targets in calibration_config.items():
         found = {}
@@ -67,8 +74,11 @@ def learned_scales(calibration_config: dict) -> dict[str, dict[str, float]]:
             if torch.is_tensor(scale) and scale.numel() != 1:
                 raise ValueError(f"{layer}.{target}: only per-tensor scales are exported")
             found["weight" if target == "weight" else "input" if target.startswith("_input_") else target] = float(scale)
-        if set(found) != {"input", "weight"}:
-            raise ValueError(f"{layer}: expected an input and a weight scale, got {sorted(found)}")
+            if target.startswith("_input_"):
+                found["unsigned"] = bool(torch.as_tensor(config.get("tracked_min", -1.0)).min() >= 0)
+        targets = sorted(set(found) - {"unsigned"})
+        if targets != ["input", "weight"]:
+            raise ValueError(f"{layer}: expected an input and a weight scale, got {targets}")
         scales[layer] = found
     return scales
 
@@ -93,7 +103,7 @@ def with_learned_int8(model: nn.Module, scales: dict[str, dict[str, float]]) -> 
             else:
                 quantizer = _FakeQuantize(step)
             parametrize.register_parametrization(module, "weight", quantizer, unsafe=True)
-            module.input_quantizer = _FakeQuantize(scale["input"])
+            module.input_quantizer = _FakeQuantize(scale["input"], scale.get("unsigned", False))  # not given: signed
             module.register_forward_pre_hook(_quantize_input)
     return model
 
