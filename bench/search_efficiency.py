@@ -27,7 +27,9 @@ database (``--db``; a rerun resumes the studies it finds there):
   its trials' Top-1 is recorded all the same, so its front can be scored;
 - ``tpe-distill``: ``tpe`` with every fine-tune distilled from the baseline's logits (weight 0.9,
   T = 4): the default since it won on both tasks (BENCHMARKS.md). Every other method fine-tunes on
-  the labels alone (``finetune.distill = 0``), as the stored studies did.
+  the labels alone (``finetune.distill = 0``), as the stored studies did. Every method deploys int8
+  through NNCF's calibration (``search.quantization = "qat"``), as the stored studies did (the default
+  route is now the scales QAT learned, equally fast and accurate: bench/qdq_vs_nncf.py).
 
 Every method is scored on (latency relative to its study's baseline, Top-1) with the hypervolume
 against the baseline's reference point (the report's definition) after every trial. Printed: the
@@ -75,7 +77,7 @@ TASKS = {
 
 
 def method_spec(task: str, method: str, seed: int, trials: int, db: str, extra: dict):
-    overrides = {**TASKS[task], "finetune.distill": 0.0, **extra, "study.storage": db, "study.name": f"{task}-{method}-{seed}",
+    overrides = {**TASKS[task], "finetune.distill": 0.0, "search.quantization": "qat", **extra, "study.storage": db, "study.name": f"{task}-{method}-{seed}",
                  "study.trials": trials, "study.seed": seed, "study.artifacts": str(Path(db.split("///")[-1]).parent / "artifacts")}
     if method == "latency-only":
         overrides.update({"study.targets": ["latency"], "study.sampler": "tpe", "search.recipes": False})

@@ -54,8 +54,9 @@ def already_finalized(every: list[FrozenTrial]) -> set[int]:
     return {t.user_attrs[FINALIZED_FROM] for t in every if t.state == TrialState.COMPLETE and FINALIZED_FROM in t.user_attrs}
 
 
-def _plan_of(original: FrozenTrial, epochs: int, spec) -> TrialPlan:
-    """The original trial's precisions and pruner, with the longer fine-tune (from its own weights)."""
+def _plan_of(original: FrozenTrial, epochs: int, spec, quantization: str) -> TrialPlan:
+    """The original trial's precisions, pruner and int8 route (``quantization`` where it recorded none),
+    with the longer fine-tune (from its own weights)."""
     attrs = original.user_attrs
     precisions = attrs.get("precision_plan") or {}
     floats = [p for p in precisions.values() if p != "int8"]
@@ -64,7 +65,7 @@ def _plan_of(original: FrozenTrial, epochs: int, spec) -> TrialPlan:
     return TrialPlan(channel_multiple=attrs.get("channel_multiple", 1), pruner=attrs.get("pruner", "l1"),
                      float_precision=floats[0] if floats else "f32",
                      int8_groups=frozenset(g for g, p in precisions.items() if p == "int8"),
-                     quantization=attrs.get("quantization") or spec["search.quantization"], finetune=settings)
+                     quantization=attrs.get("quantization") or quantization, finetune=settings)
 
 
 def finalize(prepared: Prepared, spec, epochs: int, numbers: list[int] | None = None,
@@ -82,7 +83,7 @@ def finalize(prepared: Prepared, spec, epochs: int, numbers: list[int] | None = 
             on_status(f"trial {original.number}: already finalized")
             on_done(count)
             continue
-        plan = _plan_of(original, epochs, spec)
+        plan = _plan_of(original, epochs, spec, prepared.space.quantization)
         study.enqueue_trial(original.params, user_attrs={FINALIZED_FROM: original.number})
         trial = study.ask()
         objective.plan(trial)  # records the original's parameters (enqueued) with their distributions

@@ -121,6 +121,7 @@ class SearchSpace:
     stream: dict[str, Widths] = field(default_factory=dict)  # stage -> residual-stream widths
     depth: dict[str, tuple[int, int]] = field(default_factory=dict)  # stage -> (fewest, most) blocks
     stream_error: str | None = None  # why the stream widths are not searched on this model
+    quantization: str = "qat"  # how int8 groups are trained and deployed (search.quantization, "auto" resolved)
 
     def describe(self) -> list[dict]:
         """One row per searched dimension: parameter, what it is, its range."""
@@ -133,8 +134,19 @@ class SearchSpace:
         return rows
 
 
+def quantization_route(spec: Spec, runs_model_int8_scales: bool) -> str:
+    """``search.quantization``; "auto": the scales QAT learned (``qat-qdq``) where the device runs a model's own
+    int8 ops, as fast as NNCF's second calibration, as accurate and a third of the deployment (BENCHMARKS.md,
+    bench/qdq_vs_nncf.py); elsewhere QAT, then the device's own calibration (``qat``)."""
+    chosen = spec["search.quantization"]
+    if chosen != "auto":
+        return chosen
+    return "qat-qdq" if runs_model_int8_scales else "qat"
+
+
 def build_space(spec: Spec, model: nn.Module, groups: list[LayerGroup], stages: list[Stage], precisions: list[str],
-                multiple: int, multiple_source: str = "spec", stream_error: str | None = None) -> SearchSpace:
+                multiple: int, multiple_source: str = "spec", stream_error: str | None = None,
+                quantization: str = "qat") -> SearchSpace:
     """The study's dimensions; ``stream_error`` (see objectives.structure.stream_pruning_error) turns the
     stream widths off for a model whose streams cannot be pruned."""
     max_sparsity = spec["search.sparsity_max"]
@@ -149,7 +161,7 @@ def build_space(spec: Spec, model: nn.Module, groups: list[LayerGroup], stages: 
     stream = {s.name: Widths.of(s.stream_width, multiple, max_sparsity) for s in stages} if searched else {}
     depth = {s.name: (s.min_depth, len(s.blocks)) for s in stages} if spec["search.depth"] else {}
     return SearchSpace(list(precisions), multiple, multiple_source, inner, stream, depth,
-                       stream_error if spec["search.stream_width"] else None)
+                       stream_error if spec["search.stream_width"] else None, quantization)
 
 
 def suggest_plan(trial: optuna.Trial, spec: Spec, groups: list[LayerGroup], space: SearchSpace) -> TrialPlan:
@@ -189,4 +201,4 @@ def suggest_plan(trial: optuna.Trial, spec: Spec, groups: list[LayerGroup], spac
     )
     return TrialPlan(inner=inner, stream=stream, depth=depth, channel_multiple=space.multiple, pruner=pruner,
                      float_precision=float_precision, int8_groups=frozenset(int8_groups),
-                     quantization=spec["search.quantization"], finetune=finetune, max_epochs=spec["finetune.max_epochs"])
+                     quantization=space.quantization, finetune=finetune, max_epochs=spec["finetune.max_epochs"])

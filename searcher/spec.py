@@ -48,7 +48,7 @@ SAMPLERS = ("auto", "tpe", "nsga2", "random")
 AUTO_SAMPLER_REASON = ("auto: multi-objective TPE found the best fronts at 10 trials (3 seeds, two tasks) and at 40 "
                        "(3 seeds, quick task); NSGA-II led only at 10-20 trials of one seed, by 3%")
 PRECISIONS = ("f32", "bf16", "f16", "int8")
-QUANTIZATION = ("qat", "qat-qdq", "ptq")
+QUANTIZATION = ("auto", "qat", "qat-qdq", "ptq")
 
 
 class SpecError(ValueError):

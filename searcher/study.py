@@ -30,7 +30,8 @@ from .artifacts import ArtifactError, fetch, store_outcome
 from . import record
 from .locks import StudyLocks
 from .recipes import enqueue_recipes
-from .space import SearchSpace, allowed_precisions, build_space, channel_multiple, check_fixed_precisions, check_targets
+from .space import (SearchSpace, allowed_precisions, build_space, channel_multiple, check_fixed_precisions, check_targets,
+                    quantization_route)
 from .spec import Spec, SpecError, stored_spec, target_unit
 from .storage import Heartbeat, open_storage, redact
 
@@ -158,7 +159,7 @@ def validate(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> _
     check_targets(spec, device.info())
     if spec["search.quantization"] == "qat-qdq" and not device.runs_model_int8_scales:
         raise SpecError(f'search.quantization = "qat-qdq": {device.info().name} cannot run a model\'s own int8 '
-                        'quantize/dequantize ops (the OpenVINO devices can); use "qat"')
+                        'quantize/dequantize ops (the OpenVINO devices can); use "qat" or "auto"')
     precisions = allowed_precisions(spec, device.info())
     storage = open_storage(spec["study.storage"], heartbeat(spec))
     locks = StudyLocks(spec["study.storage"], spec["study.name"])
@@ -218,7 +219,7 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
         _structure_facts(spec, study, checked, model, stages, on_status)
         multiple, multiple_source = record.channel_multiple(study)
         space = build_space(spec, model, groups, stages, checked.precisions, multiple, multiple_source,
-                            record.stream_error(study))
+                            record.stream_error(study), quantization_route(spec, checked.device.runs_model_int8_scales))
         if spec["search.recipes"] and not joining and "recipes" not in study.user_attrs:
             record.write_recipes(study, enqueue_recipes(study, space, groups, spec["search.pruners"], spec["study.trials"]))
         unpaired = TrialContext(model, checked.data, groups, checked.device, collapse_margin=spec["search.collapse_margin"],

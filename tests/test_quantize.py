@@ -12,7 +12,8 @@ from edgetune.objectives.models import create_model
 from edgetune.objectives.pipeline import int8_modules
 from edgetune.objectives.qdq import with_learned_int8
 from edgetune.objectives.quantize import qat_finetune
-from edgetune.searcher.space import SearchSpace, allowed_precisions, check_fixed_precisions, suggest_plan
+from edgetune.searcher.space import (SearchSpace, allowed_precisions, check_fixed_precisions, quantization_route,
+                                     suggest_plan)
 from edgetune.searcher.spec import SpecError, load_spec
 
 FAST = LatencyProtocol(warmup_runs=3, warmup_seconds=0.1, min_runs=20, max_seconds=1.0)
@@ -190,6 +191,14 @@ def test_plain_cpu_int8_uses_pytorch_quantized_kernels_for_the_int8_groups_only(
         mixed.close()
 
 
+def test_auto_deploys_the_learned_scales_where_the_device_runs_them():
+    spec = load_spec()
+    assert spec["search.quantization"] == "auto"  # the default
+    assert quantization_route(spec, create_device("openvino:CPU").runs_model_int8_scales) == "qat-qdq"
+    assert quantization_route(spec, create_device("cpu").runs_model_int8_scales) == "qat"
+    assert quantization_route(load_spec(overrides={"search.quantization": "qat"}), True) == "qat"  # named: as named
+
+
 @pytest.mark.slow
 def test_a_qat_qdq_study_deploys_the_learned_scales(tmp_path):
     # quantization = "qat-qdq": the int8 recipe (trial 0) runs every group in int8 on OpenVINO with the scales its
@@ -215,4 +224,4 @@ def test_a_qat_qdq_study_deploys_the_learned_scales(tmp_path):
     refused = CliRunner().invoke(app, [*args, "--device", "cpu", "--study-name", "on-cpu"])
     assert refused.exit_code == 2
     assert refused.output.strip().endswith('search.quantization = "qat-qdq": cpu cannot run a model\'s own int8 '
-                                           'quantize/dequantize ops (the OpenVINO devices can); use "qat"')
+                                           'quantize/dequantize ops (the OpenVINO devices can); use "qat" or "auto"')

@@ -115,7 +115,8 @@ def test_three_targets_latency_top1_size(tmp_path):
         # every convolution left in layer3 (7 less the removed blocks' two each) runs in int8
         removed = sum(b.startswith("layer3.") for b in trial.user_attrs["blocks_removed"])
         assert trial.user_attrs["precision_used_by_group"]["layer3"] == {"int8": 7 - 2 * removed}
-        assert trial.user_attrs["calibration_size"] == 128
+        # the default route on OpenVINO: deployed with the scales QAT learned, nothing calibrated again
+        assert trial.user_attrs["quantization"] == "qat-qdq" and trial.user_attrs["calibration_size"] == 0
         assert set(trial.constraints) == {"top1_drop", "class_drop"}  # Optuna constraints, <= 0 feasible
         assert all(v <= 0 for v in trial.constraints.values())
         assert trial.user_attrs["throughput_fps"] > 0
