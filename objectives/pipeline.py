@@ -274,7 +274,7 @@ def fine_tune_and_measure(model: nn.Module, ctx: TrialContext, plan: TrialPlan, 
     if scales and plan.quantization == "qat-qdq":  # the scales QAT trained with, deployed as they are
         on_device = with_learned_int8(model, scales)
         device_plan_used = replace(device_plan, int8_scales="model", calibration=None)
-    measured = deploy_and_measure(on_device, ctx, device_plan_used, clock)
+    measured = deploy_and_measure(on_device, ctx, device_plan_used, clock, counted=model)
     attributes = measured.attributes
     channels = pruning.out_channels(model, ctx.groups)
     attributes.update(sparsity_achieved=pruning.achieved_sparsity(pruning.out_channels(ctx.baseline, ctx.groups), channels,
@@ -311,11 +311,14 @@ class Measured:
 
 
 def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan = PrecisionPlan(),
-                       clock: PhaseClock | None = None) -> Measured:
-    """Deploy ``model`` on the device; Top-1 on the deployed artifact; latency by the protocol."""
+                       clock: PhaseClock | None = None, counted: nn.Module | None = None) -> Measured:
+    """Deploy ``model`` on the device; Top-1 on the deployed artifact; latency by the protocol.
+    ``counted``: the model whose FLOPs and parameters are recorded, where ``model`` is a copy with its
+    int8 ops written in (objectives/qdq.py: folded batch norms, layers NNI's counter does not know)."""
     clock = clock or PhaseClock(None)
     example = ctx.data.example_input(2)
-    flops, _ = flops_and_params(model, example)
+    counted = model if counted is None else counted
+    flops, _ = flops_and_params(counted, example)
     with clock.phase("deploy"):
         deployment = ctx.device.deploy(model, example, plan)
     with clock.phase("evaluate"):
@@ -347,7 +350,7 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
         "top1": top1,
         "top5": top5,
         "class_top1": [round(v, 3) for v in class_top1],
-        "params": count_params(model),
+        "params": count_params(counted),
         "flops": flops,
         "size_bytes": deployment.size_bytes,
         "weights_bytes": deployment.weights_bytes,

@@ -207,16 +207,20 @@ def test_a_qat_qdq_study_deploys_the_learned_scales(tmp_path):
     from typer.testing import CliRunner
 
     from conftest import fresh_tiny_spec
+    from edgetune.searcher import record
     from edgetune.searcher.cli import app
 
     fresh_tiny_spec(tmp_path)
     args = ["start", "--spec", str(tmp_path / "tiny.toml"), "--trials", "1", "--set", "search.quantization=qat-qdq"]
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    (trial,) = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/tiny.db").trials
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/tiny.db")
+    (trial,) = study.trials
     a = trial.user_attrs
     assert trial.state == optuna.trial.TrialState.COMPLETE and a["seeded"] == "int8"
     assert a["quantization"] == "qat-qdq" and a["calibration_size"] == 0 and a["top1"] > 50
+    baseline = record.baseline(study)  # the recipe prunes nothing: counted on the model, not its Q/DQ copy
+    assert (a["flops"], a["params"]) == (baseline["flops"], baseline["params"])
     assert set(a["precision_plan"].values()) == {"int8"}
     for group, precision in a["precision_plan"].items():  # read back from the deployed model
         assert set(a["precision_used_by_group"][group]) == {"int8"}, (group, a["precision_used_by_group"])
