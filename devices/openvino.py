@@ -312,7 +312,12 @@ class OpenVINODevice(Device):
 
         self.check_plan(replace(plan, int8_modules=tuple(int8_prefixes)))
         workdir = Path(tempfile.mkdtemp(prefix="deploy-", dir=self._workdir))
-        ov_model = self.core.read_model(str(onnx_path))
+        if plan.int8_scales == "model":
+            # The converter, unlike read_model, stores the weights' own Q/DQ as int8 constants (OpenVINO's
+            # CompressQuantizeWeights): the file a quarter of f32's, as NNCF's; the graph and names the same.
+            ov_model = ov.convert_model(str(onnx_path))
+        else:
+            ov_model = self.core.read_model(str(onnx_path))
         if int8_prefixes and plan.int8_scales == "calibrate":  # else the graph's own Q/DQ ops make it int8
             ov_model = quantize_int8(ov_model, int8_prefixes, plan.calibration)
         xml = workdir / "model.xml"

@@ -4,6 +4,8 @@ from __future__ import annotations
 import functools
 import gc
 import logging
+import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -17,7 +19,8 @@ from .storage import DEFAULT_STORAGE, STORAGE_ENV
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="edgetune: search per-layer-group compression settings, measured on the real device.")
-console = Console()
+# Written to a file (a long study under nohup), rich would wrap every table row at 80 columns.
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
 STORAGE_OPTION = typer.Option(DEFAULT_STORAGE, "--storage", envvar=STORAGE_ENV, show_default=False,
                               help=f"SQLAlchemy URL of the study database (default: ${STORAGE_ENV}, else {DEFAULT_STORAGE}).")
 

@@ -221,6 +221,7 @@ def test_a_qat_qdq_study_deploys_the_learned_scales(tmp_path):
     assert a["quantization"] == "qat-qdq" and a["calibration_size"] == 0 and a["top1"] > 50
     baseline = record.baseline(study)  # the recipe prunes nothing: counted on the model, not its Q/DQ copy
     assert (a["flops"], a["params"]) == (baseline["flops"], baseline["params"])
+    assert a["size_bytes"] < baseline["size_bytes"] / 2  # int8 weights on disk, not f32 ones beside their scales
     assert set(a["precision_plan"].values()) == {"int8"}
     for group, precision in a["precision_plan"].items():  # read back from the deployed model
         assert set(a["precision_used_by_group"][group]) == {"int8"}, (group, a["precision_used_by_group"])
