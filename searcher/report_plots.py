@@ -1,17 +1,17 @@
 """The report's three plots, drawn in child processes that start before the study is read.
 
 A cold report on 10,000 trials spends about a second importing matplotlib and plotly and about half
-a second drawing; opening and reading the study takes as long. So :class:`Plotter` forks first (one
-child per library), the children import while the parent reads, and the parent then sends them
-plain arrays (:class:`PlotInputs`; the study is opened after the fork, so no database connection is
-shared). ``front.png`` and ``hypervolume.png`` (matplotlib), ``front.html`` (plotly, offline, WebGL
+a second drawing; opening and reading the study takes as long. So :class:`Plotter` starts its
+children first (one per library), they import while the parent reads, and the parent then sends
+them plain arrays (:class:`PlotInputs`). The children are spawned, not forked: a fork of a process
+whose other threads hold locks (PyTorch's and OpenVINO's pools, after a study ran in it) can leave
+the child waiting on one forever. ``front.png`` and ``hypervolume.png`` (matplotlib), ``front.html`` (plotly, offline, WebGL
 for the dominated cloud).
 """
 from __future__ import annotations
 
 import importlib
 import multiprocessing
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,25 +131,20 @@ CHILDREN = ((pyplot, draw_static), (_plotly, draw_interactive))
 
 
 class Plotter:
-    """:func:`draw` in forked children, one per plotting library, that have imported it by the time the
+    """:func:`draw` in child processes, one per plotting library, that have imported it by the time the
     inputs come.
 
-    Start it before the slow reading; ``draw`` sends the inputs, ``result`` waits for the files. Where
-    fork is not the platform's safe default (Windows, macOS) ``draw`` draws at once, in this process. A
+    Start it before the slow reading; ``draw`` sends the inputs, ``result`` waits for the files. A
     plotter that is never given inputs ends with this process (its children read end-of-file and exit).
     """
 
     def __init__(self):
         self._children, self._written = [], []
-        if sys.platform != "linux":
-            return
-        context = multiprocessing.get_context("fork")
-        ours = []  # this process's ends so far: a child closes its copies, or a sibling never reads end-of-file
+        context = multiprocessing.get_context("spawn")
         for load, fn in CHILDREN:
             receive, send = context.Pipe(duplex=False)
             inputs, give = context.Pipe(duplex=False)
-            ours += [give, receive]
-            process = context.Process(target=_child, args=(load, fn, inputs, send, list(ours)), daemon=True)
+            process = context.Process(target=_child, args=(load, fn, inputs, send), daemon=True)
             process.start()
             send.close()
             inputs.close()
@@ -186,9 +181,7 @@ class Plotter:
         self._children = []
 
 
-def _child(load, fn, inputs, send, parents_ends) -> None:
-    for end in parents_ends:
-        end.close()
+def _child(load, fn, inputs, send) -> None:
     try:
         load()
         try:
