@@ -3,15 +3,17 @@
 A cold report on 10,000 trials spends about a second importing matplotlib and plotly and about half
 a second drawing; opening and reading the study takes as long. So :class:`Plotter` starts its
 children first (one per library), they import while the parent reads, and the parent then sends
-them plain arrays (:class:`PlotInputs`). The children are spawned, not forked: a fork of a process
-whose other threads hold locks (PyTorch's and OpenVINO's pools, after a study ran in it) can leave
-the child waiting on one forever. ``front.png`` and ``hypervolume.png`` (matplotlib), ``front.html`` (plotly, offline, WebGL
+them plain arrays (:class:`PlotInputs`). A cold ``tune report`` forks them (they start in
+milliseconds); a process that has run PyTorch or OpenVINO (a study, a test) spawns them instead: a
+fork copies only the forking thread, and a lock one of those libraries' threads held stays held in
+the child forever (it hung a test's report). ``front.png`` and ``hypervolume.png`` (matplotlib), ``front.html`` (plotly, offline, WebGL
 for the dominated cloud).
 """
 from __future__ import annotations
 
 import importlib
 import multiprocessing
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,11 +142,13 @@ class Plotter:
 
     def __init__(self):
         self._children, self._written = [], []
-        context = multiprocessing.get_context("spawn")
+        context = multiprocessing.get_context(start_method())
+        ours = []  # this process's ends so far: a forked child closes its copies, or a sibling never reads end-of-file
         for load, fn in CHILDREN:
             receive, send = context.Pipe(duplex=False)
             inputs, give = context.Pipe(duplex=False)
-            process = context.Process(target=_child, args=(load, fn, inputs, send), daemon=True)
+            ours += [give, receive]
+            process = context.Process(target=_child, args=(load, fn, inputs, send, list(ours)), daemon=True)
             process.start()
             send.close()
             inputs.close()
@@ -181,7 +185,14 @@ class Plotter:
         self._children = []
 
 
-def _child(load, fn, inputs, send) -> None:
+def start_method() -> str:
+    """"fork" where it is safe (Linux, no PyTorch or OpenVINO thread pools in this process), else "spawn"."""
+    return "fork" if sys.platform == "linux" and not {"torch", "openvino"} & set(sys.modules) else "spawn"
+
+
+def _child(load, fn, inputs, send, parents_ends) -> None:
+    for end in parents_ends:
+        end.close()
     try:
         load()
         try:

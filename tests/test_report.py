@@ -135,6 +135,20 @@ def test_report_draws_its_plots_and_ranks_parameters_without_scikit_learn(tmp_pa
     assert (tmp_path / "front.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_plot_children_are_forked_only_where_no_thread_pool_can_hold_a_lock(monkeypatch):
+    import importlib
+    import sys
+
+    from edgetune.searcher.report_plots import start_method
+
+    importlib.import_module("torch")  # a process that has run a study has PyTorch's (and OpenVINO's) threads
+
+    assert start_method() == "spawn"  # a fork here once hung a test's report for good
+    for name in ("torch", "openvino"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert start_method() == ("fork" if sys.platform == "linux" else "spawn")  # a cold `tune report`
+
+
 def test_a_plot_that_fails_in_its_process_fails_the_report(tmp_path):
     from edgetune.searcher.report_plots import PlotInputs, Plotter
 
