@@ -6,8 +6,8 @@ children first (one per library), they import while the parent reads, and the pa
 them plain arrays (:class:`PlotInputs`). A cold ``tune report`` forks them (they start in
 milliseconds); a process that has run PyTorch or OpenVINO (a study, a test) spawns them instead: a
 fork copies only the forking thread, and a lock one of those libraries' threads held stays held in
-the child forever (it hung a test's report). ``front.png`` and ``hypervolume.png`` (matplotlib), ``front.html`` (plotly, offline, WebGL
-for the dominated cloud).
+the child forever (it hung a test's report). ``front.png`` and ``hypervolume.png`` (matplotlib),
+``front.html`` (plotly, offline, WebGL for the dominated cloud).
 """
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ class Plotter:
     def __init__(self):
         self._children, self._written = [], []
         context = multiprocessing.get_context(start_method())
-        ours = []  # this process's ends so far: a forked child closes its copies, or a sibling never reads end-of-file
+        ours = []  # this process's ends so far: a forked child closes its copies, or a sibling never sees EOF
         for load, fn in CHILDREN:
             receive, send = context.Pipe(duplex=False)
             inputs, give = context.Pipe(duplex=False)
