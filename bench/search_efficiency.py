@@ -283,13 +283,13 @@ def load_results(db: str, task: str, methods, seeds, trials: int) -> dict:
 
 def merge(sources: list[Path], db: str, trials: int) -> list[str]:
     """Copy the finished studies of other SQLite databases (``--share`` runs) into ``db``, unless it has them."""
-    copied = []
+    present, copied = set(optuna.get_all_study_names(db)), []
     for source in sources:
         url = f"sqlite:///{source.resolve()}"
-        for summary in optuna.get_all_study_summaries(url, include_best_trial=False):
-            name = summary.study_name
-            if finished(url, name, trials) and name not in {s.study_name for s in optuna.get_all_study_summaries(db)}:
+        for name in optuna.get_all_study_names(url):
+            if name not in present and finished(url, name, trials):
                 optuna.copy_study(from_study_name=name, from_storage=url, to_storage=db)
+                present.add(name)
                 copied.append(name)
     return copied
 
