@@ -2,14 +2,16 @@
 
     python bench/distillation.py --task default --epochs 1 2 4 --seeds 0 1
     python bench/distillation.py --task cifar --epochs 1 2 --seeds 0
+    python bench/distillation.py --task default --epochs 1 --inner-shares 1 0.8 --no-recipes   # light structures
 
 For one task (the search benchmark's: ResNet-56 on digits, or ResNet-20 on cifar10-12k), the
 cached baseline is shrunk to the recipes' uniform shares of every dimension (blocks per stage,
 stream and inner widths kept at 2/3 and 1/3, l1), as a trial would, then fine-tuned in float from
 the same pruned weights with the same seed twice: on the labels alone, and distilled from the
-baseline's logits (``--weight``, ``--temperature``). Top-1 is measured in PyTorch on the validation
-split. Prints a Markdown table: structure, epochs, FLOPs share, Top-1 without and with
-distillation (median over seeds) and the difference.
+baseline's logits (``--weight``, ``--temperature``). ``--inner-shares`` adds the uniform sweep's
+light structures (only inner widths, that share kept; 1: the baseline itself fine-tuned further).
+Top-1 is measured in PyTorch on the validation split. Prints a Markdown table: structure, epochs,
+FLOPs share, Top-1 without and with distillation (median over seeds) and the difference.
 """
 from __future__ import annotations
 
@@ -49,6 +51,9 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--multiple", type=int, default=8, help="channel multiple of the widths")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--inner-shares", type=float, nargs="*", default=[], metavar="SHARE",
+                        help="also the uniform sweep's light structures: only inner widths, this share kept (1 = unpruned)")
+    parser.add_argument("--no-recipes", action="store_true", help="only the --inner-shares structures")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,8 +70,11 @@ def main() -> None:
     base_top1 = topk_accuracy(torch_logits(baseline, data.x_val), labels)
     base_flops = flops_and_params(baseline, data.example_input(2))[0]
     rows = []
-    for recipe in [r for r in recipes(space, groups, ["l1"]) if r.name.startswith("uniform") and "int8" not in r.name]:
-        p = recipe.params
+    structures = [] if args.no_recipes else [(r.name, r.params) for r in recipes(space, groups, ["l1"])
+                                              if r.name.startswith("uniform") and "int8" not in r.name]
+    structures += [(f"inner {share:g}", {f"inner.{g}": w.kept_at(share) for g, w in space.inner.items() if w.searched})
+                   for share in args.inner_shares]
+    for name, p in structures:
         plan = TrialPlan(inner={g: w.channels(p[f"inner.{g}"]) for g, w in space.inner.items() if f"inner.{g}" in p},
                          stream={s: w.channels(p[f"width.{s}"]) for s, w in space.stream.items() if f"width.{s}" in p},
                          depth={s: p[f"depth.{s}"] for s in space.depth if f"depth.{s}" in p}, channel_multiple=args.multiple)
@@ -87,8 +95,8 @@ def main() -> None:
                     scores.append(topk_accuracy(torch_logits(model, data.x_val), labels))
                 result[distill] = scores
             ce, kd = float(np.median(result[0.0])), float(np.median(result[args.weight]))
-            rows.append((recipe.name, epochs, share, ce, kd, result))
-            print(f"{recipe.name}, {epochs} epochs: CE {ce:.2f}, distilled {kd:.2f}", file=sys.stderr, flush=True)
+            rows.append((name, epochs, share, ce, kd, result))
+            print(f"{name}, {epochs} epochs: CE {ce:.2f}, distilled {kd:.2f}", file=sys.stderr, flush=True)
     print(f"## distillation: {spec['model.name']} on {data.name} (baseline Top-1 {base_top1:.2f}), weight {args.weight}, "
           f"T = {args.temperature}, seeds {', '.join(map(str, args.seeds))}\n")
     print("| structure | epochs | FLOPs share | Top-1 labels only | Top-1 distilled | difference | per seed (labels / distilled) |")
