@@ -26,10 +26,15 @@ database (``--db``; a rerun resumes the studies it finds there):
 - ``latency-only``: a single-objective TPE search of latency alone (what the original study did);
   its trials' Top-1 is recorded all the same, so its front can be scored;
 - ``tpe-distill``: ``tpe`` with every fine-tune distilled from the baseline's logits (weight 0.9,
-  T = 4): the default since it won on both tasks (BENCHMARKS.md). Every other method fine-tunes on
-  the labels alone (``finetune.distill = 0``), as the stored studies did. Every method deploys int8
-  through NNCF's calibration (``search.quantization = "qat"``), as the stored studies did (the default
-  route is now the scales QAT learned, equally fast and accurate: bench/qdq_vs_nncf.py).
+  T = 4): the default since it won on both tasks (BENCHMARKS.md);
+- ``tpe-int8-seeds``: ``tpe-distill`` with today's recipe order, the int8 recipes first (a 10-trial
+  study runs ``int8`` and ``uniform-2/3+int8``).
+
+As the stored studies ran: every other method runs each float recipe before its int8 twin (``int8``
+and ``uniform-2/3`` at 10 trials) and fine-tunes on the labels alone (``finetune.distill = 0``)
+unless named otherwise above, and every method deploys int8 through NNCF's calibration
+(``search.quantization = "qat"``; the default route is now the scales QAT learned, equally fast and
+accurate: bench/qdq_vs_nncf.py).
 
 Every method is scored on (latency relative to its study's baseline, Top-1) with the hypervolume
 against the baseline's reference point (the report's definition) after every trial. Printed: the
@@ -61,10 +66,13 @@ from edgetune.searcher.runner import RunEvents, run_study
 from edgetune.searcher.spec import load_spec
 from edgetune.searcher.worker import budget_used, counts_toward_budget
 
-METHODS = ("nsga2", "tpe", "random", "inner-only", "uniform", "uniform-int8", "latency-only", "tpe-distill")
+METHODS = ("nsga2", "tpe", "random", "inner-only", "uniform", "uniform-int8", "latency-only", "tpe-distill",
+           "tpe-int8-seeds")
 INNER_ONLY = {"search.depth": False, "search.stream_width": False}  # the space before depth and stream widths
 SWEEPS = {"uniform": "float", "uniform-int8": "int8"}  # the off-the-shelf recipes: group precision of each
 DISTILL = {"finetune.distill": 0.9, "finetune.temperature": 4.0}  # bench/distillation.py's setting
+# The recipe seeds in the order the stored studies ran them (each float share before its int8 twin)
+FLOAT_FIRST = ["int8", "uniform-2/3", "uniform-2/3+int8", "uniform-1/3", "uniform-1/3+int8"]
 DROPS = (1.0, 2.0, 5.0, 10.0)  # Top-1 points below the baseline at which the fastest models are compared
 TASKS = {
     "default": {},  # studies/default.toml: ResNet-56 on digits
@@ -77,7 +85,8 @@ TASKS = {
 
 
 def method_spec(task: str, method: str, seed: int, trials: int, db: str, extra: dict):
-    overrides = {**TASKS[task], "finetune.distill": 0.0, "search.quantization": "qat", **extra, "study.storage": db, "study.name": f"{task}-{method}-{seed}",
+    overrides = {**TASKS[task], "finetune.distill": 0.0, "search.quantization": "qat", "search.recipes": FLOAT_FIRST,
+                 **extra, "study.storage": db, "study.name": f"{task}-{method}-{seed}",
                  "study.trials": trials, "study.seed": seed, "study.artifacts": str(Path(db.split("///")[-1]).parent / "artifacts")}
     if method == "latency-only":
         overrides.update({"study.targets": ["latency"], "study.sampler": "tpe", "search.recipes": False})
@@ -88,6 +97,8 @@ def method_spec(task: str, method: str, seed: int, trials: int, db: str, extra: 
         overrides.update({"study.targets": ["latency", "top1"], "study.sampler": "tpe", **INNER_ONLY})
     elif method == "tpe-distill":
         overrides.update({"study.targets": ["latency", "top1"], "study.sampler": "tpe", **DISTILL})
+    elif method == "tpe-int8-seeds":  # today's order: the int8 recipes first
+        overrides.update({"study.targets": ["latency", "top1"], "study.sampler": "tpe", **DISTILL, "search.recipes": True})
     else:
         overrides.update({"study.targets": ["latency", "top1"], "study.sampler": method})
     return load_spec(None, overrides)

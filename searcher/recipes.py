@@ -5,22 +5,30 @@ its front always contains or dominates them and the sampler starts from them. Ea
 its trial (user attribute ``seeded`` = the recipe's name):
 
 - ``int8``: the uncompressed model, every layer int8 ("just quantize it");
-- ``uniform-2/3``, ``uniform-1/3``: every searched dimension kept at that share (blocks per stage,
-  stream and inner widths, rounded to whole multiples), in float and with every layer int8.
+- ``uniform-2/3+int8``, ``uniform-1/3+int8``: every searched dimension kept at that share (blocks per
+  stage, stream and inner widths, rounded to whole multiples), every layer int8 ("prune uniformly,
+  then quantize");
+- ``uniform-2/3``, ``uniform-1/3``: the same in float, after the int8 ones: on an int8 device the
+  float 2/3 model was dominated by its int8 twin in all 7 stored studies that ran both (BENCHMARKS.md).
 
-A study gets at most a quarter of its budget in recipes, in the order above.
+A study gets at most a quarter of its budget in recipes, in the order above, or those named in
+``search.recipes`` in their order.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import optuna
+from typing import TYPE_CHECKING
 
 from edgetune.objectives.groups import OTHER, LayerGroup
 
-from .space import SearchSpace
+if TYPE_CHECKING:
+    import optuna
+
+    from .space import SearchSpace
 
 SHARES = (("2/3", 2 / 3), ("1/3", 1 / 3))
+#: Every recipe, in the order a study runs them (those the space allows: no int8 ones without int8).
+NAMES = ("int8", *(f"uniform-{label}+int8" for label, _ in SHARES), *(f"uniform-{label}" for label, _ in SHARES))
 
 
 @dataclass(frozen=True)
@@ -48,28 +56,31 @@ def recipes(space: SearchSpace, groups: list[LayerGroup], pruners: list[str]) ->
     """The recipes this space offers, in the order they are run."""
     has_int8 = "int8" in space.precisions
     pruner = {"pruner": "l1" if "l1" in pruners else pruners[0]} if len(pruners) > 1 else {}
-    found = []
+    found = {}
     if has_int8:
         full = {**{f"inner.{g}": w.most for g, w in space.inner.items() if w.searched},
                 **{f"width.{s}": w.most for s, w in space.stream.items() if w.searched},
                 **{f"depth.{s}": hi for s, (lo, hi) in space.depth.items() if hi > lo}}
-        found.append(Recipe("int8", {**full, **pruner, **_precisions(space, groups, True)}))
+        found["int8"] = {**full, **pruner, **_precisions(space, groups, True)}
     for label, share in SHARES:
         structure = _uniform(space, share)
         if not structure:
             continue
-        found.append(Recipe(f"uniform-{label}", {**structure, **pruner, **_precisions(space, groups, False)}))
+        found[f"uniform-{label}"] = {**structure, **pruner, **_precisions(space, groups, False)}
         if has_int8:
-            found.append(Recipe(f"uniform-{label}+int8", {**structure, **pruner, **_precisions(space, groups, True)}))
-    return found
+            found[f"uniform-{label}+int8"] = {**structure, **pruner, **_precisions(space, groups, True)}
+    return [Recipe(name, found[name]) for name in NAMES if name in found]
 
 
 def enqueue_recipes(study: optuna.Study, space: SearchSpace, groups: list[LayerGroup], pruners: list[str],
-                    budget: int) -> list[str]:
-    """Enqueue the recipes in a study that has no trial yet (at most a quarter of ``budget``)."""
+                    budget: int, names: list[str] | None = None) -> list[str]:
+    """Enqueue the recipes in a study that has no trial yet (at most a quarter of ``budget``): all
+    in their order, or those ``names`` lists in its order (those the space does not offer left out)."""
     if study.get_trials(deepcopy=False):
         return []
-    chosen = recipes(space, groups, pruners)[: max(1, budget // 4)]
+    offered = {r.name: r for r in recipes(space, groups, pruners)}
+    chosen = [offered[n] for n in names if n in offered] if names is not None else list(offered.values())
+    chosen = chosen[: max(1, budget // 4)]
     for recipe in chosen:
         study.enqueue_trial(recipe.params, user_attrs={"seeded": recipe.name}, skip_if_exists=True)
     return [r.name for r in chosen]

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from edgetune.objectives.choices import DATASETS, PRUNERS
 
+from .recipes import NAMES as RECIPES
 from .storage import default_storage
 
 TARGETS = {"latency": "minimize", "top1": "maximize", "size": "minimize", "params": "minimize", "flops": "minimize",
@@ -148,7 +149,9 @@ KEYS: dict[str, Key] = {
     "search.inner_width": Key(bool, "true or false (search the inner width of each layer group)"),
     "search.stream_width": Key(bool, "true or false (search the residual-stream width of each stage)"),
     "search.depth": Key(bool, "true or false (search how many blocks of each residual stage are kept)"),
-    "search.recipes": Key(bool, "true or false (a new study first runs the hand-made recipes: int8, uniform shares)"),
+    "search.recipes": Key((bool, list), "true, false or a list of recipe names to run in that order "
+                          f"({', '.join(RECIPES)}) (a new study first runs these hand-made settings)",
+                          lambda v: isinstance(v, bool) or (all(n in RECIPES for n in v) and len(set(v)) == len(v))),
     "search.pruners": Key(list, f"a non-empty list from: {', '.join(PRUNERS)}",
                           lambda v: bool(v) and all(p in PRUNERS for p in v)),
     "search.exclude": Key(list, "a list of regular expressions (layer names to keep unpruned)", _regex_list_ok),

@@ -221,7 +221,9 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
         space = build_space(spec, model, groups, stages, checked.precisions, multiple, multiple_source,
                             record.stream_error(study), quantization_route(spec, checked.device.runs_model_int8_scales))
         if spec["search.recipes"] and not joining and "recipes" not in study.user_attrs:
-            record.write_recipes(study, enqueue_recipes(study, space, groups, spec["search.pruners"], spec["study.trials"]))
+            chosen = None if spec["search.recipes"] is True else spec["search.recipes"]
+            record.write_recipes(study, enqueue_recipes(study, space, groups, spec["search.pruners"], spec["study.trials"],
+                                                        chosen))
         unpaired = TrialContext(model, checked.data, groups, checked.device, collapse_margin=spec["search.collapse_margin"],
                                calibration_size=spec["data.calibration_size"], throughput=spec["device.throughput"],
                                also=checked.also, stages=stages, block_importance=record.block_importance(study))
