@@ -181,17 +181,33 @@ def fastest_within(result: dict, points_lost: float) -> float | None:
     return min(near) if near else None
 
 
-def gain_at_sweep_front(result: dict, sweep: dict) -> list[float]:
-    """For each model on a sweep's front: the fastest of ``result``'s models with at least its Top-1,
-    as a latency ratio to it (< 1: faster at equal Top-1). None where no model is as accurate."""
+def front_of(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (latency, Top-1) points no other is at least as fast and as accurate as, by latency."""
     front, best_top1 = [], -1.0
     # By ascending latency, a point is on the front if it is more accurate than every faster one.
-    for latency, top1 in sorted(sweep["points"], key=lambda p: (p[0], -p[1])):
+    for latency, top1 in sorted(points, key=lambda p: (p[0], -p[1])):
         if top1 > best_top1:
             front.append((latency, top1))
             best_top1 = top1
+    return front
+
+
+def misses(result: dict, sweep: dict) -> list[tuple[float, float, float | None]]:
+    """Each sweep-front model ``result`` leaves undominated: (its latency, its Top-1, the Top-1 points
+    short of it of ``result``'s most accurate model at most as slow; None if none is that fast)."""
+    found = []
+    for latency, top1 in front_of(sweep["points"]):
+        near = [own_top1 for own, own_top1 in result["points"] if own <= latency]
+        if not near or max(near) < top1:
+            found.append((latency, top1, top1 - max(near) if near else None))
+    return found
+
+
+def gain_at_sweep_front(result: dict, sweep: dict) -> list[float]:
+    """For each model on a sweep's front: the fastest of ``result``'s models with at least its Top-1,
+    as a latency ratio to it (< 1: faster at equal Top-1). None where no model is as accurate."""
     ratios = []
-    for latency, top1 in front:
+    for latency, top1 in front_of(sweep["points"]):
         matching = [own for own, own_top1 in result["points"] if own_top1 >= top1]
         ratios.append(min(matching) / latency if matching else None)
     return ratios
@@ -243,8 +259,9 @@ def summarise(results: dict, trials: int, sweep: str = "uniform", drops: tuple[f
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", f"| method | latency at the Top-1 of each {sweep}-front model, x its latency: median (range; "
               f"models with no match) | seeds whose front dominates {sweep}'s (same seed) | {sweep}-front models "
-              "left undominated: by all trials / the recipe seeds alone / the sampler's trials alone |",
-              "|---|---|---|---|"]
+              "left undominated: by all trials / the recipe seeds alone / the sampler's trials alone | "
+              "those left by all trials: seed: latency @ Top-1 (points short at no higher latency) |",
+              "|---|---|---|---|---|"]
     for method, by_seed in results.items():
         per_seed = {seed: gain_at_sweep_front(result, reference[seed]) for seed, result in by_seed.items() if seed in reference}
         ratios = [r for found in per_seed.values() for r in found]
@@ -253,9 +270,12 @@ def summarise(results: dict, trials: int, sweep: str = "uniform", drops: tuple[f
         dominating = [seed for seed, seed_ratios in per_seed.items() if all(r is not None and r <= 1.0 for r in seed_ratios)]
         left = [sum(_undominated(_part(by_seed[seed], part), reference[seed]) for seed in per_seed)
                 for part in (None, True, False)]
+        missed = "; ".join(f"{seed}: {latency:.3f} @ {top1:.2f} ({'none as fast' if short is None else f'{short:.2f}'})"
+                           for seed in per_seed for latency, top1, short in misses(by_seed[seed], reference[seed]))
         lines.append(f"| {method} | " + (f"{np.median(found):.2f}x ({min(found):.2f}-{max(found):.2f}; "
                                           f"{len(ratios) - len(found)} of {len(ratios)} unmatched)" if found else "none")
-                     + f" | {len(dominating)} of {len(per_seed)} | {' / '.join(map(str, left))} of {len(ratios)} |")
+                     + f" | {len(dominating)} of {len(per_seed)} | {' / '.join(map(str, left))} of {len(ratios)} | "
+                     + (missed or "-") + " |")
     return lines
 
 

@@ -58,6 +58,11 @@ def test_gain_at_sweep_front_compares_at_equal_top1(bench):
     # Sweep front (0.6, 80), (1.0, 90): fastest at >= 80 is 0.3 (0.5x); at >= 90 it is 0.9 (0.9x).
     assert bench.gain_at_sweep_front(result, sweep) == pytest.approx([0.5, 0.9])
     assert bench.gain_at_sweep_front({"points": [(0.1, 60.0)]}, sweep) == [None, None]
+    # what is left undominated, and by how far: (0.6, 80) is matched; at (1.0, 90) the best model
+    # at most as slow has 85, 5 points short; a model faster than every sweep model is no match
+    assert bench.misses({"points": [(0.3, 85.0)]}, sweep) == [(1.0, 90.0, 5.0)]
+    assert bench.misses(result, sweep) == []
+    assert bench.misses({"points": [(0.9, 95.0)]}, sweep) == [(0.6, 80.0, None)]
 
 
 def test_resume_and_snapshot_keep_only_finished_studies(bench, tmp_path):
@@ -91,10 +96,11 @@ def test_the_summary_says_whose_front_dominates_the_sweeps(bench):
     worse = {0: {"curve": [0.5], "points": [(0.5, 80.0)], "baseline_top1": 90.0}}
     lines = bench.summarise({"uniform": sweep, "tpe": better, "random": worse}, trials=1)
     rows = {line.split(" | ")[0].strip("| "): line for line in lines[-3:]}
-    # seeds whose front dominates; sweep-front models left undominated by all / the seeds / the sampler's trials
-    assert rows["tpe"].endswith("| 1 of 1 | 0 / 1 / 1 of 2 |")
-    assert rows["random"].endswith("| 0 of 1 | 1 / 2 / 1 of 2 |")
-    assert rows["uniform"].endswith("| 1 of 1 | 0 / 2 / 0 of 2 |")  # a front dominates itself
+    # seeds whose front dominates; sweep-front models left undominated by all / the seeds / the sampler's
+    # trials; those left by all, with the Top-1 its best model at no higher latency lacks
+    assert rows["tpe"].endswith("| 1 of 1 | 0 / 1 / 1 of 2 | - |")
+    assert rows["random"].endswith("| 0 of 1 | 1 / 2 / 1 of 2 | 0: 1.000 @ 90.00 (10.00) |")
+    assert rows["uniform"].endswith("| 1 of 1 | 0 / 2 / 0 of 2 | - |")  # a front dominates itself
 
 
 def test_a_longer_budget_shows_hypervolume_every_ten_trials(bench):
