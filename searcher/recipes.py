@@ -17,18 +17,15 @@ A study gets at most a quarter of its budget in recipes, in the order above, or 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+
+import optuna
 
 from edgetune.objectives.groups import OTHER, LayerGroup
 
-if TYPE_CHECKING:
-    import optuna
-
-    from .space import SearchSpace
+from .space import SearchSpace
+from .spec import RECIPES
 
 SHARES = (("2/3", 2 / 3), ("1/3", 1 / 3))
-#: Every recipe, in the order a study runs them (those the space allows: no int8 ones without int8).
-NAMES = ("int8", *(f"uniform-{label}+int8" for label, _ in SHARES), *(f"uniform-{label}" for label, _ in SHARES))
 
 
 @dataclass(frozen=True)
@@ -69,7 +66,7 @@ def recipes(space: SearchSpace, groups: list[LayerGroup], pruners: list[str]) ->
         found[f"uniform-{label}"] = {**structure, **pruner, **_precisions(space, groups, False)}
         if has_int8:
             found[f"uniform-{label}+int8"] = {**structure, **pruner, **_precisions(space, groups, True)}
-    return [Recipe(name, found[name]) for name in NAMES if name in found]
+    return [Recipe(name, found[name]) for name in RECIPES if name in found]
 
 
 def enqueue_recipes(study: optuna.Study, space: SearchSpace, groups: list[LayerGroup], pruners: list[str],

@@ -16,9 +16,11 @@ from typing import Any, Callable
 
 from edgetune.objectives.choices import DATASETS, PRUNERS
 
-from .recipes import NAMES as RECIPES
 from .storage import default_storage
 
+#: The hand-made recipes ``search.recipes`` may name, in the order a study runs them (searcher/recipes.py
+#: builds them; the int8 ones only where the device runs int8).
+RECIPES = ("int8", "uniform-2/3+int8", "uniform-1/3+int8", "uniform-2/3", "uniform-1/3")
 TARGETS = {"latency": "minimize", "top1": "maximize", "size": "minimize", "params": "minimize", "flops": "minimize",
            "memory": "minimize"}
 #: ``memory``: the deployed model's inference memory as its device measures it (devices.base.Deployment.memory_bytes)
