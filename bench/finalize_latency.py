@@ -14,20 +14,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
 from benchmark_app_agreement import adapter_deployment, deployed_ir
 
 from edgetune.devices import create_device
-from edgetune.devices.protocol import LatencyProtocol, measure_paired
-
-
-def warm(run, seconds: float = 1.0) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        run()
+from edgetune.devices.protocol import LatencyProtocol, measure_paired, warm_up
 
 
 def main() -> None:
@@ -69,7 +62,8 @@ def main() -> None:
             try:
                 for threads in counts:
                     run_before, run_after = before.runner(threads), after.runner(threads)
-                    warm(run_before)
+                    # measure_paired takes its reference as warm (in a study it is); this one is fresh.
+                    warm_up(run_before, replace(protocol, warmup_seconds=1.0))
                     _, _, ratio, ci = measure_paired(run_before, run_after, protocol)
                     held.append(abs(ratio - 1.0) <= ci)
                     print(f"| {original.number} → {final.number} | {threads} | {recorded[0]:.3f} | {recorded[1]:.3f} | "

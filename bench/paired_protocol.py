@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from edgetune.devices.base import PrecisionPlan
-from edgetune.devices.protocol import LatencyProtocol, _sample_until_tight, _timed, _warm_up, exclusive, measure_paired
+from edgetune.devices.protocol import LatencyProtocol, _sample_until_tight, _timed, exclusive, measure_paired, warm_up
 from edgetune.devices.registry import create_device
 from edgetune.objectives.models import create_model
 
@@ -37,8 +37,8 @@ PROTOCOL = LatencyProtocol(target_ci_rel=0.02, max_seconds=5.0)
 def single_runs(run_reference, run_candidate, protocol: LatencyProtocol) -> tuple[float, float]:
     """edgetune's paired protocol before segments: the median of per-pair ratios of single runs."""
     start = time.perf_counter()
-    _warm_up(run_reference, replace(protocol, warmup_seconds=0.0))  # as measure_paired warms them
-    _warm_up(run_candidate, protocol)
+    warm_up(run_reference, replace(protocol, warmup_seconds=0.0))  # as measure_paired warms them
+    warm_up(run_candidate, protocol)
     pairs = [0]
 
     def pair() -> float:
@@ -57,7 +57,7 @@ def on_its_own(run_reference, run_candidate, seconds: float = 1.0, blocks: int =
     medians = {"reference": [], "candidate": []}
     for block in range(blocks):
         for name, run in (("reference", run_reference), ("candidate", run_candidate))[:: 1 if block % 2 == 0 else -1]:
-            _warm_up(run, LatencyProtocol(warmup_runs=10, warmup_seconds=0.2))
+            warm_up(run, LatencyProtocol(warmup_runs=10, warmup_seconds=0.2))
             samples, start = [], time.perf_counter()
             while time.perf_counter() - start < seconds:
                 samples.append(_timed(run))

@@ -446,7 +446,9 @@ def main() -> None:
     if args.snapshot:
         kept = snapshot(db, args.snapshot, args.trials)
         print(f"snapshot: {args.snapshot} ({len(kept)} finished studies)")
-    Path(db.split("///")[-1]).with_suffix(".json").write_text(json.dumps({"trials": args.trials, "results": results}, indent=1))
+    # The JSON goes beside the file that is kept: the snapshot when there is one, else the database.
+    kept_file = args.snapshot or Path(db.split("///")[-1])
+    kept_file.with_suffix(".json").write_text(json.dumps({"trials": args.trials, "results": results}, indent=1))
     for sweep in SWEEPS:
         if sweep in results:
             print(f"\n### against {sweep}\n\n" + "\n".join(summarise(results, args.trials, sweep)))

@@ -116,7 +116,8 @@ def median_ci95(samples: np.ndarray) -> tuple[float, float, float]:
     return float(np.median(ordered)), float(ordered[low]), float(ordered[high])
 
 
-def _warm_up(run_once: Callable[[], None], protocol: LatencyProtocol) -> None:
+def warm_up(run_once: Callable[[], None], protocol: LatencyProtocol) -> None:
+    """Run until warm: at least ``protocol.warmup_runs`` runs and ``protocol.warmup_seconds``."""
     clock = time.perf_counter
     start, runs = clock(), 0
     while runs < protocol.warmup_runs or clock() - start < protocol.warmup_seconds:
@@ -204,8 +205,8 @@ def measure_paired(run_reference: Callable[[], None], run_candidate: Callable[[]
     """
     # The reference runs in every trial and is warm already: a few runs refill its caches; only the
     # new candidate needs the full warm-up.
-    _warm_up(run_reference, replace(protocol, warmup_seconds=0.0))
-    _warm_up(run_candidate, protocol)
+    warm_up(run_reference, replace(protocol, warmup_seconds=0.0))
+    warm_up(run_candidate, protocol)
     reference: list[float] = []
     candidate: list[float] = []
     pairs = 0
@@ -229,7 +230,7 @@ def measure_paired(run_reference: Callable[[], None], run_candidate: Callable[[]
 
 def measure(run_once: Callable[[], None], protocol: LatencyProtocol = LatencyProtocol(), batch: int = 1) -> LatencyStats:
     """Time ``run_once`` (one synchronous inference) by ``protocol``."""
-    _warm_up(run_once, protocol)
+    warm_up(run_once, protocol)
     samples, seconds, converged = _sample_until_tight(lambda: _timed(run_once), protocol)
     return _stats(samples, seconds, converged, batch)
 
