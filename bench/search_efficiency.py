@@ -85,6 +85,11 @@ TASKS = {
 
 
 def method_spec(task: str, method: str, seed: int, trials: int, db: str, extra: dict):
+    return load_spec(None, method_overrides(task, method, seed, trials, db, extra))
+
+
+def method_overrides(task: str, method: str, seed: int, trials: int, db: str, extra: dict) -> dict:
+    """The spec overrides of one (task, method, seed) study: how its stored study ran."""
     overrides = {**TASKS[task], "finetune.distill": 0.0, "search.quantization": "qat", "search.recipes": FLOAT_FIRST,
                  **extra, "study.storage": db, "study.name": f"{task}-{method}-{seed}",
                  "study.trials": trials, "study.seed": seed, "study.artifacts": str(Path(db.split("///")[-1]).parent / "artifacts")}
@@ -101,7 +106,7 @@ def method_spec(task: str, method: str, seed: int, trials: int, db: str, extra: 
         overrides.update({"study.targets": ["latency", "top1"], "study.sampler": "tpe", **DISTILL, "search.recipes": True})
     else:
         overrides.update({"study.targets": ["latency", "top1"], "study.sampler": method})
-    return load_spec(None, overrides)
+    return overrides
 
 
 def enqueue_uniform(study: optuna.Study, space, groups: list[str], trials: int, sparsity_max: float, seed: int,
@@ -169,7 +174,8 @@ def score(study: optuna.Study, trials: int) -> dict:
     points = [(t.user_attrs["latency_ms"], t.user_attrs["top1"]) for t in complete]
     seeded = {t.number for t in ordered if t.user_attrs.get("seeded")}
     device = baseline.get("device") or {}
-    return {"curve": curve, "points": points, "seeded": [t.number in seeded for t in complete],
+    return {"curve": curve, "points": points, "numbers": [t.number for t in complete],
+            "seeded": [t.number in seeded for t in complete],
             "baseline_latency_ms": baseline["latency_ms"], "baseline_top1": baseline["top1"],
             "device": f"{device.get('name')} on {device.get('full_name')} "
                       f"({device.get('extra', {}).get('capabilities', '?')}; {device.get('threads_used')} thread(s))"}
@@ -380,7 +386,8 @@ def plot(results: dict, path: Path, title: str) -> None:
     figure.savefig(path, dpi=120)
 
 
-def _interrupt(signum, frame):
+def stop_on_sigterm(signum, frame):
+    """A SIGTERM handler: stop as Ctrl-C does (the running trial fails cleanly, a rerun resumes)."""
     raise KeyboardInterrupt
 
 
@@ -417,7 +424,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     # As ``tune start``: SIGTERM stops the bench like Ctrl-C, failing the running trial cleanly for a resume.
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     extra = dict(parse_override(item) for item in args.set)
     db = args.db or f"sqlite:///{ROOT / 'bench-results' / (args.task + '.db')}"
     if not args.summary:

@@ -2,6 +2,7 @@
 come from these functions)."""
 import importlib.util
 import sqlite3
+import sys
 from pathlib import Path
 
 import optuna
@@ -9,6 +10,15 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def reruns(bench):
+    sys.modules.setdefault("search_efficiency", bench)  # as the bench imports it, run from bench/
+    spec = importlib.util.spec_from_file_location("miss_reruns", ROOT / "bench" / "miss_reruns.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +56,7 @@ def test_score_is_relative_to_the_study_baseline_and_skips_re_run_trials(bench):
     # Reference: latency 1.1 (relative), Top-1 90 - 9 - 1 = 80; (0.5, 90) covers 0.6 x 10.
     assert result["curve"] == pytest.approx([6.0, 6.0, 6.0 + 0.3 * 5])
     assert result["points"] == [(0.5, 90.0), (0.2, 85.0)]
+    assert result["numbers"] == [0, 3]  # the trials behind the points, for bench/miss_reruns.py
     assert bench.fastest_within(result, 1.0) == 0.5
     assert bench.fastest_within(result, 5.0) == 0.2
     assert bench.trials_to_reach(result["curve"], 7.0) == 3
@@ -112,3 +123,31 @@ def test_a_longer_budget_shows_hypervolume_every_ten_trials(bench):
     row = lines[lines.index(header) + 2]
     assert row == "| uniform | 10.000 (10.000-10.000) | 20.000 (20.000-20.000) |"
     assert not any("hypervolume after" in line for line in bench.summarise({"uniform": sweep}, trials=10))
+
+
+def test_reruns_pair_each_miss_with_the_most_accurate_model_no_slower(reruns):
+    sweep = {"points": [(1.0, 92.0), (0.6, 80.0)], "numbers": [4, 7]}
+    own = {"points": [(0.3, 85.0), (0.5, 85.0), (0.2, 70.0)], "numbers": [1, 2, 5]}
+    results = {"tpe": {0: own}, "uniform": {0: sweep}, "uniform-int8": {0: {"points": [(0.1, 75.0)], "numbers": [3]}}}
+    pairs = reruns.miss_pairs(results, "tpe", 0)
+    # (1.0, 92) is missed: of the two at 85 the faster (trial 1); (0.1, 75) has nothing as fast
+    assert pairs == [{"sweep": "uniform", "number": 4, "point": (1.0, 92.0), "match": {"number": 1, "point": (0.3, 85.0)}},
+                     {"sweep": "uniform-int8", "number": 3, "point": (0.1, 75.0), "match": None}]
+
+
+def test_reruns_avoid_the_original_fine_tune_seed(reruns):
+    order = reruns.rerun_order([0, 2, 5], 3)
+    assert sorted(order) == [0, 0, 0, 2, 2, 2, 5, 5, 5]
+    # the seed is the study's plus the trial number: no rerun sits at its original's number
+    assert all(original != position for position, original in enumerate(order))
+    # one model whose own number comes up: that trial repeats the recorded draw, and one more runs
+    assert reruns.rerun_order([1], 2) == [1, 1, 1]
+
+
+def test_rerun_points_leave_out_a_repeat_of_the_recorded_draw(reruns):
+    study = two_objective()  # baseline 2.0 ms
+    add(study, TrialState.COMPLETE, 1.0, 91.0, rerun_of=1)
+    add(study, TrialState.COMPLETE, 1.0, 99.0, rerun_of=1)  # trial 1 repeats trial 1's seed: left out
+    add(study, TrialState.COMPLETE, 0.5, 80.0, rerun_of=4)
+    add(study, TrialState.FAIL, rerun_of=4)
+    assert reruns.rerun_points(study) == {1: [(0.5, 91.0)], 4: [(0.25, 80.0)]}
