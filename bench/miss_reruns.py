@@ -164,12 +164,12 @@ def main() -> None:
             if not pairs:
                 print(f"seed {seed}: {args.method}'s front dominates both sweeps'; nothing to re-run")
                 continue
-            # The originals' params, by the stored study they come from.
-            wanted: dict[str, dict[int, dict]] = {}
-            for pair in pairs:
-                wanted.setdefault(pair["sweep"], {})[pair["number"]] = None
-                if pair["match"]:
-                    wanted.setdefault(args.method, {})[pair["match"]["number"]] = None
+            # The trials to re-run, by the stored study they come from (each once, in order).
+            wanted: dict[str, list[int]] = {}
+            for name, number in [(p["sweep"], p["number"]) for p in pairs] + [
+                    (args.method, p["match"]["number"]) for p in pairs if p["match"]]:
+                if number not in wanted.setdefault(name, []):
+                    wanted[name].append(number)
             reran: dict[str, dict] = {}
             for name, numbers in wanted.items():
                 stored = optuna.load_study(study_name=f"{args.task}-{name}-{seed}", storage=source)
