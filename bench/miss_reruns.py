@@ -100,6 +100,8 @@ def run_reruns(task: str, method: str, seed: int, originals: dict[int, dict], re
 
 def rerun_points(study: optuna.Study) -> dict[int, list[tuple[float, float]]]:
     """(latency × the rerun study's baseline, Top-1) of each complete rerun, by the trial it repeats."""
+    if not record.has_baseline(study):  # still bootstrapping: no rerun yet
+        return {}
     baseline = record.baseline(study)["latency_ms"]
     found: dict[int, list] = {}
     for t in study.get_trials(deepcopy=False):
