@@ -55,7 +55,8 @@ def counts_toward_budget(trial: FrozenTrial) -> bool:
     """A trial uses up budget unless it failed for no reason of its own: its worker died or was stopped.
 
     Those (no ``failure`` attribute, or an interrupted one) are re-run: a stale trial's parameters are
-    re-queued by the heartbeat callback, an interrupted trial's slot goes back to the sampler. A trial
+    re-queued by the heartbeat callback, an interrupted trial's slot goes back to the sampler (an
+    enqueued one's parameters are queued again). A trial
     made by ``tune finalize`` (``finalized_from``) is a longer fine-tune of one already counted.
     """
     if "finalized_from" in trial.user_attrs:
@@ -326,9 +327,11 @@ def _fail_interrupted(study: optuna.Study, trial_id: int, number: int, retry: Re
     storage = study._storage
 
     def fail():
+        before = storage.get_trial(trial_id)
         storage.set_trial_user_attr(trial_id, "interrupted", True)  # first: alone, it keeps the trial off the budget
         storage.set_trial_user_attr(trial_id, "failure", INTERRUPTED)
         study.tell(number, state=TrialState.FAIL)
+        _requeue_if_enqueued(study, before)
 
     for attempt in (retry.within(INTERRUPT_PATIENCE_S), retry.within(0)):
         try:
@@ -339,6 +342,15 @@ def _fail_interrupted(study: optuna.Study, trial_id: int, number: int, retry: Re
         except KeyboardInterrupt:
             pass
         recover()
+
+
+def _requeue_if_enqueued(study: optuna.Study, trial: FrozenTrial) -> None:
+    """An interrupted trial that was enqueued (a recipe seed, a benchmark's sweep point) is queued again with
+    its parameters and attributes: the sampler, which gets a sampled trial's slot back, would not run it."""
+    fixed = trial.system_attrs.get("fixed_params")  # where Optuna's enqueue_trial keeps them
+    if fixed:
+        attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("interrupted", "failure")}
+        study.enqueue_trial(fixed, user_attrs=attrs)
 
 
 def _fail_and_requeue(study: optuna.Study, trials: list[FrozenTrial]) -> list[int]:

@@ -334,3 +334,38 @@ def test_the_sqlite_worker_lock_creates_a_new_folder_as_the_storage_does(tmp_pat
         assert (tmp_path / "new" / "folder" / "x.db.lock").exists()
         with pytest.raises(StorageError, match="is in use by another worker"), StudyLocks(url, "s").exclusive_worker():
             pass
+
+
+def test_an_interrupted_enqueued_trial_is_queued_again_with_its_attributes(study):
+    """Ctrl-C in a recipe seed (any enqueued trial): on resume it runs with its own parameters and its
+    ``seeded`` mark; the slot of a sampled trial goes back to the sampler, which would not run it."""
+    study.enqueue_trial({"x": 0.25, "pruner": "fpgm"}, user_attrs={"seeded": "int8"})
+
+    def stop(trial):
+        if trial.number == 0:
+            worker.stop_requested.set()  # as the command line's signal handler does
+            raise KeyboardInterrupt
+
+    messages, sleeps = [], []
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(study, InstantObjective({"evaluate": stop}), BUDGET, StudyLocks(study.url, study.study_name),
+                   _retry(study, messages, sleeps))
+    worker.stop_requested.clear()
+    stopped = study.get_trials()
+    assert [(t.state, t.user_attrs.get("interrupted")) for t in stopped] == [(TrialState.FAIL, True), (TrialState.WAITING, None)]
+    assert stopped[1].user_attrs == {"seeded": "int8"}
+    _assert_resumes_to_the_budget(study)
+    seeded = [t for t in study.get_trials() if t.state == TrialState.COMPLETE and t.user_attrs.get("seeded") == "int8"]
+    assert len(seeded) == 1 and seeded[0].params == {"x": 0.25, "pruner": "fpgm"}
+
+
+def test_an_interrupted_sampled_trial_is_not_queued_again(study):
+    def stop(trial):
+        worker.stop_requested.set()
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(study, InstantObjective({"evaluate": stop}), BUDGET, StudyLocks(study.url, study.study_name),
+                   _retry(study, [], []))
+    worker.stop_requested.clear()
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL]
