@@ -55,9 +55,9 @@ def counts_toward_budget(trial: FrozenTrial) -> bool:
     """A trial uses up budget unless it failed for no reason of its own: its worker died or was stopped.
 
     Those (no ``failure`` attribute, or an interrupted one) are re-run: a stale trial's parameters are
-    re-queued by the heartbeat callback, an interrupted trial's slot goes back to the sampler (an
-    enqueued one's parameters are queued again). A trial
-    made by ``tune finalize`` (``finalized_from``) is a longer fine-tune of one already counted.
+    re-queued by the heartbeat callback; an interrupted trial's slot goes back to the sampler, or, if it
+    was enqueued, its parameters are queued again. A trial made by ``tune finalize``
+    (``finalized_from``) is a longer fine-tune of one already counted.
     """
     if "finalized_from" in trial.user_attrs:
         return False
