@@ -39,6 +39,10 @@ from edgetune.searcher.spec import load_spec, parse_override
 RERUN_OF = "rerun_of"  # user attribute: the stored trial a rerun repeats
 
 
+def rerun_study_name(task: str, method: str, seed: int) -> str:
+    return f"{task}-reruns-{method}-{seed}"
+
+
 def miss_pairs(results: dict, method: str, seed: int) -> list[dict]:
     """Each sweep-front model ``method`` leaves undominated in ``seed``, with the method's most accurate
     model at no higher latency (None if it has none that fast): trial numbers and recorded points."""
@@ -84,7 +88,7 @@ def run_reruns(task: str, method: str, seed: int, originals: dict[int, dict], re
     """One study per (stored study): its originals' params enqueued ``reruns`` times each, then run."""
     order = rerun_order(list(originals), reruns)
     overrides = {**method_overrides(task, method, seed, len(order), db, extra), "search.recipes": False,
-                 "study.sampler": "random", "study.name": f"{task}-reruns-{method}-{seed}"}
+                 "study.sampler": "random", "study.name": rerun_study_name(task, method, seed)}
     spec = load_spec(None, overrides)
 
     def enqueue(prepared) -> None:
@@ -174,14 +178,14 @@ def main() -> None:
                     wanted[name].append(number)
             reran: dict[str, dict] = {}
             for name, numbers in wanted.items():
-                stored = optuna.load_study(study_name=f"{args.task}-{name}-{seed}", storage=source)
-                params = {n: stored.trials[n].params for n in numbers}
                 if args.summary:
-                    study_name = f"{args.task}-reruns-{name}-{seed}"
+                    study_name = rerun_study_name(args.task, name, seed)
                     if study_name not in names:
                         continue
                     study = optuna.load_study(study_name=study_name, storage=args.db)
-                else:
+                else:  # the stored trials' parameters, run again
+                    stored = optuna.load_study(study_name=f"{args.task}-{name}-{seed}", storage=source)
+                    params = {n: stored.trials[n].params for n in numbers}
                     study = run_reruns(args.task, name, seed, params, args.reruns, args.db, extra)
                 reran[name] = rerun_points(study)
             for pair in pairs:
