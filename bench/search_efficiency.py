@@ -28,7 +28,10 @@ database (``--db``; a rerun resumes the studies it finds there):
 - ``tpe-distill``: ``tpe`` with every fine-tune distilled from the baseline's logits (weight 0.9,
   T = 4): the default since it won on both tasks (BENCHMARKS.md);
 - ``tpe-int8-seeds``: ``tpe-distill`` with today's recipe order, the int8 recipes first (a 10-trial
-  study runs ``int8`` and ``uniform-2/3+int8``).
+  study runs ``int8`` and ``uniform-2/3+int8``);
+- ``uniform-twin``, ``uniform-int8-twin``: the sweep again, same points and baseline, in another
+  order, so every point is fine-tuned with another seed (a trial's seed is the study's + its number):
+  how often a sweep's front dominates its own twin's measures what the fine-tune's noise alone does.
 
 As the stored studies ran: every other method runs each float recipe before its int8 twin (``int8``
 and ``uniform-2/3`` at 10 trials) and fine-tunes on the labels alone (``finetune.distill = 0``)
@@ -67,9 +70,10 @@ from edgetune.searcher.spec import load_spec
 from edgetune.searcher.worker import budget_used, counts_toward_budget
 
 METHODS = ("nsga2", "tpe", "random", "inner-only", "uniform", "uniform-int8", "latency-only", "tpe-distill",
-           "tpe-int8-seeds")
+           "tpe-int8-seeds", "uniform-twin", "uniform-int8-twin")
 INNER_ONLY = {"search.depth": False, "search.stream_width": False}  # the space before depth and stream widths
 SWEEPS = {"uniform": "float", "uniform-int8": "int8"}  # the off-the-shelf recipes: group precision of each
+TWINS = {"uniform-twin": "uniform", "uniform-int8-twin": "uniform-int8"}  # each a sweep run again with other seeds
 DISTILL = {"finetune.distill": 0.9, "finetune.temperature": 4.0}  # bench/distillation.py's setting
 # The recipe seeds in the order the stored studies ran them (each float share before its int8 twin)
 FLOAT_FIRST = ["int8", "uniform-2/3", "uniform-2/3+int8", "uniform-1/3", "uniform-1/3+int8"]
@@ -95,7 +99,7 @@ def method_overrides(task: str, method: str, seed: int, trials: int, db: str, ex
                  "study.trials": trials, "study.seed": seed, "study.artifacts": str(Path(db.split("///")[-1]).parent / "artifacts")}
     if method == "latency-only":
         overrides.update({"study.targets": ["latency"], "study.sampler": "tpe", "search.recipes": False})
-    elif method in SWEEPS:  # its own points only: no recipe seeds
+    elif method in SWEEPS or method in TWINS:  # its own points only: no recipe seeds
         overrides.update({"study.targets": ["latency", "top1"], "study.sampler": "random", "search.recipes": False,
                           **INNER_ONLY})
     elif method == "inner-only":
@@ -109,15 +113,36 @@ def method_overrides(task: str, method: str, seed: int, trials: int, db: str, ex
     return overrides
 
 
-def enqueue_uniform(study: optuna.Study, space, groups: list[str], trials: int, sparsity_max: float, seed: int,
-                    precision: str = "float"):
+def uniform_points(space, groups: list[str], trials: int, sparsity_max: float, seed: int, precision: str) -> list[dict]:
     """One share removed from every group's inner width, evenly spaced over [0, sparsity_max] and
     rounded to the search's multiples, in a seeded order; one precision for every layer."""
-    if study.trials:
-        return
+    points = []
     for ratio in np.random.default_rng(seed).permutation(np.linspace(0.0, sparsity_max, trials)):
         params = {f"inner.{g}": w.kept_at(1 - ratio) for g, w in space.inner.items() if w.searched}
         params.update({"pruner": "l1", "precision.float": "f32", **{f"precision.{g}": precision for g in [*groups, "other"]}})
+        points.append(params)
+    return points
+
+
+def twin_order(points: list[dict]) -> list[dict]:
+    """The same points in an order where none keeps its trial number (rounding makes some points
+    equal): each is then fine-tuned with another seed than in the original sweep. Sorted by point,
+    each position takes the point as many places on as the most repeated one occurs."""
+    keys = [json.dumps(p, sort_keys=True) for p in points]
+    most = max(keys.count(k) for k in keys)
+    if 2 * most > len(points):
+        raise ValueError("one point fills more than half the sweep: some would keep their trial numbers")
+    order = sorted(range(len(points)), key=lambda i: keys[i])
+    twin = [None] * len(points)
+    for rank, index in enumerate(order):
+        twin[index] = points[order[(rank + most) % len(points)]]
+    return twin
+
+
+def enqueue_uniform(study: optuna.Study, points: list[dict]) -> None:
+    if study.trials:
+        return
+    for params in points:
         study.enqueue_trial(params, skip_if_exists=False)
 
 
@@ -143,9 +168,11 @@ def run_method(task: str, method: str, seed: int, trials: int, db: str, extra: d
         return
 
     def enqueue_sweep(prepared) -> None:
-        if method in SWEEPS:
-            enqueue_uniform(prepared.study, prepared.space, [g.name for g in prepared.context.groups], trials,
-                            spec["search.sparsity_max"], seed, SWEEPS[method])
+        sweep = TWINS.get(method, method)
+        if sweep in SWEEPS:
+            points = uniform_points(prepared.space, [g.name for g in prepared.context.groups], trials,
+                                    spec["search.sparsity_max"], seed, SWEEPS[sweep])
+            enqueue_uniform(prepared.study, twin_order(points) if method in TWINS else points)
 
     study = run_study(spec, Notices(), before_trials=enqueue_sweep).study
     print(f"  {study.study_name}: {len(study.trials)} trials in all", flush=True)

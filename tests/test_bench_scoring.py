@@ -151,3 +151,13 @@ def test_rerun_points_leave_out_a_repeat_of_the_recorded_draw(reruns):
     add(study, TrialState.COMPLETE, 0.5, 80.0, rerun_of=4)
     add(study, TrialState.FAIL, rerun_of=4)
     assert reruns.rerun_points(study) == {1: [(0.5, 91.0)], 4: [(0.25, 80.0)]}
+
+
+def test_a_twin_sweep_fine_tunes_every_point_with_another_seed(bench):
+    a, b, c = {"inner.x": 8}, {"inner.x": 6}, {"inner.x": 4}
+    points = [a, a, b, c, b]  # rounding makes sweep points equal; none may keep its trial number
+    twin = bench.twin_order(points)
+    assert sorted(map(str, twin)) == sorted(map(str, points))  # the same points
+    assert all(t != p for t, p in zip(twin, points))
+    with pytest.raises(ValueError):
+        bench.twin_order([a, a])
