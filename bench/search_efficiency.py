@@ -483,7 +483,7 @@ def main() -> None:
     # The JSON goes beside the file that is kept: the snapshot when there is one, else the database.
     kept_file = args.snapshot or Path(db.split("///")[-1])
     kept_file.with_suffix(".json").write_text(json.dumps({"trials": args.trials, "results": results}, indent=1))
-    for sweep in SWEEPS:
+    for sweep in (*SWEEPS, *TWINS):  # against a twin too: both directions of a sweep against its twin
         if sweep in results:
             print(f"\n### against {sweep}\n\n" + "\n".join(summarise(results, args.trials, sweep)))
     if args.plot:
