@@ -379,6 +379,19 @@ def snapshot(db: str, destination: Path, trials: int) -> list[str]:
     return kept
 
 
+def write_json(path: Path, trials: int, results: dict) -> None:
+    """Write the scores beside the database, keeping those of methods and seeds this run did not score
+    (a summary of a few methods must not drop the others' from the record)."""
+    kept = {}
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("trials") == trials:
+            kept = stored["results"]
+    for method, by_seed in results.items():
+        kept.setdefault(method, {}).update({str(seed): result for seed, result in by_seed.items()})
+    path.write_text(json.dumps({"trials": trials, "results": kept}, indent=1))
+
+
 def plot(results: dict, path: Path, title: str) -> None:
     import matplotlib
 
@@ -482,7 +495,7 @@ def main() -> None:
         print(f"snapshot: {args.snapshot} ({len(kept)} finished studies)")
     # The JSON goes beside the file that is kept: the snapshot when there is one, else the database.
     kept_file = args.snapshot or Path(db.split("///")[-1])
-    kept_file.with_suffix(".json").write_text(json.dumps({"trials": args.trials, "results": results}, indent=1))
+    write_json(kept_file.with_suffix(".json"), args.trials, results)
     for sweep in (*SWEEPS, *TWINS):  # against a twin too: both directions of a sweep against its twin
         if sweep in results:
             print(f"\n### against {sweep}\n\n" + "\n".join(summarise(results, args.trials, sweep)))

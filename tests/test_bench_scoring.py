@@ -1,6 +1,7 @@
 """The search benchmark's scoring and resume logic, on hand-made studies (the figures in BENCHMARKS.md
 come from these functions)."""
 import importlib.util
+import json
 import sqlite3
 import sys
 from pathlib import Path
@@ -161,3 +162,13 @@ def test_a_twin_sweep_fine_tunes_every_point_with_another_seed(bench):
     assert all(t != p for t, p in zip(twin, points))
     with pytest.raises(ValueError):
         bench.twin_order([a, a])
+
+
+def test_a_summary_of_some_methods_keeps_the_others_scores(bench, tmp_path):
+    path = tmp_path / "search.json"
+    bench.write_json(path, 10, {"tpe": {0: {"curve": [1.0]}}, "uniform": {0: {"curve": [0.5]}}})
+    bench.write_json(path, 10, {"uniform": {0: {"curve": [0.7]}, 1: {"curve": [0.6]}}})
+    stored = json.loads(path.read_text())["results"]
+    assert stored == {"tpe": {"0": {"curve": [1.0]}}, "uniform": {"0": {"curve": [0.7]}, "1": {"curve": [0.6]}}}
+    bench.write_json(path, 40, {"uniform": {0: {"curve": [0.1]}}})  # another budget: a record of its own
+    assert json.loads(path.read_text())["results"] == {"uniform": {"0": {"curve": [0.1]}}}
