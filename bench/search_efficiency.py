@@ -437,7 +437,8 @@ def main() -> None:
     parser.add_argument("--task", choices=list(TASKS), default="default")
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=[m for m in METHODS if m not in TWINS],
+                        help="default: all but the twins (a calibration of the noise, run when asked)")
     parser.add_argument("--db", default=None, help="SQLAlchemy URL (default: sqlite:///bench-results/<task>.db)")
     parser.add_argument("--set", action="append", default=[], help="spec override, e.g. finetune.epochs=1")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of the hypervolume curves")
