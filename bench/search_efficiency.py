@@ -56,6 +56,7 @@ import signal
 import sys
 import types
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +130,7 @@ def twin_order(points: list[dict]) -> list[dict]:
     equal): each is then fine-tuned with another seed than in the original sweep. Sorted by point,
     each position takes the point as many places on as the most repeated one occurs."""
     keys = [json.dumps(p, sort_keys=True) for p in points]
-    most = max(keys.count(k) for k in keys)
+    most = max(Counter(keys).values())
     if 2 * most > len(points):
         raise ValueError("one point fills more than half the sweep: some would keep their trial numbers")
     order = sorted(range(len(points)), key=lambda i: keys[i])
