@@ -1,8 +1,8 @@
 """edgetune's latency against OpenVINO's own benchmark_app, on the same IR and device.
 
-    python bench/benchmark_app_agreement.py --study NAME [--storage URL] [--artifacts DIR] [--remeasure]
+    python -m bench.benchmark_app_agreement --study NAME [--storage URL] [--artifacts DIR] [--remeasure]
         [--seconds 2] [--min-pairs 8] [--max-pairs 60] [--target-ci 0.025]
-    python bench/benchmark_app_agreement.py [--model resnet56] [--rounds 5] [--seconds 10]
+    python -m bench.benchmark_app_agreement [--model resnet56] [--rounds 5] [--seconds 10]
 
 With ``--study``: each model of the study's Pareto front (the one ``tune pareto`` prints), as stored
 in its artifact, against the baseline's IR from the same store, both timed by benchmark_app as a user

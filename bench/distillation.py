@@ -1,8 +1,8 @@
 """Does distillation from the baseline lift a shrunk model's Top-1 at equal fine-tune length?
 
-    python bench/distillation.py --task default --epochs 1 2 4 --seeds 0 1
-    python bench/distillation.py --task cifar --epochs 1 2 --seeds 0
-    python bench/distillation.py --task default --epochs 1 --inner-shares 1 0.8 --no-recipes   # light structures
+    python -m bench.distillation --task default --epochs 1 2 4 --seeds 0 1
+    python -m bench.distillation --task cifar --epochs 1 2 --seeds 0
+    python -m bench.distillation --task default --epochs 1 --inner-shares 1 0.8 --no-recipes   # light structures
 
 For one task (the search benchmark's: ResNet-56 on digits, or ResNet-20 on cifar10-12k), the
 cached baseline is shrunk to the recipes' uniform shares of every dimension (blocks per stage,
@@ -15,16 +15,13 @@ FLOPs share, Top-1 without and with distillation (median over seeds) and the dif
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from bench.common import CIFAR, DISTILL, parser as make_parser, training_threads
 from edgetune.objectives.evaluate import topk_accuracy, torch_logits
 from edgetune.objectives.finetune import TrainSettings, train
 from edgetune.objectives.models import flops_and_params
@@ -35,28 +32,23 @@ from edgetune.searcher.spec import load_spec
 from edgetune.searcher.space import build_space
 from edgetune.searcher.study import RANKING_IMAGES, baseline_settings, data_id, derive_groups, get_baseline, group_rules, load_spec_data
 
-TASKS = {
-    "default": {},
-    "cifar": {"model.name": "resnet20", "data.name": "imagefolder",
-              "data.dir": str(ROOT.parent / "shared" / "data" / "cifar10-12k"), "baseline.epochs": 15, "baseline.lr": 0.05},
-}
+TASKS = {"default": {}, "cifar": CIFAR}  # the search benchmark's tasks
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--task", choices=list(TASKS), default="default")
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--weight", type=float, default=0.9)
-    parser.add_argument("--temperature", type=float, default=4.0)
+    parser.add_argument("--weight", type=float, default=DISTILL["finetune.distill"])
+    parser.add_argument("--temperature", type=float, default=DISTILL["finetune.temperature"])
     parser.add_argument("--multiple", type=int, default=8, help="channel multiple of the widths")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--inner-shares", type=float, nargs="*", default=[], metavar="SHARE",
                         help="also the uniform sweep's light structures: only inner widths, this share kept (1 = unpruned)")
     parser.add_argument("--no-recipes", action="store_true", help="only the --inner-shares structures")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    training_threads(args.threads)
     spec = load_spec(overrides=TASKS[args.task])
     data = load_spec_data(spec)
     baseline, _ = get_baseline(spec["model.name"], data, data_id(spec), baseline_settings(spec), spec["model.checkpoint"],

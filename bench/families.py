@@ -1,6 +1,6 @@
 """Do the depthwise, grouped and shuffled families come out smaller and faster when pruned?
 
-    python bench/families.py [--share 0.5] [--families mobilenet_v2 ...]
+    python -m bench.families [--share 0.5] [--families mobilenet_v2 ...]
 
 For each torchvision family at the digits task's shape (10 classes, 32 px): every layer group's
 inner width kept at ``--share`` (in whole multiples of the device's channel granularity, as a
@@ -12,13 +12,13 @@ trained: latency depends on the structure, not on the weights' values).
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import openvino as ov
 import torch
 
+from bench.common import parser as make_parser
 from edgetune.devices import create_device
 from edgetune.objectives import prune
 from edgetune.objectives.groups import derive_groups
@@ -49,7 +49,7 @@ def pruned(name: str, share: float, multiple: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--share", type=float, default=0.5, help="share of every group's inner width kept")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES))
     parser.add_argument("--device", default="openvino:CPU")

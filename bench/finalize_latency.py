@@ -1,6 +1,6 @@
 """Does `tune finalize` leave a model's latency where it was? Each finalized model against its original.
 
-    python bench/finalize_latency.py [--study NAME] [--storage URL] [--artifacts DIR] [--max-seconds 10]
+    python -m bench.finalize_latency [--study NAME] [--storage URL] [--artifacts DIR] [--max-seconds 10]
 
 A finalized trial is its original's structure and precisions with longer-trained weights, so it
 should run exactly as fast. The study records each one's latency from its own measurement against
@@ -12,13 +12,12 @@ finalized / original with its interval; the last line says whether every interva
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from benchmark_app_agreement import adapter_deployment, deployed_ir
-
+from bench.benchmark_app_agreement import adapter_deployment, deployed_ir
+from bench.common import parser as make_parser
 from edgetune.devices import create_device
 from edgetune.devices.protocol import LatencyProtocol, measure_paired, warm_up
 
@@ -30,7 +29,7 @@ def main() -> None:
     from edgetune.searcher.finalize import FINALIZED_FROM
     from edgetune.searcher.storage import load_study
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--study", default=None, help="the study (default: the storage's only one)")
     parser.add_argument("--storage", default="sqlite:///edgetune.db")
     parser.add_argument("--artifacts", default=None, help="this host's view of the study's artifact store")

@@ -1,6 +1,6 @@
 """Channel granularity: latency of a convolution pair against the number of channels between them.
 
-    python bench/granularity.py [--device openvino:CPU] [--stream 64] [--size 8] [--step 2] [--rounds 3]
+    python -m bench.granularity [--device openvino:CPU] [--stream 64] [--size 8] [--step 2] [--rounds 3]
 
 Pruning a block's inner convolution changes the channels between two convolutions, so that is
 what is timed: ``--pairs`` pairs of 3x3 convolutions ``stream -> c -> stream`` at ``--size`` x
@@ -14,7 +14,6 @@ lines give, per precision, the largest g with at least 75% of its in-between wid
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.common import parser as make_parser
 from edgetune.devices import PrecisionPlan, create_device
 from edgetune.devices.protocol import LatencyProtocol
 
@@ -50,7 +50,7 @@ def implied_granularity(ratios: dict[int, float], tolerance: float, share: float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--device", default="openvino:CPU")
     parser.add_argument("--stream", type=int, default=64, help="channels in and out of each pair")
     parser.add_argument("--size", type=int, default=8, help="feature map height and width")

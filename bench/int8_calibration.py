@@ -1,6 +1,6 @@
 """What NNCF's post-training int8 costs in a trial's deploy, and whether a cheaper calibration keeps Top-1.
 
-    python bench/int8_calibration.py [--model resnet56] [--sparsity 0.5] [--rounds 2]
+    python -m bench.int8_calibration [--model resnet56] [--sparsity 0.5] [--rounds 2]
 
 One pruned, fine-tuned model (as in bench/precision_plans.py), every group int8, quantized with
 ``nncf.quantize`` on the default study's 128 calibration images four ways, interleaved over
@@ -10,7 +10,6 @@ model on the validation set.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import logging
@@ -20,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import parser as make_parser
+from bench.precision_plans import pruned_model
 from edgetune.devices.onnx_export import export_onnx
 from edgetune.objectives.evaluate import topk_accuracy
-from precision_plans import pruned_model
 
 VARIANTS = {"single images, bias correction (edgetune)": (1, True), "batches of 32, bias correction": (32, True),
             "single images, no bias correction": (1, False), "batches of 32, no bias correction": (32, False)}
@@ -38,7 +38,7 @@ def quantize(ov_model, calibration: np.ndarray, batch: int, bias_correction: boo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--model", default="resnet56")
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=2)

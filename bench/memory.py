@@ -1,6 +1,6 @@
 """Does pruning lower the inference memory the device measures, and how repeatable is the figure?
 
-    python bench/memory.py [--model resnet56] [--threads 1] [--rounds 5] [--sparsities 0 0.25 0.5 0.75]
+    python -m bench.memory [--model resnet56] [--threads 1] [--rounds 5] [--sparsities 0 0.25 0.5 0.75]
 
 One model (random weights: memory depends on the structure and the precisions, not on the
 weights' values), pruned uniformly at each sparsity: every residual stream and every layer group's
@@ -18,7 +18,6 @@ unpruned model's at the same precision, and the probe's wall time (a child proce
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.common import parser as make_parser
 from edgetune.devices import PrecisionPlan, create_device
 from edgetune.devices.memory_probe import probe_all
 from edgetune.objectives import prune, structure
@@ -58,7 +58,7 @@ def pruned(name: str, sparsity: float, multiple: int) -> tuple[torch.nn.Module, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--model", default="resnet56")
     parser.add_argument("--threads", type=int, default=1, help="OpenVINO inference threads (0: all)")
     parser.add_argument("--rounds", type=int, default=5)

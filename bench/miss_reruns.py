@@ -1,6 +1,6 @@
 """Is a sweep model the search leaves undominated a better model, or a lucky fine-tune? Re-run both.
 
-    python bench/miss_reruns.py --task default --method tpe-distill --seeds 0 --reruns 5 \\
+    python -m bench.miss_reruns --task default --method tpe-distill --seeds 0 --reruns 5 \\
         --source bench/results/search-default.db --db sqlite:///bench-results/reruns-default.db \\
         --threads 1 --set finetune.epochs=1 --set device.threads=1
 
@@ -21,8 +21,6 @@ An interval that holds 0 says the miss is a draw of the fine-tune, not a better 
 """
 from __future__ import annotations
 
-import argparse
-import signal
 import sys
 from pathlib import Path
 
@@ -30,11 +28,11 @@ import numpy as np
 import optuna
 from scipy import stats
 
-from search_efficiency import SWEEPS, Notices, stop_on_sigterm, load_results, method_overrides, misses
-
+from bench.common import parser as make_parser, spec_overrides, stop_like_ctrl_c, training_threads
+from bench.search_efficiency import SWEEPS, Notices, load_results, method_overrides, misses
 from edgetune.searcher import record
 from edgetune.searcher.runner import run_study
-from edgetune.searcher.spec import load_spec, parse_override
+from edgetune.searcher.spec import load_spec
 
 RERUN_OF = "rerun_of"  # user attribute: the stored trial a rerun repeats
 
@@ -132,7 +130,7 @@ def difference(ours: list[tuple[float, float]], theirs: list[tuple[float, float]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--task", default="default", choices=["default", "cifar", "quick"])
     parser.add_argument("--method", default="tpe-distill", help="the search whose misses are re-run")
     parser.add_argument("--trials", type=int, default=10, help="the stored studies' budget")
@@ -147,13 +145,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.reruns < 2:
         parser.error("--reruns: at least 2, for a spread")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    training_threads(args.threads)
+    stop_like_ctrl_c()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    extra = dict(parse_override(item) for item in args.set)
+    extra = spec_overrides(args.set)
     source = f"sqlite:///{args.source.resolve()}"
     results = load_results(source, args.task, [args.method, *SWEEPS], args.seeds, args.trials)
     if args.method not in results:

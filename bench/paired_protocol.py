@@ -1,6 +1,6 @@
 """Does the paired latency protocol time a candidate as fast as it runs on its own?
 
-    python bench/paired_protocol.py [--rounds 3] [--threads 1]
+    python -m bench.paired_protocol [--rounds 3] [--threads 1]
 
 Every trial is timed against the deployed baseline, paired, so that the host's drift cancels
 (devices/protocol.py). This compares, side by side in one run, three ways to get the ratio
@@ -18,7 +18,6 @@ own", and the seconds the two paired protocols took (limit 5 s, 2% target interv
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import replace
@@ -26,6 +25,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from bench.common import parser as make_parser
 from edgetune.devices.base import PrecisionPlan
 from edgetune.devices.protocol import LatencyProtocol, _sample_until_tight, _timed, exclusive, measure_paired, warm_up
 from edgetune.devices.registry import create_device
@@ -66,7 +66,7 @@ def on_its_own(run_reference, run_candidate, seconds: float = 1.0, blocks: int =
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="OpenVINO inference threads (0: all cores)")
     args = parser.parse_args()

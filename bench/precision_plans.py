@@ -1,6 +1,6 @@
 """All-f32 vs all-int8 vs a mixed precision plan, side by side on the same pruned model.
 
-    python bench/precision_plans.py [--model resnet56] [--sparsity 0.5] [--mixed layer2,layer3]
+    python -m bench.precision_plans [--model resnet56] [--sparsity 0.5] [--mixed layer2,layer3]
                                     [--study resnet56-digits --storage sqlite:///edgetune.db]
 
 Trains (or loads from the cache) the baseline of the default study, prunes every group to the

@@ -1,6 +1,6 @@
 """int8 from QAT's own scales (Q/DQ) against NNCF's second calibration, on the same trained models.
 
-    python bench/qdq_vs_nncf.py [--trials 8] [--seed 0] [--set key=value ...]
+    python -m bench.qdq_vs_nncf [--trials 8] [--seed 0] [--set key=value ...]
 
 For the spec (default: the embedded default, ResNet-56 on digits, OpenVINO CPU), ``--trials``
 models are proposed by a seeded random sampler over the study's space (proposals without an int8
@@ -14,7 +14,6 @@ both routes; the last line the medians of the differences.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import sys
@@ -24,12 +23,13 @@ from dataclasses import replace
 import optuna
 import torch
 
+from bench.common import parser as make_parser, spec_overrides
 from edgetune.objectives.groups import compute_layers
 from edgetune.objectives.pipeline import PhaseClock, deploy_and_measure, device_plan_for, shrink, trial_epochs
 from edgetune.objectives.qdq import with_learned_int8
 from edgetune.objectives.quantize import qat_finetune
 from edgetune.searcher.space import suggest_plan
-from edgetune.searcher.spec import load_spec, parse_override
+from edgetune.searcher.spec import load_spec
 from edgetune.searcher.study import prepare
 
 
@@ -43,7 +43,7 @@ def proposals(spec, prepared, seed: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], help="spec override, e.g. device.threads=1")
@@ -51,7 +51,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         overrides = {"study.storage": f"sqlite:///{tmp}/routes.db", "study.name": "routes",
-                     "study.artifacts": f"{tmp}/artifacts", "search.recipes": False, **dict(map(parse_override, args.set))}
+                     "study.artifacts": f"{tmp}/artifacts", "search.recipes": False, **spec_overrides(args.set)}
         spec = load_spec(None, overrides)
         prepared = prepare(spec, on_status=lambda s: print(s, file=sys.stderr, flush=True))
         ctx = prepared.context

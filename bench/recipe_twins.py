@@ -1,6 +1,6 @@
 """Is a float recipe seed ever worth its trial where its int8 twin runs too?
 
-    python bench/recipe_twins.py bench/results/*.db
+    python -m bench.recipe_twins bench/results/*.db
 
 For every study in the given SQLite databases that ran a uniform recipe both in float and all in
 int8 (``uniform-2/3`` and ``uniform-2/3+int8``, the same for 1/3), prints both trials' latency
@@ -10,14 +10,15 @@ what the recipes' order rests on (searcher/recipes.py).
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import optuna
 
+from bench.common import parser as make_parser
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("databases", nargs="+", type=Path)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,7 +1,7 @@
 """How much repeated measurements of one model vary in one process: unpaired medians against the
 paired latency a trial records.
 
-    python bench/repeatability.py [--model resnet56] [--sparsity 0.5] [--repeats 10]
+    python -m bench.repeatability [--model resnet56] [--sparsity 0.5] [--repeats 10]
 
 Deploys the baseline (random weights: latency does not depend on them) and a copy with every
 layer group's first convolutions pruned to ``--sparsity`` on the OpenVINO CPU at f32, then measures
@@ -12,12 +12,12 @@ and the spread (max - min) / median.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 
 import numpy as np
 import torch
 
+from bench.common import parser as make_parser
 from edgetune.devices import PrecisionPlan, create_device
 from edgetune.devices.protocol import LatencyProtocol
 from edgetune.objectives import prune
@@ -26,7 +26,7 @@ from edgetune.objectives.models import create_model
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--model", default="resnet56")
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=10)

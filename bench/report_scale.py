@@ -1,6 +1,6 @@
 """How long `tune report` and `tune pareto` take on a stored study of 10,000 trials, from a cold process.
 
-    python bench/report_scale.py [--trials 10000] [--db FILE] [--storage URL] [--runs 2]
+    python -m bench.report_scale [--trials 10000] [--db FILE] [--storage URL] [--runs 2]
 
 Builds a synthetic two-objective study (three sparsity parameters, edgetune's user attributes)
 through Optuna's public API (``add_trials``: minutes on SQLite), in a temporary SQLite file, or kept

@@ -1,8 +1,8 @@
 """Does the search find a better front than the alternatives for the same number of trials?
 
-    python bench/search_efficiency.py --task default --trials 10 --seeds 0 1 2
-    python bench/search_efficiency.py --task cifar --trials 10 --seeds 0 1 2   # ../shared/data/cifar10-12k
-    python bench/search_efficiency.py --task quick --trials 40 --methods tpe nsga2 uniform   # samplers at 40 trials
+    python -m bench.search_efficiency --task default --trials 10 --seeds 0 1 2
+    python -m bench.search_efficiency --task cifar --trials 10 --seeds 0 1 2   # ../shared/data/cifar10-12k
+    python -m bench.search_efficiency --task quick --trials 40 --methods tpe nsga2 uniform   # samplers at 40 trials
 
     # one run shared out to two processes, one core each, each with its own SQLite database (a
     # database has one worker); then scored together: --merge copies their finished studies into --db
@@ -49,10 +49,8 @@ without running anything.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import signal
 import sys
 import types
 import warnings
@@ -62,8 +60,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from bench.common import CIFAR, DISTILL, ROOT, parser as make_parser, spec_overrides, stop_like_ctrl_c, training_threads
 from edgetune.searcher import record
 from edgetune.searcher.report import hypervolume_history
 from edgetune.searcher.runner import RunEvents, run_study
@@ -75,15 +72,12 @@ METHODS = ("nsga2", "tpe", "random", "inner-only", "uniform", "uniform-int8", "l
 INNER_ONLY = {"search.depth": False, "search.stream_width": False}  # the space before depth and stream widths
 SWEEPS = {"uniform": "float", "uniform-int8": "int8"}  # the off-the-shelf recipes: group precision of each
 TWINS = {"uniform-twin": "uniform", "uniform-int8-twin": "uniform-int8"}  # each a sweep run again with other seeds
-DISTILL = {"finetune.distill": 0.9, "finetune.temperature": 4.0}  # bench/distillation.py's setting
 # The recipe seeds in the order the stored studies ran them (each float share before its int8 twin)
 FLOAT_FIRST = ["int8", "uniform-2/3", "uniform-2/3+int8", "uniform-1/3", "uniform-1/3+int8"]
 DROPS = (1.0, 2.0, 5.0, 10.0)  # Top-1 points below the baseline at which the fastest models are compared
 TASKS = {
     "default": {},  # studies/default.toml: ResNet-56 on digits
-    "cifar": {"model.name": "resnet20", "data.name": "imagefolder",
-              "data.dir": str(ROOT.parent / "shared" / "data" / "cifar10-12k"), "baseline.epochs": 15,
-              "baseline.lr": 0.05, "finetune.epochs": 2},
+    "cifar": {**CIFAR, "finetune.epochs": 2},
     # cheap enough for 40-trial budgets (the sampler comparison): ResNet-20 on digits, one epoch per trial
     "quick": {"model.name": "resnet20", "finetune.epochs": 1, "finetune.max_epochs": 0},
 }
@@ -427,14 +421,9 @@ def plot(results: dict, path: Path, title: str) -> None:
     figure.savefig(path, dpi=120)
 
 
-def stop_on_sigterm(signum, frame):
-    """A SIGTERM handler: stop as Ctrl-C does (the running trial fails cleanly, a rerun resumes)."""
-    raise KeyboardInterrupt
-
-
 def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)  # Optuna: heartbeats outside Study.optimize (ours)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--task", choices=list(TASKS), default="default")
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -459,15 +448,9 @@ def main() -> None:
         parser.error(f"--share {args.share}: K/N with 0 <= K < N, e.g. 0/2")
     if "uniform" not in args.methods:
         parser.error("the comparison is against the uniform sweep: keep 'uniform' in --methods")
-    from edgetune.searcher.spec import parse_override
-
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    # As ``tune start``: SIGTERM stops the bench like Ctrl-C, failing the running trial cleanly for a resume.
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
-    extra = dict(parse_override(item) for item in args.set)
+    training_threads(args.threads)
+    stop_like_ctrl_c()
+    extra = spec_overrides(args.set)
     db = args.db or f"sqlite:///{ROOT / 'bench-results' / (args.task + '.db')}"
     if not args.summary:
         # Seed by seed, so a run cut short still compares every method on the seeds it finished.

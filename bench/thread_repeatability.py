@@ -1,7 +1,7 @@
 """How repeatable a trial's paired latency ratio is, at one thread, at the latency hint's choice, and
 at the fastest count as a study with ``device.threads = 0`` measures it.
 
-    python bench/thread_repeatability.py --study NAME [--storage URL] [--artifacts DIR] --trials 4 16 0
+    python -m bench.thread_repeatability --study NAME [--storage URL] [--artifacts DIR] --trials 4 16 0
         [--repeats 4] [--threads 1 0 fastest] [--max-seconds 5 ...]
 
 The baseline's and each named trial's deployed IR, from the study's artifact store, deployed in this
@@ -21,20 +21,18 @@ worse is seen under the same host.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_app_agreement import adapter_deployment, deployed_ir  # noqa: E402
+from bench.benchmark_app_agreement import adapter_deployment, deployed_ir
+from bench.common import parser as make_parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--study", required=True)
     parser.add_argument("--storage", default="sqlite:///edgetune.db")
     parser.add_argument("--artifacts", help="the study's artifact store (default: its spec's)")

@@ -1,7 +1,7 @@
 """Where a trial's time goes, and edgetune's own overhead as a share of it.
 
-    python bench/trial_cost.py [--trials 8] [--spec studies/default.toml] [--set key=value ...]
-    python bench/trial_cost.py --study NAME [--storage URL]    # a study that already ran (make demo's)
+    python -m bench.trial_cost [--trials 8] [--spec studies/default.toml] [--set key=value ...]
+    python -m bench.trial_cost --study NAME [--storage URL]    # a study that already ran (make demo's)
 
 Runs the study (default: the embedded default, ResNet-56 on digits, on the OpenVINO CPU) for a few
 trials in a temporary database, then reads each trial's recorded phase times (prune, speedup,

@@ -1,6 +1,6 @@
 """Trials per hour with 1 and 2 workers on one study (PostgreSQL), and the storage's cost per trial.
 
-    python bench/workers.py [--trials 8] [--model resnet20] [--finetune-epochs 1]
+    python -m bench.workers [--trials 8] [--model resnet20] [--finetune-epochs 1]
 
 1. Throughput: the same study settings run twice in a throwaway PostgreSQL server, once with
    ``tune start --workers 1`` and once with ``--workers 2``. Trials per hour come from the trials'
@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ import optuna
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from bench.common import parser as make_parser
 from edgetune.objectives.groups import derive_groups
 from edgetune.objectives.models import create_model
 from edgetune.searcher.artifacts import fetch
@@ -92,7 +92,7 @@ def storage_overhead(storage: str, template, archive: Path, folder: Path, trials
 
 def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)  # Optuna: heartbeats outside Study.optimize (ours)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--finetune-epochs", type=int, default=1)

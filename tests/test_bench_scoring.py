@@ -1,33 +1,23 @@
 """The search benchmark's scoring and resume logic, on hand-made studies (the figures in BENCHMARKS.md
 come from these functions)."""
-import importlib.util
 import json
 import sqlite3
-import sys
-from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench import miss_reruns, search_efficiency
 
 
 @pytest.fixture(scope="module")
-def reruns(bench):
-    sys.modules.setdefault("search_efficiency", bench)  # as the bench imports it, run from bench/
-    spec = importlib.util.spec_from_file_location("miss_reruns", ROOT / "bench" / "miss_reruns.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def reruns():
+    return miss_reruns
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("search_efficiency", ROOT / "bench" / "search_efficiency.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return search_efficiency
 
 
 def add(study, state, latency=None, top1=None, **attrs):

@@ -1,0 +1,44 @@
+"""What several benchmarks share: their command-line set-up, how a long run stops, and the task settings
+that more than one script runs with."""
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# The CIFAR task of the search and distillation benchmarks: ResNet-20 on the shared cifar10-12k folder.
+CIFAR = {"model.name": "resnet20", "data.name": "imagefolder",
+         "data.dir": str(ROOT.parent / "shared" / "data" / "cifar10-12k"), "baseline.epochs": 15, "baseline.lr": 0.05}
+DISTILL = {"finetune.distill": 0.9, "finetune.temperature": 4.0}  # the distilled fine-tune's setting (the default)
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser whose help is the script's docstring, laid out as written."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def training_threads(threads: int) -> None:
+    """PyTorch's thread count (0: its default), so two benchmarks can run side by side, one core each."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def spec_overrides(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` items as spec overrides, parsed as ``tune --set`` parses them."""
+    from edgetune.searcher.spec import parse_override
+
+    return dict(parse_override(item) for item in items)
+
+
+def stop_on_sigterm(signum=None, frame=None):
+    """A SIGTERM handler: stop as Ctrl-C does (the running trial fails cleanly, a rerun resumes)."""
+    raise KeyboardInterrupt
+
+
+def stop_like_ctrl_c() -> None:
+    """As ``tune start``: SIGTERM stops the benchmark like Ctrl-C, failing the running trial cleanly for a resume."""
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+
