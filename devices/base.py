@@ -9,6 +9,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
+from .energy import EnergyCounter, EnergyStats, measure_energy
 from .protocol import LatencyProtocol, LatencyStats, measure_fastest, measure_paired_fastest
 
 
@@ -42,6 +43,8 @@ class DeviceInfo:
     # Its deployments report their inference memory (Deployment.memory_bytes is not None): a study
     # can target ``memory`` on this device.
     measures_memory: bool = False
+    # It has an energy counter (NVML, RAPL: devices.energy): a study can target ``energy``.
+    measures_energy: bool = False
 
     def granularity(self, precision: str) -> int:
         return int(self.channel_granularity.get(precision, 1))
@@ -97,6 +100,12 @@ class Deployment(abc.ABC):
     batch: int = 1
     #: inference threads it runs at (0: not the adapter's to choose); measure_latency keeps the fastest
     threads: int = 0
+    #: what executes the model (e.g. "openvino", "torchscript", "cuda-graph"), recorded per trial
+    runtime: str = ""
+    #: why it is not the runtime the adapter prefers (a CUDA graph that could not be captured); None when it is
+    runtime_fallback: str | None = None
+    #: the device's energy counter (devices.energy), None where it has none
+    energy_counter: EnergyCounter | None = None
 
     @abc.abstractmethod
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -114,6 +123,11 @@ class Deployment(abc.ABC):
     def device_time_ms(self) -> float | None:
         """Median time inside the runtime's graph (performance counters), where it can tell."""
         return None
+
+    def measure_energy(self) -> EnergyStats | None:
+        """Energy of one inference of one batch from the device's energy counter (devices.energy), None
+        where it has none. Runs inferences for a second or more: not beside a timing."""
+        return measure_energy(self.energy_counter, self.runner()) if self.energy_counter is not None else None
 
     def measure_throughput(self, seconds: float = 2.0, requests: int = 0) -> float | None:
         """Images per second with several requests in flight, where the runtime supports it."""
@@ -200,6 +214,10 @@ class Device(abc.ABC):
     @abc.abstractmethod
     def deploy(self, model: torch.nn.Module, example_input: torch.Tensor, plan: PrecisionPlan = PrecisionPlan()) -> Deployment:
         """Compile ``model`` for this device at ``plan``."""
+
+    def energy_counter(self) -> EnergyCounter | None:
+        """The counter that measures this device's energy (devices.energy), None where it has none."""
+        return None
 
     def precisions(self) -> tuple[str, ...]:
         """Every precision this device can execute ("int8" per module; float ones model-wide)."""

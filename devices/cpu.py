@@ -18,6 +18,7 @@ from torch import nn
 
 from . import memory_probe
 from .base import Device, DeviceError, DeviceInfo, PrecisionPlan, cpu_channel_block
+from .energy import EnergyCounter, host_cpu_counter
 from .protocol import LatencyProtocol
 from .torchscript import TorchScriptDeployment, under
 
@@ -49,6 +50,8 @@ def quantize_fx(model: nn.Module, modules: tuple[str, ...], calibration: np.ndar
 
 
 class CPUDeployment(TorchScriptDeployment):
+    runtime = "torchscript"
+
     def __init__(self, module: nn.Module, device: "CPUDevice", example: torch.Tensor, plan: PrecisionPlan):
         self.protocol = device.protocol
         self.batch = device.batch
@@ -60,6 +63,7 @@ class CPUDeployment(TorchScriptDeployment):
         self.precision_used = self._count(self._modules.values())
         self.inference_precision = plan.float_precision
         self.threads = torch.get_num_threads()
+        self.energy_counter = device.energy_counter()
 
     @staticmethod
     def _count(modules) -> dict[str, int]:
@@ -116,7 +120,11 @@ class CPUDevice(Device):
             extra={"engine": "eager", "quantized_engine": "x86" if int8 else ""},
             channel_granularity={p: cpu_channel_block() for p in ["f32"] + int8},  # oneDNN kernels, as OpenVINO's
             measures_memory=memory_probe.supported(),
+            measures_energy=self.energy_counter() is not None,
         )
+
+    def energy_counter(self) -> EnergyCounter | None:
+        return host_cpu_counter()
 
     def deploy(self, model, example_input, plan: PrecisionPlan = PrecisionPlan()) -> CPUDeployment:
         self.check_plan(plan)

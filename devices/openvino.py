@@ -25,6 +25,7 @@ import numpy as np
 
 from . import memory_probe
 from .base import Deployment, Device, DeviceInfo, DeviceUnavailable, PrecisionPlan, cpu_channel_block
+from .energy import EnergyCounter, host_cpu_counter
 from .onnx_export import export_onnx, onnx_scope
 from .protocol import LatencyProtocol
 
@@ -73,6 +74,8 @@ def _own_names(names: str) -> list[str]:
 
 
 class OpenVINODeployment(Deployment):
+    runtime = "openvino"
+
     def __init__(self, xml: Path, device: "OpenVINODevice", input_shape: tuple[int, ...], float_precision: str,
                  scopes: dict[str, str]):
         self._device = device
@@ -93,6 +96,7 @@ class OpenVINODeployment(Deployment):
         else:
             self.inference_precision, self.threads = float_precision, 0
         self._latency_models = {self.threads: default}  # by thread count, compiled when first timed
+        self.energy_counter = device.energy_counter()
 
     @property
     def _config(self) -> dict:
@@ -280,7 +284,12 @@ class OpenVINODevice(Device):
             extra={"capabilities": ",".join(capabilities), "performance_hint": "LATENCY"},
             channel_granularity={p: self._granularity(kind) for p in floats + int8},
             measures_memory=self.measures_memory,
+            measures_energy=self.energy_counter() is not None,
         )
+
+    def energy_counter(self) -> EnergyCounter | None:
+        """The CPU's RAPL counter for openvino:CPU; a GPU's or NPU's energy is not the host's to read."""
+        return host_cpu_counter() if self.target == "CPU" else None
 
     @property
     def measures_memory(self) -> bool:

@@ -97,6 +97,7 @@ class TrialContext:
     calibration_size: int = 300
     reference: Reference | None = None  # None only while the baseline itself is measured (see paired_with)
     throughput: bool = False  # also measure images/s with asynchronous requests
+    energy: bool = False  # also measure energy per inference (the device's counter: devices.energy)
     also: list[OtherDevice] = field(default_factory=list)
     stages: list[Stage] = field(default_factory=list)  # residual stages: depth and stream width
     block_importance: dict[str, float] = field(default_factory=dict)  # computed once per study
@@ -332,6 +333,10 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
             throughput = deployment.measure_throughput() if ctx.throughput else None
     with clock.phase("memory"), exclusive(ctx.device.info().name):  # the probe runs inferences: not beside a timing
         memory = deployment.memory_bytes()
+    energy = None
+    if ctx.energy:
+        with clock.phase("energy"), exclusive(ctx.device.info().name):  # inferences for a second or more
+            energy = deployment.measure_energy()
     drift = stats.reference_median_ms / ctx.reference.latency_at(stats.threads) if stats.ratio is not None else 1.0
     info = ctx.device.info().to_dict()
     info.update(inference_precision=deployment.inference_precision, threads_used=deployment.threads)
@@ -355,6 +360,10 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
         "size_bytes": deployment.size_bytes,
         "weights_bytes": deployment.weights_bytes,
         "memory_bytes": memory,  # None where the device cannot tell (devices.base.Deployment.memory_bytes)
+        "energy_mj": energy.energy_mj if energy else None,  # per inference of one batch, idle draw included
+        "energy": energy.to_dict() if energy else None,  # idle power, window, counter (devices.energy.EnergyStats)
+        "runtime": deployment.runtime,  # what executed the model (e.g. cuda-graph)
+        "runtime_fallback": deployment.runtime_fallback,  # why not the adapter's preferred runtime, if not
         "precision_plan": {"*": plan.float_precision} if not plan.int8_modules else {},
         "precision_used": dict(deployment.precision_used),
         "device": info,

@@ -74,7 +74,7 @@ def _overrides(**named) -> dict:
 @user_errors_are_one_line
 def start(
     spec_file: Optional[Path] = typer.Option(None, "--spec", help="Study spec (TOML); default: the embedded studies/default.toml."),
-    target: Optional[str] = typer.Option(None, help="Objectives in order, e.g. latency,top1 (latency, top1, size, params, flops, memory)."),
+    target: Optional[str] = typer.Option(None, help="Objectives in order, e.g. latency,top1 (latency, top1, size, params, flops, memory, energy)."),
     model: Optional[str] = typer.Option(None, help="Model name: resnet20/32/44/56 or any torchvision classifier."),
     checkpoint: Optional[str] = typer.Option(None, help="Baseline weights (state dict; loaded with weights_only=True)."),
     data: Optional[str] = typer.Option(None, help="Data set: digits, cifar10 or imagefolder."),

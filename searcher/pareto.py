@@ -56,7 +56,7 @@ def front(study: optuna.Study, trials: list | None = None) -> list[FrontRow]:
 
 def front_user_attrs(study: optuna.Study) -> set[str]:
     """The user attributes :func:`front` reads of every trial (the front's own rows get all of theirs)."""
-    return {"latency_ms", *(target_unit(t) for t in record.targets(study))}
+    return {"latency_ms", "energy_mj", *(target_unit(t) for t in record.targets(study))}
 
 
 def dominated_by_baseline(study: optuna.Study, attrs: dict) -> bool:
@@ -81,6 +81,10 @@ def _rel(value, base) -> str:
     if value is None or not base:
         return ""
     return f"{(value - base) / base * 100:+.1f}%"
+
+
+def _energy(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3g}"
 
 
 def _human(n) -> str:
@@ -139,6 +143,11 @@ def shows_memory(baseline_record: dict) -> bool:
     return baseline_record.get("memory_bytes") is not None
 
 
+def shows_energy(baseline_record: dict) -> bool:
+    """Whether a front shows an energy column: where the study measured energy per inference."""
+    return baseline_record.get("energy_mj") is not None
+
+
 def front_table(study: optuna.Study, title: str | None = None, trials: list | None = None) -> Table:
     """``tune pareto``: the front with its deltas; ``trials`` as for :func:`front` (read once by default)."""
     trials = bulk.read_trials(study, front_user_attrs(study)) if trials is None else trials
@@ -152,9 +161,9 @@ def front_table(study: optuna.Study, title: str | None = None, trials: list | No
     else:
         settings = f"pruner, sparsity {'/'.join(groups)}, precision {'/'.join([*groups, 'other'])}"
     others = list(record.spec_values(study).get("device.also") or [])  # latency on each further device
-    memory = shows_memory(base)
+    memory, energy = shows_memory(base), shows_energy(base)
     for column in ("trial", "latency ms", *(f"ms@{name}" for name in others), "Top-1 %", "params", "FLOPs", "size",
-                   *(["memory"] if memory else []), settings):
+                   *(["memory"] if memory else []), *(["energy mJ"] if energy else []), settings):
         if column == settings:
             table.add_column(column, justify="left", overflow="fold", min_width=20)
         else:
@@ -163,7 +172,8 @@ def front_table(study: optuna.Study, title: str | None = None, trials: list | No
         table.add_row("base", f"{base['latency_ms']:.3f}", *(_ms(base.get(f"latency_ms@{n}")) for n in others),
                       f"{base['top1']:.2f}", _human(base.get("params")),
                       _human(base.get("flops")), _human(base.get("size_bytes")) + "B",
-                      *([_human(base["memory_bytes"]) + "B"] if memory else []), "-")
+                      *([_human(base["memory_bytes"]) + "B"] if memory else []),
+                      *([f"{base['energy_mj']:.3g}"] if energy else []), "-")
     for row in front(study, trials):
         a = row.attrs
         table.add_row(
@@ -177,6 +187,7 @@ def front_table(study: optuna.Study, title: str | None = None, trials: list | No
             _human(a.get("size_bytes")) + "B",
             *([_with_delta(_human(a.get("memory_bytes")) + "B", _rel(a.get("memory_bytes"), base["memory_bytes"]))]
               if memory else []),
+            *([_with_delta(_energy(a.get("energy_mj")), _rel(a.get("energy_mj"), base["energy_mj"]))] if energy else []),
             settings_short(row.params, a, groups),
         )
     return table

@@ -256,24 +256,28 @@ def _fmt(value: float, digits: int = 3) -> str:
 def front_markdown(data: ReportData) -> list[str]:
     groups = record.group_names(data.study)
     base = data.baseline
-    memory = pareto.shows_memory(base)
+    memory, energy = pareto.shows_memory(base), pareto.shows_energy(base)
 
     def mem(value) -> list[str]:
         return [f"{value:,}" if value is not None else "–"] if memory else []
 
+    def mj(value) -> list[str]:
+        return [f"{value:.3g}" if value is not None else "–"] if energy else []
+
     header = ["trial", "latency ms", "Δ latency", "Top-1 %", "Δ Top-1", "params", "FLOPs", "size",
-              *(["memory bytes"] if memory else []), "settings"]
+              *(["memory bytes"] if memory else []), *(["energy mJ"] if energy else []), "settings"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     if base:
         lines.append("| " + " | ".join([
             "baseline", f"{base['latency_ms']:.3f}", "", f"{base['top1']:.2f}", "", f"{base['params']:,}",
-            f"{base['flops']:,}", f"{base['size_bytes']:,}", *mem(base.get("memory_bytes")), "uncompressed"]) + " |")
+            f"{base['flops']:,}", f"{base['size_bytes']:,}", *mem(base.get("memory_bytes")), *mj(base.get("energy_mj")),
+            "uncompressed"]) + " |")
     for row in data.front:
         a = row.attrs
         lines.append("| " + " | ".join([
             str(row.number), f"{a['latency_ms']:.3f}", pareto._rel(a["latency_ms"], base.get("latency_ms")),
             f"{a['top1']:.2f}", f"{a['top1'] - base.get('top1', a['top1']):+.2f}", f"{a['params']:,}", f"{a['flops']:,}",
-            f"{a['size_bytes']:,}", *mem(a.get("memory_bytes")), pareto.settings_short(row.params, a, groups)]) + " |")
+            f"{a['size_bytes']:,}", *mem(a.get("memory_bytes")), *mj(a.get("energy_mj")), pareto.settings_short(row.params, a, groups)]) + " |")
     return lines
 
 

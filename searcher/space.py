@@ -31,10 +31,16 @@ from .spec import Spec, SpecError
 
 
 def check_targets(spec: Spec, device: DeviceInfo) -> None:
-    """The targets ask nothing of the device it cannot measure (``memory``: not every runtime can tell)."""
+    """The targets ask nothing of the device it cannot measure (``memory``: not every runtime can tell;
+    ``energy``: not every device has a counter)."""
     if "memory" in spec.targets and not device.measures_memory:
         raise SpecError(f"target 'memory': {device.name} cannot measure a deployed model's memory on this host "
                         "(openvino:CPU, cpu and cuda can, on Linux); remove it from --target")
+    if ("energy" in spec.targets or spec["device.energy"]) and not device.measures_energy:
+        what = "target 'energy'" if "energy" in spec.targets else "spec key 'device.energy'"
+        raise SpecError(f"{what}: {device.name} has no energy counter on this host (a CUDA GPU through NVML, "
+                        "a Linux CPU through RAPL where /sys/class/powercap is readable)"
+                        + ("; remove it from --target" if "energy" in spec.targets else ""))
 
 
 def allowed_precisions(spec: Spec, device: DeviceInfo) -> list[str]:

@@ -22,10 +22,11 @@ from .storage import default_storage
 #: builds them; the int8 ones only where the device runs int8).
 RECIPES = ("int8", "uniform-2/3+int8", "uniform-1/3+int8", "uniform-2/3", "uniform-1/3")
 TARGETS = {"latency": "minimize", "top1": "maximize", "size": "minimize", "params": "minimize", "flops": "minimize",
-           "memory": "minimize"}
-#: ``memory``: the deployed model's inference memory as its device measures it (devices.base.Deployment.memory_bytes)
+           "memory": "minimize", "energy": "minimize"}
+#: ``memory``: the deployed model's inference memory as its device measures it (devices.base.Deployment.memory_bytes);
+#: ``energy``: millijoules per inference of one batch from the device's energy counter (devices.energy)
 TARGET_UNITS = {"latency": "latency_ms", "top1": "top1", "size": "size_bytes", "params": "params", "flops": "flops",
-                "memory": "memory_bytes"}
+                "memory": "memory_bytes", "energy": "energy_mj"}
 #: ``latency@DEVICE``: the latency on one of ``device.also`` (attribute ``latency_ms@DEVICE``)
 ON_DEVICE = "@"
 
@@ -145,6 +146,7 @@ KEYS: dict[str, Key] = {
     "device.latency_ci": Key((int, float), "a relative half-width in (0, 0.5]", lambda v: 0 < v <= 0.5),
     "device.latency_max_seconds": Key((int, float), "a number of seconds > 0", lambda v: v > 0),
     "device.throughput": Key(bool, "true or false (also measure throughput with asynchronous requests)"),
+    "device.energy": Key(bool, "true or false (also measure energy per inference; on when energy is a target)"),
     "search.sparsity_max": Key((int, float), "a number in [0, 0.95] (the largest share of a width removed)",
                                lambda v: 0 <= v <= 0.95),
     "search.channel_multiple": Key(int, "an integer >= 0 (0: the device's channel granularity)", lambda v: v >= 0),

@@ -226,6 +226,7 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
                                                         chosen))
         unpaired = TrialContext(model, checked.data, groups, checked.device, collapse_margin=spec["search.collapse_margin"],
                                calibration_size=spec["data.calibration_size"], throughput=spec["device.throughput"],
+                               energy=spec["device.energy"] or "energy" in spec.targets,
                                also=checked.also, stages=stages, block_importance=record.block_importance(study))
         if not record.has_baseline(study):
             on_status("baseline: deploying and measuring on the device")

@@ -97,7 +97,7 @@ CASES = [
     (["start", "--spec", S, "--trials", "0"], "error: spec key 'study.trials': must be an integer >= 1, got 0"),
     (["start", "--spec", S, "--target", "latency,speed"],
      "error: spec key 'study.targets': must be a non-empty list of distinct targets from: latency, top1, size, params, "
-     "flops, memory (or latency@DEVICE for a device of device.also), got ['latency', 'speed']"),
+     "flops, memory, energy (or latency@DEVICE for a device of device.also), got ['latency', 'speed']"),
     (["start", "--spec", S, "--sampler", "grid"],
      "error: spec key 'study.sampler': must be one of: auto, tpe, nsga2, random, got 'grid'"),
     (["start", "--spec", S, "--set", "finetune.epochs"], "error: override 'finetune.epochs': expected key=value"),

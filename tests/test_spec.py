@@ -47,7 +47,7 @@ def test_file_values_and_overrides(tmp_path):
     ("search.channel_multiple", -8, "spec key 'search.channel_multiple': must be an integer >= 0"),
     ("search.depth", "no", "spec key 'search.depth': must be true or false"),
     ("study.targets", ["latency", "speed"], "spec key 'study.targets': must be a non-empty list of distinct targets "
-                                            "from: latency, top1, size, params, flops, memory (or latency@DEVICE for a device of device.also), "
+                                            "from: latency, top1, size, params, flops, memory, energy (or latency@DEVICE for a device of device.also), "
                                             "got ['latency', 'speed']"),
     ("study.sampler", "cmaes", "spec key 'study.sampler': must be one of: auto, tpe, nsga2, random, got 'cmaes'"),
     ("data.name", "mnist", "spec key 'data.name': must be one of: digits, cifar10, imagefolder, got 'mnist'"),
