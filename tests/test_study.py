@@ -44,6 +44,7 @@ def test_a_study_of_three_trials_end_to_end(study_dir):
         assert trial.values == [a["latency_ms"], a["top1"]]
         assert set(a["seconds"]) == set(PHASES)
         assert a["device"]["name"] == "openvino:CPU" and a["device"]["runtime"].startswith("openvino")
+        assert a["runtime"] == "openvino" and a["runtime_fallback"] is None and a["energy_mj"] is None
         assert a["latency_ci95_rel"] > 0 and a["latency_runs"] >= 30
         assert (study_dir / "artifacts" / a["artifact_id"]).is_file()
         stages = {s["name"]: s for s in attrs["stages"]}
