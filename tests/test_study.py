@@ -5,7 +5,7 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
-from edgetune.devices.base import cpu_channel_block
+from edgetune.devices.host import channel_block
 from edgetune.searcher.cli import app
 
 CONTRACT = ["latency_ms", "latency_p90_ms", "latency_ci95_rel", "latency_runs", "top1", "top5", "params", "flops",
@@ -52,7 +52,7 @@ def test_a_study_of_three_trials_end_to_end(study_dir):
         assert (a["params"] < attrs["baseline_params"]) == bool(shrunk)
         # every width is a whole multiple of the device's granularity, or the full width
         multiple = attrs["channel_multiple"]
-        assert multiple == a["channel_multiple"] == cpu_channel_block()  # the OpenVINO CPU's: 8 (AVX2) or 16
+        assert multiple == a["channel_multiple"] == channel_block()  # the OpenVINO CPU's: 8 (AVX2) or 16
         full = {"layer1": 16, "layer2": 32, "layer3": 64}
         for layer, channels in a["channels"].items():
             assert channels % multiple == 0 or channels == full[layer.split(".")[0]], (layer, channels)
