@@ -57,13 +57,6 @@ class DeviceInfo:
         return data
 
 
-def cpu_channel_block() -> int:
-    """Channels per SIMD register of float32 on this CPU, as oneDNN's blocked layouts use them:
-    16 with AVX-512, 8 with AVX2 (and below). PyTorch's public CPU capability says which."""
-    capability = torch.backends.cpu.get_cpu_capability().upper()
-    return 16 if "AVX512" in capability else 8
-
-
 @dataclass(frozen=True)
 class PrecisionPlan:
     """How a model runs on a device: one float precision, and the modules that run in int8.

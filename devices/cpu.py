@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from . import memory_probe
-from .base import Device, DeviceError, DeviceInfo, PrecisionPlan, cpu_channel_block
+from .base import Device, DeviceError, DeviceInfo, PrecisionPlan
 from .energy import EnergyCounter, host_cpu_counter
+from .host import channel_block, pinned_note
 from .protocol import LatencyProtocol
 from .torchscript import TorchScriptDeployment, under
 
@@ -117,8 +118,8 @@ class CPUDevice(Device):
             runtime=f"torch {torch.__version__}",
             threads=self.threads,
             precisions=tuple(["f32"] + int8),
-            extra={"engine": "eager", "quantized_engine": "x86" if int8 else ""},
-            channel_granularity={p: cpu_channel_block() for p in ["f32"] + int8},  # oneDNN kernels, as OpenVINO's
+            extra={"engine": "eager", "quantized_engine": "x86" if int8 else "", **pinned_note()},
+            channel_granularity={p: channel_block() for p in ["f32"] + int8},  # oneDNN kernels, as OpenVINO's
             measures_memory=memory_probe.supported(),
             measures_energy=self.energy_counter() is not None,
         )

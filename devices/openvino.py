@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from . import memory_probe
-from .base import Deployment, Device, DeviceInfo, DeviceUnavailable, PrecisionPlan, cpu_channel_block
+from .base import Deployment, Device, DeviceInfo, DeviceUnavailable, PrecisionPlan
 from .energy import EnergyCounter, host_cpu_counter
+from .host import channel_block, pinned_note, runs_bf16
 from .onnx_export import export_onnx, onnx_scope
 from .protocol import LatencyProtocol
 
@@ -275,13 +276,17 @@ class OpenVINODevice(Device):
         kind = self.target.split(".")[0]
         floats = [p for p in _FLOAT_PRECISIONS.get(kind, ("f32",)) if p.upper() in capabilities or p == "f32"]
         int8 = ["int8"] if "INT8" in capabilities else []
+        pinned = {}
+        if kind == "CPU":  # bf16 as this CPU runs it, or as on the host $EDGETUNE_HOST_CPU pins (devices.host)
+            floats = [p for p in floats if p != "bf16"] + (["bf16"] if runs_bf16("BF16" in capabilities) else [])
+            pinned = pinned_note()
         return DeviceInfo(
             name=f"openvino:{self.target}",
             full_name=str(self.core.get_property(self.target, "FULL_DEVICE_NAME")),
             runtime=f"openvino {ov.get_version()}",
             threads=self.threads,
             precisions=tuple(floats + int8),
-            extra={"capabilities": ",".join(capabilities), "performance_hint": "LATENCY"},
+            extra={"capabilities": ",".join(capabilities), "performance_hint": "LATENCY", **pinned},
             channel_granularity={p: self._granularity(kind) for p in floats + int8},
             measures_memory=self.measures_memory,
             measures_energy=self.energy_counter() is not None,
@@ -301,7 +306,7 @@ class OpenVINODevice(Device):
     def _granularity(kind: str) -> int:
         # CPU: oneDNN's blocked layouts (8 channels with AVX2, 16 with AVX-512; bench/granularity.py
         # measured it at f32 and int8). Intel GPUs and NPUs work in SIMD16 lanes.
-        return cpu_channel_block() if kind == "CPU" else 16
+        return channel_block() if kind == "CPU" else 16
 
     def deploy(self, model, example_input, plan: PrecisionPlan = PrecisionPlan()) -> OpenVINODeployment:
         self.check_plan(plan)

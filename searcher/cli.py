@@ -192,7 +192,8 @@ def _run_study(spec, progress, joining: bool = False):
                           + ", ".join(f"{g.name} ({len(g.layers)} layers)" for g in prepared.context.groups)
                           + f"; precisions: {', '.join(prepared.precisions)}"
                           + f"; widths in multiples of {prepared.space.multiple} ({prepared.space.multiple_source})"
-                          + (f"; stream widths not searched: {prepared.space.stream_error}" if prepared.space.stream_error else ""))
+                          + (f"; stream widths not searched: {prepared.space.stream_error}" if prepared.space.stream_error else "")
+                          + (f"; {prepared.space.collapse_note()}" if prepared.space.collapsed else ""))
 
     return run_study(spec, progress, joining=joining, before_trials=show_baseline).study
 
@@ -388,6 +389,7 @@ def groups(
         dims.add_column(column, overflow="fold")
     for row in space.describe():
         dims.add_row(row["parameter"], row["dimension"], row["range"])
+    dims.caption = space.collapse_note()
     floats = [p for p in precisions if p != "int8"]
     if len(floats) > 1:
         dims.add_row("precision.float", "float precision", ", ".join(floats))
@@ -403,7 +405,9 @@ def devices():
     """List the devices available on this host, with the facts that change a timing."""
     from edgetune.devices import available_devices, create_device
 
-    table = Table(title="devices on this host")
+    from edgetune.devices.host import pinned_note
+
+    table = Table(title="devices on this host", caption=" ".join(f"as on the host {v}" for v in pinned_note().values()))
     for column in ("device", "full name", "runtime", "precisions", "channel granularity", "capabilities"):
         table.add_column(column, overflow="fold")
     for name in available_devices():

@@ -128,6 +128,20 @@ class SearchSpace:
     depth: dict[str, tuple[int, int]] = field(default_factory=dict)  # stage -> (fewest, most) blocks
     stream_error: str | None = None  # why the stream widths are not searched on this model
     quantization: str = "qat"  # how int8 groups are trained and deployed (search.quantization, "auto" resolved)
+    # Width parameters the multiple leaves one value that a finer one would search (a 16-channel layer
+    # at a granularity of 16), and the largest finer multiple (a halving) that searches them all.
+    collapsed: tuple[str, ...] = ()
+    finer_multiple: int = 0
+
+    def collapse_note(self, rest: str = "") -> str:
+        """What the multiple collapsed (``rest`` added to it) and how to search it anyway; "" when nothing."""
+        if not self.collapsed:
+            return ""
+        cost = (f" (a width between two multiples of {self.multiple} runs about as fast as the next one up)"
+                if self.multiple_source != "spec" else "")
+        return (f"widths in multiples of {self.multiple} (from the {self.multiple_source}) leave "
+                f"{', '.join(self.collapsed)} one value{rest}; set search.channel_multiple = {self.finer_multiple} "
+                f"to search finer widths anyway{cost}")
 
     def describe(self) -> list[dict]:
         """One row per searched dimension: parameter, what it is, its range."""
@@ -166,8 +180,53 @@ def build_space(spec: Spec, model: nn.Module, groups: list[LayerGroup], stages: 
     searched = spec["search.stream_width"] and not stream_error
     stream = {s.name: Widths.of(s.stream_width, multiple, max_sparsity) for s in stages} if searched else {}
     depth = {s.name: (s.min_depth, len(s.blocks)) for s in stages} if spec["search.depth"] else {}
+    widths = {f"inner.{g}": w for g, w in inner.items()} | {f"width.{s}": w for s, w in stream.items()}
+    collapsed = [name for name, w in widths.items() if not w.searched and Widths.of(w.full, 1, max_sparsity).searched]
+    finer = next((m for m in _halvings(multiple)
+                  if all(Widths.of(widths[name].full, m, max_sparsity).searched for name in collapsed)), 1)
     return SearchSpace(list(precisions), multiple, multiple_source, inner, stream, depth,
-                       stream_error if spec["search.stream_width"] else None, quantization)
+                       stream_error if spec["search.stream_width"] else None, quantization,
+                       tuple(collapsed), finer if collapsed else 0)
+
+
+def _halvings(multiple: int) -> list[int]:
+    """Finer multiples to suggest, coarsest first: 16 -> 8, 4, 2, 1."""
+    found = []
+    while multiple > 1:
+        multiple //= 2
+        found.append(multiple)
+    return found
+
+
+def searched_parameters(spec: Spec, groups: list[LayerGroup], space: SearchSpace) -> list[str]:
+    """The parameters with more than one value: what :func:`suggest_plan` asks the sampler for, less the
+    pruner where no width is searched (a pruner only chooses channels)."""
+    fixed = spec["search.fixed_precisions"] or {}
+    names = [f"inner.{g}" for g, w in space.inner.items() if w.searched]
+    names += [f"width.{s}" for s, w in space.stream.items() if w.searched]
+    if names and len(spec["search.pruners"]) > 1:
+        names.append("pruner")
+    names += [f"depth.{s}" for s, (lo, hi) in space.depth.items() if hi > lo]
+    if len([p for p in space.precisions if p != "int8"]) > 1 and not any(p != "int8" for p in fixed.values()):
+        names.append("precision.float")
+    if "int8" in space.precisions:
+        names += [f"precision.{n}" for n in [g.name for g in groups] + [OTHER] if n not in fixed]
+    return names
+
+
+def check_searchable(spec: Spec, groups: list[LayerGroup], space: SearchSpace) -> None:
+    """A space of one point would spend the budget on copies of one model: stop before the first trial."""
+    if searched_parameters(spec, groups, space):
+        return
+    # int8 allowed and still no choice: search.fixed_precisions fixes every group
+    precisions = f"precisions: {', '.join(space.precisions)}" + (", every group fixed" if "int8" in space.precisions else "")
+    if space.collapsed:
+        raise SpecError(f"nothing to search: {space.collapse_note(f', and nothing else has two ({precisions})')}")
+    off = [key for key in ("search.inner_width", "search.stream_width", "search.depth") if not spec[key]]
+    raise SpecError(f"nothing to search: no width or depth of {spec['model.name']} has two values"
+                    + (f" ({', '.join(off)} off)" if off else "") + f", nor the precision ({precisions}); "
+                    "every trial would be the same model: " + ("turn a dimension on or " if off else "")
+                    + "allow int8 in search.precisions")
 
 
 def suggest_plan(trial: optuna.Trial, spec: Spec, groups: list[LayerGroup], space: SearchSpace) -> TrialPlan:

@@ -30,8 +30,8 @@ from .artifacts import ArtifactError, fetch, store_outcome
 from . import record
 from .locks import StudyLocks
 from .recipes import enqueue_recipes
-from .space import (SearchSpace, allowed_precisions, build_space, channel_multiple, check_fixed_precisions, check_targets,
-                    quantization_route)
+from .space import (SearchSpace, allowed_precisions, build_space, channel_multiple, check_fixed_precisions, check_searchable,
+                    check_targets, quantization_route)
 from .spec import Spec, SpecError, stored_spec, target_unit
 from .storage import Heartbeat, open_storage, redact
 
@@ -151,6 +151,7 @@ class _Checked:
     data: DataSplits
     groups: list[LayerGroup]
     checkpoint: tuple | None  # (model, "checkpoint") when the spec names one
+    model: object  # the checkpoint's model, else the spec's model untrained: its widths are the baseline's
 
 
 def validate(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> _Checked:
@@ -165,12 +166,25 @@ def validate(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> _
     locks = StudyLocks(spec["study.storage"], spec["study.name"])
     on_status("loading data")
     data = load_spec_data(spec)
-    groups = derive_groups(create_model(spec["model.name"], data.num_classes), group_rules(spec))
+    model = create_model(spec["model.name"], data.num_classes)
+    groups = derive_groups(model, group_rules(spec))
     check_fixed_precisions(spec, groups)
     checkpoint = None
     if spec["model.checkpoint"]:
         checkpoint = get_baseline(spec["model.name"], data, data_id(spec), baseline_settings(spec), spec["model.checkpoint"])
-    return _Checked(device, also, precisions, storage, locks, data, groups, checkpoint)
+        model = checkpoint[0]
+    return _Checked(device, also, precisions, storage, locks, data, groups, checkpoint, model)
+
+
+def check_new_space(spec: Spec, checked: _Checked) -> None:
+    """A new study whose space is one point stops before it is created or its baseline trained, so that
+    the spec can still change (``search.channel_multiple`` is fixed once a study exists). Its streams
+    count as prunable here; :func:`prepare` checks again once the baseline has told."""
+    if spec["study.name"] in optuna.get_all_study_names(checked.storage):
+        return  # its space is the one it stored (the multiple of the host that started it): prepare checks that
+    multiple, source = channel_multiple(spec, checked.device.info(), checked.precisions)
+    check_searchable(spec, checked.groups, build_space(spec, checked.model, checked.groups, residual_stages(checked.model),
+                                                       checked.precisions, multiple, source))
 
 
 def _structure_facts(spec: Spec, study: optuna.Study, checked: _Checked, model, stages, on_status) -> None:
@@ -206,6 +220,8 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
     ``joining`` worker (``tune worker``, ``tune finalize``) runs the stored spec and leaves it as it is.
     """
     checked = validate(spec, on_status)
+    if not joining:
+        check_new_space(spec, checked)
     on_status("waiting for the study's lock")
     with checked.locks.critical("bootstrap"):
         study = open_study(spec, checked.storage)
@@ -220,6 +236,8 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
         multiple, multiple_source = record.channel_multiple(study)
         space = build_space(spec, model, groups, stages, checked.precisions, multiple, multiple_source,
                             record.stream_error(study), quantization_route(spec, checked.device.runs_model_int8_scales))
+        if not joining:
+            check_searchable(spec, groups, space)
         if spec["search.recipes"] and not joining and "recipes" not in study.user_attrs:
             chosen = None if spec["search.recipes"] is True else spec["search.recipes"]
             record.write_recipes(study, enqueue_recipes(study, space, groups, spec["search.pruners"], spec["study.trials"],

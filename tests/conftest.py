@@ -5,6 +5,23 @@ import sys
 import pytest
 
 
+#: The hosts the suite runs as (devices.host.KNOWN_HOSTS): AVX2 (granularity 8; OpenVINO f32, int8),
+#: AVX-512 with bf16 and AMX (granularity 16; f32, bf16, int8).
+HOSTS = ["avx2", "avx512_bf16", "amx"]
+
+
+@pytest.fixture(params=HOSTS)
+def known_host(request, monkeypatch):
+    """Run the test as on each known host, whatever this machine is: ``$EDGETUNE_HOST_CPU`` pins the
+    channel granularity and precisions the CPU devices declare (devices/host.py); the study, its space
+    and the CLI run for real on them. The whole suite runs as one host with ``EDGETUNE_HOST_CPU=avx2
+    make test``. Returns the host's facts (``channel_block``, ``bf16``)."""
+    from edgetune.devices.host import HOST_CPU_ENV, KNOWN_HOSTS
+
+    monkeypatch.setenv(HOST_CPU_ENV, request.param)
+    return KNOWN_HOSTS[request.param]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Baselines trained by tests go to a throwaway cache, never the user's."""

@@ -136,6 +136,12 @@ CASES = [
      "error: spec key 'device.also': lists the main device 'openvino:CPU'; name the others only"),
     (["start", "--spec", S, "--study-name", "other", "--set", 'device.also=["openvino:NPU"]'],
      "error: device 'openvino:NPU' is not available on this host; available: "),
+    # search spaces
+    (["start", "--spec", S, "--study-name", "other", "--set", "search.inner_width=false", "--set", "search.stream_width=false",
+      "--set", "search.depth=false", "--set", 'search.precisions=["f32"]'],
+     "error: nothing to search: no width or depth of resnet20 has two values (search.inner_width, search.stream_width, "
+     "search.depth off), nor the precision (precisions: f32); every trial would be the same model: turn a dimension "
+     "on or allow int8 in search.precisions"),
     # data directories
     (["start", "--spec", S, "--study-name", "other", "--data", "cifar10", "--data-dir", "{dir}/nowhere"],
      "error: no CIFAR-10 python batches in {dir}/nowhere (expected data_batch_1..5 and test_batch)"),
@@ -188,6 +194,42 @@ def test_bad_input_is_one_line_exit_2_and_the_study_is_unchanged(stored, args, m
     assert lines[0] == expected if not expected.endswith(" ") else lines[0].startswith(expected), lines[0]
     assert _snapshot(stored) == before
     assert not (stored / "pwned").exists()  # the malicious checkpoint did not run
+
+
+def test_a_space_the_granularity_left_one_point_stops_before_the_study_exists(stored, known_host):
+    """mynet.py:build has 8-channel layers: one width each in multiples of 8 or 16, two in multiples of 4.
+    With one float precision there is nothing left to search, on every known host."""
+    before = _snapshot(stored)
+    block = known_host.channel_block
+    result = CliRunner().invoke(app, ["start", "--spec", str(stored / "tiny.toml"), "--study-name", "narrow",
+                                      "--model", f"{stored}/mynet.py:build", "--set", 'search.precisions=["f32"]'],
+                                catch_exceptions=False, env={"EDGETUNE_STORAGE": None})
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and lines == [
+        f"error: nothing to search: widths in multiples of {block} (from the device openvino:CPU) leave inner.0 one value, "
+        "and nothing else has two (precisions: f32); set search.channel_multiple = 4 to search finer widths anyway "
+        f"(a width between two multiples of {block} runs about as fast as the next one up)"], result.output
+    assert "narrow" not in optuna.get_all_study_names(f"sqlite:///{stored}/tiny.db")  # nothing created, nothing trained
+    assert _snapshot(stored) == before
+
+
+def test_a_dimension_the_granularity_collapsed_is_named_before_the_first_trial(tmp_path, known_host):
+    """ResNet-20's 16-channel stage has one width at a granularity of 16 (two at 8): the header says so."""
+    from conftest import fresh_tiny_spec
+
+    folder = fresh_tiny_spec(tmp_path)
+    result = CliRunner().invoke(app, ["start", "--spec", str(folder / "tiny.toml"), "--study-name", "collapsed",
+                                      "--trials", "1", "--max-latency", "0.0001"],  # the trial stops at its first timing
+                                catch_exceptions=False, env={"EDGETUNE_STORAGE": None})
+    assert result.exit_code == 0, result.output
+    header = " ".join(result.output.split("trial ")[0].split())  # rich wraps it at the console's width
+    block = known_host.channel_block
+    assert f"widths in multiples of {block} (device openvino:CPU)" in header
+    note = ("widths in multiples of 16 (from the device openvino:CPU) leave inner.layer1, width.layer1 one value; "
+            "set search.channel_multiple = 8 to search finer widths anyway")
+    assert (note in header) == (block == 16), header
+    study = optuna.load_study(study_name="collapsed", storage=f"sqlite:///{folder}/tiny.db")
+    assert study.user_attrs["channel_multiple"] == block and len(study.trials) == 1
 
 
 @pytest.mark.parametrize("args, message", [

@@ -135,3 +135,62 @@ def test_the_search_space_counts_whole_multiples():
     off = load_spec(overrides={"search.depth": False, "search.stream_width": False, "search.inner_width": False})
     assert build_space(off, model, groups, stages, ["f32"], 8).describe() == []
     assert SearchSpace(["f32"]).describe() == []
+
+
+def test_the_space_names_what_the_devices_granularity_collapsed(known_host):
+    """The multiple and the precisions come from the device as this host declares them; a width with one
+    value at that multiple but several at a finer one is named, with the finer multiple that searches it."""
+    from edgetune.searcher.space import allowed_precisions, build_space, channel_multiple, searched_parameters
+    from edgetune.searcher.spec import load_spec
+
+    spec = load_spec()  # sparsity_max 0.8
+    model, stages = _stages("resnet20")
+    groups = derive_groups(model)
+    info = create_device("openvino:CPU").info()
+    precisions = allowed_precisions(spec, info)
+    multiple, source = channel_multiple(spec, info, precisions)
+    assert (multiple, source) == (known_host.channel_block, "device openvino:CPU")
+    space = build_space(spec, model, groups, stages, precisions, multiple, source)
+    searched = searched_parameters(spec, groups, space)
+    assert ("precision.float" in searched) == known_host.bf16 and "precision.layer1" in searched
+    if multiple == 16:  # the 16-channel stage: one width; at 8, two
+        assert space.collapsed == ("inner.layer1", "width.layer1") and space.finer_multiple == 8
+        assert "inner.layer1" not in searched and "inner.layer2" in searched
+        assert space.collapse_note().startswith("widths in multiples of 16 (from the device openvino:CPU) leave "
+                                                "inner.layer1, width.layer1 one value; set search.channel_multiple = 8 ")
+    else:
+        assert space.collapsed == () and space.collapse_note() == "" and "inner.layer1" in searched
+
+
+def test_a_space_of_one_point_is_refused_with_the_reason():
+    from edgetune.searcher.space import build_space, check_searchable, searched_parameters
+    from edgetune.searcher.spec import SpecError, load_spec
+
+    model, stages = _stages("resnet20")
+    groups = derive_groups(model)
+    spec = load_spec(overrides={"model.name": "resnet20", "search.depth": False, "search.stream_width": False,
+                                "search.inner_width": False, "search.precisions": ["f32"]})
+    space = build_space(spec, model, groups, stages, ["f32"], 8)
+    assert searched_parameters(spec, groups, space) == []  # three pruners, but nothing for them to prune
+    with pytest.raises(SpecError, match=r"^nothing to search: no width or depth of resnet20 has two values "
+                                        r"\(search.inner_width, search.stream_width, search.depth off\), nor the "
+                                        r"precision \(precisions: f32\); every trial would be the same model"):
+        check_searchable(spec, groups, space)
+    off = {"search.depth": False, "search.stream_width": False, "search.inner_width": False}
+    every_group = {g: "int8" for g in ["layer1", "layer2", "layer3", "other"]}
+    fixed = load_spec(overrides={**off, "search.precisions": ["f32", "int8"], "search.fixed_precisions": every_group})
+    assert searched_parameters(fixed, groups, build_space(fixed, model, groups, stages, ["f32", "int8"], 8)) == []
+    free = load_spec(overrides={**off, "search.precisions": ["f32", "int8"]})
+    assert searched_parameters(free, groups, build_space(free, model, groups, stages, ["f32", "int8"], 8)) == [
+        "precision.layer1", "precision.layer2", "precision.layer3", "precision.other"]
+    # a model of 16-channel layers at a granularity of 16: one width each, and 8 would search them
+    narrow = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                           nn.Flatten(), nn.Linear(16, 10))
+    spec = load_spec(overrides={"search.precisions": ["f32"]})
+    space = build_space(spec, narrow, derive_groups(narrow), [], ["f32"], 16, "device openvino:CPU")
+    assert space.collapsed and space.finer_multiple == 8
+    with pytest.raises(SpecError, match=r"^nothing to search: widths in multiples of 16 \(from the device openvino:CPU\) "
+                                        r"leave inner\.\S+ one value, and nothing else has two \(precisions: f32\); "
+                                        r"set search.channel_multiple = 8 to search finer widths anyway"):
+        check_searchable(spec, derive_groups(narrow), space)
+    assert searched_parameters(spec, derive_groups(narrow), build_space(spec, narrow, derive_groups(narrow), [], ["f32"], 8))
