@@ -57,6 +57,22 @@ class Accelerator:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=_DTYPES[self.amp])
 
+    @contextlib.contextmanager
+    def repeatable(self):
+        """Same seed, same GPU, same weights: cuDNN's deterministic algorithms and no autotuning while
+        this trains or evaluates. A context, not a global switch: the CUDA target device (devices/cuda.py)
+        autotunes the deployed model for speed in the same process."""
+        if not self.is_cuda:
+            yield
+            return
+        cudnn = torch.backends.cudnn
+        saved = cudnn.benchmark, cudnn.deterministic
+        cudnn.benchmark, cudnn.deterministic = False, True
+        try:
+            yield
+        finally:
+            cudnn.benchmark, cudnn.deterministic = saved
+
     def scaler(self) -> "torch.amp.GradScaler | None":
         """f16 gradients need loss scaling to not underflow; bf16 has f32's range and needs none."""
         return torch.amp.GradScaler(self.device.type) if self.amp == "f16" else None
@@ -101,9 +117,9 @@ def resolve(device: str = "auto", amp: str = "auto", gpus: int | None = None) ->
             have = f"its GPUs are cuda:0..cuda:{gpus - 1}" if gpus else "it has no CUDA GPU"
             raise AcceleratorError(f"spec key 'train.device': {device!r} is not available on this host ({have}); "
                                    'use "auto" or "cpu"')
-        accelerator = Accelerator(torch.device("cuda", index), _gpu_amp(amp, index))
-        _deterministic_cuda()
-        return accelerator
+        # cuBLAS reads its workspace setting when it starts: a fixed one makes its sums repeatable
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        return Accelerator(torch.device("cuda", index), _gpu_amp(amp, index))
     if amp == "f16":
         raise AcceleratorError('spec key \'train.amp\': "f16" trains on a GPU only (the CPU has no gain from it); '
                                'use "off" or "bf16" on the CPU')
@@ -119,14 +135,6 @@ def _gpu_amp(amp: str, index: int) -> str | None:
         raise AcceleratorError(f"spec key 'train.amp': cuda:{index} has no bf16 ({torch.cuda.get_device_name(index)}); "
                                'use "f16", "auto" or "off"')
     return amp
-
-
-def _deterministic_cuda() -> None:
-    """Same seed, same GPU, same weights: cuDNN without autotuning or nondeterministic kernels, cuBLAS with
-    a fixed workspace (read when cuBLAS starts, so set before the first matrix product)."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
 
 
 def worker_devices(device: str, workers: int, gpus: int) -> list[str | None]:

@@ -54,30 +54,31 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, count: int, s
     scaler = on.scaler()
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.epochs * math.ceil(count / settings.batch_size))
     losses = []
-    for epoch in range(settings.epochs):
-        model.train()
-        order = torch.randperm(count, generator=generator).to(on.device)
-        total = torch.zeros((), device=on.device)  # summed on the device: no GPU sync per step
-        for start in range(0, count, settings.batch_size):
-            index = order[start : start + settings.batch_size]
-            if len(index) < 2:  # BatchNorm needs two samples
-                continue
-            optimizer.zero_grad(set_to_none=True)
-            loss = step_loss(index)
-            if scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            schedule.step()
-            total += loss.detach().float() * len(index)
-        losses.append(total.item() / count)
-        if not math.isfinite(losses[-1]):
-            break  # diverged: the caller sees a collapsed network
-        if on_epoch:
-            on_epoch(epoch, losses[-1])
+    with on.repeatable():
+        for epoch in range(settings.epochs):
+            model.train()
+            order = torch.randperm(count, generator=generator).to(on.device)
+            total = torch.zeros((), device=on.device)  # summed on the device: no GPU sync per step
+            for start in range(0, count, settings.batch_size):
+                index = order[start : start + settings.batch_size]
+                if len(index) < 2:  # BatchNorm needs two samples
+                    continue
+                optimizer.zero_grad(set_to_none=True)
+                loss = step_loss(index)
+                if scaler is None:
+                    loss.backward()
+                    optimizer.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                schedule.step()
+                total += loss.detach().float() * len(index)
+            losses.append(total.item() / count)
+            if not math.isfinite(losses[-1]):
+                break  # diverged: the caller sees a collapsed network
+            if on_epoch:
+                on_epoch(epoch, losses[-1])
     model.eval()
     return losses
 
@@ -107,6 +108,7 @@ def logits_of(model: nn.Module, images: torch.Tensor, batch_size: int = 256, on:
     (a teacher's, once per study)."""
     was_training = model.training
     model.eval()
-    out = torch.cat([model(images[i:i + batch_size].to(on.device)) for i in range(0, len(images), batch_size)])
+    with on.repeatable():
+        out = torch.cat([model(images[i:i + batch_size].to(on.device)) for i in range(0, len(images), batch_size)])
     model.train(was_training)
     return out

@@ -1,6 +1,7 @@
 """Where PyTorch trains (spec [train]): the device and autocast choice, and that model, batches and
 teacher go there. Each plumbing test runs on the CPU and, on a host with CUDA, on the GPU too."""
 import copy
+import os
 
 import pytest
 import torch
@@ -16,11 +17,9 @@ HERE = ["cpu"] + [pytest.param("cuda", marks=pytest.mark.gpu)] * HAS_CUDA
 
 
 @pytest.fixture(autouse=True)
-def _cuda_settings(monkeypatch):
-    """resolve() pins cuDNN and cuBLAS for repeatable CUDA training: put them back after each test."""
-    monkeypatch.setattr(torch.backends.cudnn, "deterministic", torch.backends.cudnn.deterministic)
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
-    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+def _cublas_setting(monkeypatch):
+    """resolve() fixes cuBLAS's workspace for repeatable CUDA training: put the variable back after each test."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="a GPU is present")
@@ -37,10 +36,21 @@ def test_the_choice_on_a_host_with_gpus():
     assert resolve("auto", "off", gpus=2).device == torch.device("cuda", 0)
     assert resolve("cuda", "off", gpus=2).name == "cuda:0"
     assert resolve("cuda:1", "off", gpus=2).name == "cuda:1"
-    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     with pytest.raises(AcceleratorError, match=r"'cuda:2' is not available on this host \(its GPUs are cuda:0..cuda:1\)"):
         resolve("cuda:2", "off", gpus=2)
     assert resolve("cpu", "auto", gpus=2) == CPU  # asked for the CPU: the CPU
+
+
+def test_cuda_training_holds_cudnn_repeatable_and_gives_its_settings_back(monkeypatch):
+    cudnn = torch.backends.cudnn
+    monkeypatch.setattr(cudnn, "benchmark", True)  # as the CUDA target device leaves it
+    monkeypatch.setattr(cudnn, "deterministic", False)
+    with Accelerator(torch.device("cuda", 0)).repeatable():
+        assert not cudnn.benchmark and cudnn.deterministic
+    assert cudnn.benchmark and not cudnn.deterministic
+    with CPU.repeatable():
+        assert cudnn.benchmark  # the CPU does not touch cuDNN
 
 
 def test_amp_on_the_cpu_is_off_unless_bf16_is_asked_for():
