@@ -56,7 +56,8 @@ def summary(study: optuna.Study, trials, walls: np.ndarray, times: dict[str, np.
             "fixed_median_s": float(np.median(fixed)),
             "train_device": sorted({str(t.user_attrs.get("train_device", "cpu")) for t in trials}),
             "train_amp": sorted({str(t.user_attrs.get("train_amp", "off")) for t in trials}),
-            "recipe_top1": {t.user_attrs["seeded"]: t.user_attrs["top1"] for t in trials if t.user_attrs.get("seeded")}}
+            "recipe_top1": {t.user_attrs["seeded"]: t.user_attrs["top1"] for t in trials if t.user_attrs.get("seeded")},
+            "recipe_wall_s": {t.user_attrs["seeded"]: float(w) for t, w in zip(trials, walls) if t.user_attrs.get("seeded")}}
 
 
 def compare(first: str, second: str) -> None:
@@ -67,10 +68,14 @@ def compare(first: str, second: str) -> None:
     print(f"- fine-tuning, mean: {a['phases_mean_s'].get('fine_tune', 0):.2f} s against {b['phases_mean_s'].get('fine_tune', 0):.2f} s; "
           f"fixed costs, median: {a['fixed_median_s']:.2f} s against {b['fixed_median_s']:.2f} s "
           f"({b['fixed_median_s'] / b['median_wall_s']:.0%} of the second's median trial)")
-    print("\n| recipe seed | Top-1 first | Top-1 second | difference |\n|---|---|---|---|")
-    for name in sorted(set(a["recipe_top1"]) & set(b["recipe_top1"])):
+    common = sorted(set(a["recipe_top1"]) & set(b["recipe_top1"]))
+    if common:  # the same trials both ways: the recipe seeds
+        x, y = (np.median([run["recipe_wall_s"][n] for n in common]) for run in (a, b))
+        print(f"- the {len(common)} recipe seeds, median wall time: {x:.2f} s against {y:.2f} s: **{y / x:.2f}x**")
+    print("\n| recipe seed | Top-1 first | Top-1 second | difference | wall s first | wall s second |\n|---|---|---|---|---|---|")
+    for name in common:
         x, y = a["recipe_top1"][name], b["recipe_top1"][name]
-        print(f"| {name} | {x:.2f} | {y:.2f} | {y - x:+.2f} |")
+        print(f"| {name} | {x:.2f} | {y:.2f} | {y - x:+.2f} | {a['recipe_wall_s'][name]:.1f} | {b['recipe_wall_s'][name]:.1f} |")
 
 
 def main() -> None:

@@ -210,3 +210,28 @@ def test_a_trial_fine_tunes_on_the_device_and_deploys_from_the_cpu(digits, devic
         assert next(baseline.parameters()).device.type == "cpu"  # the teacher was a copy
     finally:
         outcome.deployment.close()
+
+
+@pytest.mark.slow
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU on this host")
+def test_two_studies_training_on_one_gpu_at_once_both_complete(tmp_path):
+    """Two `tune start` processes, each with its own SQLite file, fine-tuning on cuda:0 together
+    (measured on the host CPU: the GPU host has no OpenVINO)."""
+    import optuna
+
+    from conftest import fresh_tiny_spec, tune_process
+
+    runs = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        folder = fresh_tiny_spec(tmp_path / name)
+        runs.append((folder, tune_process("start", "--spec", str(folder / "tiny.toml"), "--device", "cpu",
+                                          "--set", "train.device=cuda:0", "--set", "search.recipes=false",
+                                          cwd=folder, env=dict(os.environ))))
+    for folder, process in runs:
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, output
+        study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder}/tiny.db")
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        assert len(complete) == 3 and {t.user_attrs["train_device"] for t in complete} == {"cuda:0"}
