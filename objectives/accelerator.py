@@ -25,6 +25,7 @@ import torch
 from .choices import TRAIN_AMP as AMP
 from .choices import TRAIN_DEVICES as DEVICES
 from .choices import train_device_ok as device_ok
+
 _DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16}
 # A training set is held on the GPU when it takes at most this share of the memory free there; a larger
 # one stays in pinned host memory and each batch is copied over.

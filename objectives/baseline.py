@@ -2,8 +2,9 @@
 
 The cache key covers everything that changes the weights: model, data set (name, folder, image
 size), training settings and seed, and where it trained when that was not the CPU in f32 (a baseline
-trained on a GPU, or under autocast, is another model; CPU-trained keys are those of before ``[train]``). Checkpoints are read with ``weights_only=True``: a file that
-would run code when unpickled is refused.
+trained on a GPU, or under autocast, is another model; CPU-trained keys are those of before
+``[train]``). Checkpoints are read with ``weights_only=True``: a file that would run code when
+unpickled is refused.
 """
 from __future__ import annotations
 
