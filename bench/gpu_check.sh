@@ -1,20 +1,61 @@
 #!/bin/bash
-# GPU check for the CUDA adapter, run on the lent GPU host over a copy of the tree with .gpu/ carried
-# (bench/gpu_carry.sh builds it): its tests, then a 4-trial study on cuda:0 that targets memory too.
-# Results land in $OUT (the device tool). Here: run(command="bash bench/gpu_check.sh", carry=[".gpu"]).
+# GPU check, run on the lent GPU host over a copy of the tree with .gpu/ carried (bench/gpu_carry.sh builds it).
+# Results land in $OUT (the device tool). Parts, run in the order given (default: tests default cifar):
+#   adapter  the CUDA adapter's tests and a 4-trial study measured on cuda:0 (about 2 min)
+#   tests    [train]'s GPU tests: plumbing on cuda, QAT there, two studies training on one GPU at once (about 2 min)
+#   default  the default study (ResNet-56 on digits, seed 0, 8 trials) trained on cuda:0, then the same trials
+#            trained on the host's CPU from the same baseline; phase table and comparison (about 3 min)
+#   cifar    the CIFAR task (ResNet-20 on .gpu/cifar10-12k): 20 trials trained on cuda:0, then its 5 recipe seeds
+#            trained on the host's CPU from the same baseline; phase table and comparison (about 5 min)
+# The host has no OpenVINO: models are deployed and timed on the host CPU in plain PyTorch (device "cpu"),
+# 8 threads, 1 s per measurement at most (the default's 1..16-thread sweep would make timing most of a trial).
+# In 15 minutes of device time (start included), as two calls on one warm machine:
+#   run(command="bash bench/gpu_check.sh tests default", carry=[".gpu"], timeout_s=420)
+#   run(command="bash bench/gpu_check.sh cifar", carry=[".gpu"], timeout_s=480)
 set -u
 export PYTHONUNBUFFERED=1
-nvidia-smi -L; python3 --version
+nvidia-smi -L; python3 --version; nproc
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
 mkdir -p /tmp/p && ln -sfn "$PWD" /tmp/p/edgetune
 export PYTHONPATH=/tmp/p:/tmp/site:$PWD/.gpu/site
 python3 -c "import torch, edgetune.devices.cuda, edgetune.searcher.cli; print('torch', torch.__version__, torch.cuda.get_device_name(0))" || exit 1
 tune() { python3 -c 'import sys; from edgetune.searcher.cli import main; sys.argv[0]="tune"; main()' "$@"; }
-tune devices 2>&1 | tee $OUT/devices.txt
-timeout 180 python3 -m pytest tests/test_cuda.py tests/test_nni_compat.py -v -p no:warnings -p no:cacheprovider 2>&1 | tee $OUT/pytest.txt
 export EDGETUNE_CACHE=/tmp/cache
-timeout 300 bash -c "$(declare -f tune); tune start --model resnet20 --device cuda:0 --trials 4 --target latency,memory,top1 \
-  --storage sqlite:////tmp/gpu.db --study-name gpu --set baseline.epochs=3 --set finetune.epochs=1 --set device.latency_max_seconds=1" 2>&1 | tee $OUT/study.txt
-tune pareto gpu --storage sqlite:////tmp/gpu.db 2>&1 | tee $OUT/pareto.txt
-cp /tmp/gpu.db $OUT/ 2>/dev/null
+MEASURE=(--set device.name=cpu --set device.threads=8 --set device.latency_max_seconds=1)
+cost() { python3 bench/trial_cost.py "$@"; }  # its own temporary database each time
+baseline_of() { ls -t /tmp/cache/baselines/"$1"-*.pt 2>/dev/null | head -1; }
+
+parts="${*:-tests default cifar}"
+for part in $parts; do
+case $part in
+adapter)
+  tune devices 2>&1 | tee $OUT/devices.txt
+  timeout 180 python3 -m pytest tests/test_cuda.py tests/test_nni_compat.py -v -p no:warnings -p no:cacheprovider 2>&1 | tee $OUT/pytest.txt
+  timeout 300 bash -c "$(declare -f tune); tune start --model resnet20 --device cuda:0 --trials 4 --target latency,memory,top1 \
+    --storage sqlite:////tmp/gpu.db --study-name gpu --set baseline.epochs=3 --set finetune.epochs=1 --set device.latency_max_seconds=1" 2>&1 | tee $OUT/study.txt
+  tune pareto gpu --storage sqlite:////tmp/gpu.db 2>&1 | tee $OUT/pareto.txt
+  ;;
+tests)
+  timeout 240 python3 -m pytest tests/test_accelerator.py -m gpu -v -p no:warnings -p no:cacheprovider 2>&1 | tee $OUT/pytest-train.txt
+  ;;
+default)
+  { time timeout 150 python3 bench/trial_cost.py --trials 8 "${MEASURE[@]}" --set train.device=cuda:0 --json $OUT/default-gpu.json; } 2>&1 | tee $OUT/default.txt
+  base=$(baseline_of resnet56-digits)
+  { time timeout 200 python3 bench/trial_cost.py --trials 8 "${MEASURE[@]}" --set train.device=cpu --set model.checkpoint=$base \
+      --json $OUT/default-cpu.json; } 2>&1 | tee -a $OUT/default.txt
+  cost --compare $OUT/default-cpu.json $OUT/default-gpu.json 2>&1 | tee -a $OUT/default.txt
+  ;;
+cifar)
+  CIFAR=(--set model.name=resnet20 --set data.name=imagefolder --set data.dir=$PWD/.gpu/cifar10-12k --set baseline.epochs=15
+         --set baseline.lr=0.05 --set finetune.epochs=2 "${MEASURE[@]}")  # bench/search_efficiency.py's cifar task
+  ls .gpu/cifar10-12k/train/*/ | grep -c jpg | sed 's/^/training images carried: /' | tee $OUT/cifar.txt
+  { time timeout 300 python3 bench/trial_cost.py --trials 20 "${CIFAR[@]}" --set train.device=cuda:0 --json $OUT/cifar-gpu.json; } 2>&1 | tee -a $OUT/cifar.txt
+  base=$(baseline_of resnet20-imagefolder)
+  { time timeout 200 python3 bench/trial_cost.py --trials 5 "${CIFAR[@]}" --set train.device=cpu --set model.checkpoint=$base \
+      --json $OUT/cifar-cpu.json; } 2>&1 | tee -a $OUT/cifar.txt
+  cost --compare $OUT/cifar-cpu.json $OUT/cifar-gpu.json 2>&1 | tee -a $OUT/cifar.txt
+  ;;
+*) echo "unknown part $part (adapter, tests, default, cifar)"; exit 2 ;;
+esac
+done
 true

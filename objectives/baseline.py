@@ -1,8 +1,10 @@
 """The uncompressed baseline: trained once (or loaded from a checkpoint) and cached on disk.
 
 The cache key covers everything that changes the weights: model, data set (name, folder, image
-size), training settings and seed. Checkpoints are read with ``weights_only=True``: a file that
-would run code when unpickled is refused.
+size), training settings and seed, and where it trained when that was not the CPU in f32 (a baseline
+trained on a GPU, or under autocast, is another model; CPU-trained keys are those of before
+``[train]``). Checkpoints are read with ``weights_only=True``: a file that would run code when
+unpickled is refused.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
+from .accelerator import CPU, Accelerator
 from .data import DataSplits
 from .errors import first_line
 from .finetune import TrainSettings, train
@@ -31,10 +34,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EDGETUNE_CACHE", Path.home() / ".cache" / "edgetune"))
 
 
-def cache_key(model_name: str, data: DataSplits, data_id: dict, settings: TrainSettings) -> str:
+def cache_key(model_name: str, data: DataSplits, data_id: dict, settings: TrainSettings, on: Accelerator = CPU) -> str:
     train = {k: v for k, v in settings.__dict__.items() if k not in ("distill", "temperature")}  # a baseline never distills
     payload = {"model": model_name, "data": data_id, "classes": data.num_classes,
                "shape": list(data.image_shape), "train": train}
+    if on != CPU:  # the kind of device, not its index: cuda:0 and cuda:1 of one host train the same model
+        payload["train_on"] = {"device": on.device.type, "amp": on.amp}
     source = source_sha256(model_name)
     if source:  # the user's own model: a changed file is another model
         payload["source"] = source
@@ -65,13 +70,15 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
 
 def get_baseline(model_name: str, data: DataSplits, data_id: dict, settings: TrainSettings,
                  checkpoint: str | None = None,
-                 on_epoch: Callable[[int, float], None] | None = None) -> tuple[nn.Module, str]:
-    """The trained baseline and where it came from ("checkpoint", "cache" or "trained")."""
+                 on_epoch: Callable[[int, float], None] | None = None,
+                 on: Accelerator = CPU) -> tuple[nn.Module, str]:
+    """The trained baseline, on the CPU, and where it came from ("checkpoint", "cache" or "trained");
+    a baseline to train trains on ``on``'s device."""
     model = create_model(model_name, data.num_classes)
     if checkpoint:
         return load_checkpoint(model, checkpoint).eval(), "checkpoint"
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name.rpartition("/")[2])  # a reference holds / and :
-    path = cache_dir() / "baselines" / f"{label}-{data.name}-{cache_key(model_name, data, data_id, settings)}.pt"
+    path = cache_dir() / "baselines" / f"{label}-{data.name}-{cache_key(model_name, data, data_id, settings, on)}.pt"
     if path.is_file():
         return load_checkpoint(model, path).eval(), "cache"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,8 +87,9 @@ def get_baseline(model_name: str, data: DataSplits, data_id: dict, settings: Tra
         if path.is_file():
             return load_checkpoint(model, path).eval(), "cache"
         torch.manual_seed(settings.seed)
-        model = create_model(model_name, data.num_classes)
-        train(model, data.x_train, data.y_train, settings, on_epoch)
+        model = create_model(model_name, data.num_classes)  # initialised on the CPU: the same on every device
+        train(model, data.x_train, data.y_train, settings, on_epoch, on=on)
+        model.cpu()
         partial = path.with_suffix(".tmp")
         torch.save(model.state_dict(), partial)
         partial.replace(path)  # atomic: a killed run never leaves half a checkpoint

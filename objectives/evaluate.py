@@ -5,6 +5,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .accelerator import CPU, Accelerator
+
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
     """Top-k accuracy in percent."""
@@ -14,9 +16,12 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
 
 
 @torch.no_grad()
-def torch_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+def torch_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256, on: Accelerator = CPU) -> np.ndarray:
+    """f32 logits of every image, computed on ``on``'s device (where the model is)."""
     model.eval()
-    return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]).numpy()
+    with on.repeatable():
+        return torch.cat([model(images[i : i + batch_size].to(on.device))
+                          for i in range(0, len(images), batch_size)]).float().cpu().numpy()
 
 
 def collapsed(top1: float, num_classes: int, margin: float = 1.5) -> bool:

@@ -21,6 +21,7 @@ from edgetune.devices.protocol import exclusive, thread_table
 
 from . import prune as pruning
 from . import structure
+from .accelerator import CPU, Accelerator
 from .data import DataSplits
 from .evaluate import collapsed, per_class_accuracy, topk_accuracy, torch_logits
 from .finetune import TrainSettings, logits_of, train
@@ -101,15 +102,30 @@ class TrialContext:
     also: list[OtherDevice] = field(default_factory=list)
     stages: list[Stage] = field(default_factory=list)  # residual stages: depth and stream width
     block_importance: dict[str, float] = field(default_factory=dict)  # computed once per study
+    # Where fine-tuning and its checks run (spec [train]); the baseline, pruning, speedup and deployment
+    # stay on the CPU, and a model moves to this device to train and back after.
+    train_on: Accelerator = CPU
 
     @functools.cached_property
     def baseline_flops(self) -> int:
         return flops_and_params(self.baseline, self.data.example_input(2))[0]
 
     @functools.cached_property
+    def train_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training images and labels where batches are drawn from (on the GPU when they fit),
+        placed once per worker, not once per trial."""
+        return self.train_on.place(self.data.x_train), self.train_on.place(self.data.y_train)
+
+    @functools.cached_property
+    def val_images(self) -> torch.Tensor:
+        return self.train_on.place(self.data.x_val)
+
+    @functools.cached_property
     def teacher_logits(self) -> torch.Tensor:
-        """The baseline's logits on the training images: what a distilled fine-tune learns from."""
-        return logits_of(self.baseline, self.data.x_train)
+        """The baseline's logits on the training images, computed on the training device and kept there:
+        what a distilled fine-tune learns from."""
+        teacher = copy.deepcopy(self.baseline).to(self.train_on.device)
+        return self.train_on.place(logits_of(teacher, self.train_set[0], on=self.train_on))
 
 
 @dataclass
@@ -259,16 +275,21 @@ def fine_tune_and_measure(model: nn.Module, ctx: TrialContext, plan: TrialPlan, 
     """Fine-tune a pruned model (in place; quantization-aware for its int8 modules), deploy it, evaluate
     it on the device and measure it; the outcome records its structure as realized."""
     quantized = list(device_plan.int8_modules)
+    on = ctx.train_on
+    qat = bool(quantized) and plan.quantization in ("qat", "qat-qdq")
     with clock.phase("fine_tune"):
         torch.manual_seed(settings.seed)
         teacher = ctx.teacher_logits if settings.distill > 0 else None
         scales = {}
-        if quantized and plan.quantization in ("qat", "qat-qdq"):
-            _, scales = qat_finetune(model, compute_layers(model, quantized), ctx.data.x_train, ctx.data.y_train,
-                                     settings, teacher)
-        else:
-            train(model, ctx.data.x_train, ctx.data.y_train, settings, teacher_logits=teacher)
-        check = topk_accuracy(torch_logits(model, ctx.data.x_val), ctx.data.y_val.numpy())
+        model.to(on.device)
+        try:
+            if qat:
+                _, scales = qat_finetune(model, compute_layers(model, quantized), *ctx.train_set, settings, teacher, on)
+            else:
+                train(model, *ctx.train_set, settings, teacher_logits=teacher, on=on)
+            check = topk_accuracy(torch_logits(model, ctx.val_images, on=on), ctx.data.y_val.numpy())
+        finally:
+            model.cpu()  # deployment, counting and the artifact start from the CPU, wherever it trained
         if collapsed(check, ctx.data.num_classes, ctx.collapse_margin):
             raise CollapsedError(check, ctx.data.num_classes)
     on_device, device_plan_used = model, device_plan
@@ -282,6 +303,7 @@ def fine_tune_and_measure(model: nn.Module, ctx: TrialContext, plan: TrialPlan, 
                                                                   ctx.groups),
                       channels=channels, inner_width=pruning.group_widths(channels, ctx.groups),
                       fine_tune_epochs=settings.epochs, distill=settings.distill, pruner=plan.pruner,
+                      train_device=on.name, train_amp="off" if qat or on.amp is None else on.amp,
                       precision_plan=plan.precision_plan(ctx.groups), quantization=plan.quantization if quantized else None,
                       calibration_size=0 if device_plan_used.calibration is None else len(device_plan_used.calibration),
                       seconds=clock.seconds,

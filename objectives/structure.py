@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .accelerator import CPU, Accelerator
 from .errors import first_line
 
 BLOCK_TYPES = ("BasicBlock", "Bottleneck", "InvertedResidual")
@@ -125,11 +126,15 @@ def removed_blocks(model: nn.Module, stages: list[Stage]) -> list[str]:
 
 @torch.no_grad()
 def block_importance(model: nn.Module, stages: list[Stage], images: torch.Tensor, labels: torch.Tensor,
-                     batch_size: int = 128) -> dict[str, float]:
+                     batch_size: int = 128, on: Accelerator = CPU) -> dict[str, float]:
     """Per removable block: how much the loss rises when that block alone is bypassed (higher: keep).
 
-    Measured on ``images`` (a slice of the validation data) with the trained baseline in eval mode.
+    Measured on ``images`` (a slice of the validation data) with the trained baseline in eval mode,
+    in f32 on ``on``'s device (a copy of ``model`` goes there; ``model`` stays where it is).
     """
+    if stages and on.device != next(model.parameters()).device:
+        model = copy.deepcopy(model).to(on.device)
+    images, labels = images.to(on.device), labels.to(on.device)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
 
     def loss_of(candidate: nn.Module) -> float:

@@ -105,6 +105,7 @@ def start(
                                            max_latency=max_latency, min_speedup=min_speedup, set=set_))
     if spec["study.workers"] > 1 and is_sqlite(spec["study.storage"]):
         raise SpecError(f"--workers {spec['study.workers']}: {SEVERAL_WORKERS_NEED_A_SERVER}")
+    _check_train_device(spec)
     console.print(f"study [bold]{spec['study.name']}[/]: {spec['model.name']} on {spec['data.name']}, "
                   f"device {spec['device.name']}, targets {','.join(spec.targets)}, sampler {spec.sampler}, "
                   f"{spec['study.trials']} trials" + (f", {spec['study.workers']} workers" if spec["study.workers"] > 1 else ""))
@@ -121,6 +122,8 @@ def worker(
     artifacts: Optional[str] = typer.Option(None, help="The study's artifact store as this host sees it (default: the study's)."),
     threads: int = typer.Option(0, help="Training threads (0: PyTorch's default)."),
     quiet: bool = typer.Option(False, "--quiet", help="Print nothing but errors (used by `tune start --workers`)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Where this host trains: --set train.device=cuda:1 "
+                                                                "(train.* keys only; the rest is the study's)."),
 ):
     """Join a study from this host and run its trials until the study has them all."""
     from .locks import StudyLocks
@@ -130,14 +133,23 @@ def worker(
         import torch
 
         torch.set_num_threads(threads)
-    spec = _stored_spec_of(load_study(storage, study_name), storage, artifacts)
+    spec = _stored_spec_of(load_study(storage, study_name), storage, artifacts, set_)
+    _check_train_device(spec)
     with StudyLocks(spec["study.storage"], spec["study.name"]).exclusive_worker():
         _run_interruptible(spec, functools.partial(_run_study, joining=True), quiet=quiet)
 
 
-def _stored_spec_of(study, storage: str, artifacts: Optional[str]):
+def _check_train_device(spec) -> None:
+    """A training device this host lacks: one line before anything starts (not after the baseline)."""
+    from .study import train_on
+
+    train_on(spec)
+
+
+def _stored_spec_of(study, storage: str, artifacts: Optional[str], set_: Optional[list[str]] = None):
     """The spec a study was started with, as this host joins it: its storage URL, its view of the
-    artifact store, one worker."""
+    artifact store, one worker, and where this host trains (``--set train.*``: the only keys a
+    joining process may change, since every other one makes its trials another study's)."""
     from . import record
     from .spec import stored_spec
 
@@ -147,6 +159,12 @@ def _stored_spec_of(study, storage: str, artifacts: Optional[str]):
     overrides = {"study.storage": storage, "study.workers": 1}
     if artifacts:
         overrides["study.artifacts"] = artifacts
+    for item in set_ or []:
+        key, value = parse_override(item)
+        if not key.startswith("train."):
+            raise SpecError(f"--set {key}: a process joining study '{study.study_name}' may set only where it trains "
+                            "(train.device, train.amp); the rest is the study's spec")
+        overrides[key] = value
     return stored_spec(stored, overrides)
 
 
@@ -291,6 +309,7 @@ def finalize(
     trial: Optional[list[int]] = typer.Option(None, "--trial", help="Finalize this trial (repeatable); default: the front."),
     storage: str = STORAGE_OPTION,
     artifacts: Optional[str] = typer.Option(None, help="The study's artifact store as this host sees it (default: the study's)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Where to train: --set train.device=cuda:1 (train.* keys only)."),
 ):
     """Fine-tune the front's models longer; each becomes a new trial (finalized_from = the original)."""
     from .finalize import finalize as run_finalize
@@ -302,7 +321,8 @@ def finalize(
         raise SpecError(f"--epochs: must be an integer >= 1, got {epochs}")
     found = load_study(storage, study_name)
     chosen = originals(found, trial)  # an unknown or unfinished trial fails here, before anything is loaded
-    spec = _stored_spec_of(found, storage, artifacts)
+    spec = _stored_spec_of(found, storage, artifacts, set_)
+    _check_train_device(spec)
 
     def run(spec, progress):
         prepared = prepare(spec, on_status=progress.status, joining=True)

@@ -4,6 +4,8 @@ The parent has already bootstrapped the study (baseline, groups); each child joi
 on another host would. The storage URL goes to the children in ``$EDGETUNE_STORAGE``, never on a
 command line (where ``ps`` shows it). Training threads are split between the workers; latency
 measurements on one device are serialised by the device lock, so workers do not time each other.
+On a host with several GPUs, a study that trains on "auto" or "cuda" gives each worker its own GPU,
+round robin (objectives.accelerator.worker_devices).
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import time
 
 import optuna
 
+from edgetune.objectives.accelerator import gpu_count, worker_devices
+
 from .storage import STORAGE_ENV
 from .worker import budget_used
 
@@ -26,10 +30,13 @@ class WorkerFailed(RuntimeError):
     """A worker process ended with an error (its last line is the message)."""
 
 
-def _spawn(study_name: str, storage: str, artifacts: str, threads: int, index: int) -> subprocess.Popen:
+def _spawn(study_name: str, storage: str, artifacts: str, threads: int, index: int,
+           train_device: str | None = None) -> subprocess.Popen:
     env = dict(os.environ, **{STORAGE_ENV: storage, "EDGETUNE_WORKER": str(index)})
     command = [sys.executable, "-m", "edgetune.searcher.cli", "worker", study_name, "--artifacts", artifacts,
                "--threads", str(threads), "--quiet"]
+    if train_device:
+        command += ["--set", f"train.device={train_device}"]
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -37,7 +44,9 @@ def run_local_workers(study: optuna.Study, spec, events, count: int) -> None:
     """Run ``count`` ``tune worker`` processes on the study until its budget is spent; report to ``events``
     (a :class:`searcher.runner.RunEvents`) every trial they finish and every line they print."""
     threads = max(1, (os.cpu_count() or 1) // count)
-    children = [_spawn(study.study_name, spec["study.storage"], spec["study.artifacts"], threads, i) for i in range(count)]
+    devices = worker_devices(spec["train.device"], count, gpu_count())
+    children = [_spawn(study.study_name, spec["study.storage"], spec["study.artifacts"], threads, i, devices[i])
+                for i in range(count)]
     last_lines: dict[int, str] = {}
 
     def forward(index: int, child: subprocess.Popen):

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from edgetune.objectives.choices import DATASETS, PRUNERS
+from edgetune.objectives.choices import DATASETS, PRUNERS, TRAIN_AMP, TRAIN_DEVICES, train_device_ok
 
 from .storage import default_storage
 
@@ -138,6 +138,10 @@ KEYS: dict[str, Key] = {
     "finetune.temperature": Key((int, float), "a number > 0 (softens the baseline's outputs for distillation)",
                                 lambda v: v > 0),
     "finetune.max_epochs": Key(int, "an integer >= 0 (0: every trial fine-tunes finetune.epochs)", lambda v: v >= 0),
+    "train.device": Key(str, f"one of: {', '.join(TRAIN_DEVICES)} (where PyTorch trains; auto: the first CUDA GPU, else the CPU)",
+                        train_device_ok),
+    "train.amp": Key(str, f"one of: {', '.join(TRAIN_AMP)} (autocast while training; auto: bf16 or f16 on a GPU, off on the CPU)",
+                     lambda v: v in TRAIN_AMP),
     "device.name": Key(str, "a device string such as openvino:CPU (`tune devices` lists them)", lambda v: bool(v)),
     "device.also": Key(list, "a list of other device strings to measure each trial's model on, e.g. [\"cpu\"]",
                        lambda v: all(isinstance(d, str) and d for d in v) and len(set(v)) == len(v)),

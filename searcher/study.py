@@ -16,6 +16,7 @@ import optuna
 
 from edgetune.devices import create_device
 from edgetune.devices.protocol import LatencyProtocol
+from edgetune.objectives.accelerator import Accelerator, AcceleratorError, resolve
 from edgetune.objectives.baseline import get_baseline
 from edgetune.objectives.data import DataSplits, load_data
 from edgetune.objectives.evaluate import collapsed
@@ -94,6 +95,15 @@ def baseline_settings(spec: Spec) -> TrainSettings:
     return TrainSettings(spec["baseline.epochs"], spec["baseline.lr"], spec["baseline.batch_size"], seed=spec["study.seed"])
 
 
+def train_on(spec: Spec) -> Accelerator:
+    """Where this process trains (spec ``[train]``, resolved on this host); one line when the host
+    lacks the device. Not part of FIXED_ON_RESUME: each worker trains on its own host's device."""
+    try:
+        return resolve(spec["train.device"], spec["train.amp"])
+    except AcceleratorError as error:
+        raise SpecError(str(error)) from None
+
+
 def make_device(spec: Spec, name: str | None = None):
     protocol = LatencyProtocol(target_ci_rel=spec["device.latency_ci"], max_seconds=spec["device.latency_max_seconds"])
     return create_device(name or spec["device.name"], threads=spec["device.threads"], protocol=protocol,
@@ -122,7 +132,8 @@ class Prepared:
         return self.space.precisions
 
 
-def _baseline_model(spec: Spec, study: optuna.Study, data: DataSplits, on_status: Callable[[str], None]):
+def _baseline_model(spec: Spec, study: optuna.Study, data: DataSplits, on_status: Callable[[str], None],
+                    on: Accelerator):
     """The study's own baseline when it has one (stored once, shared by every worker on every host),
     else the local cache or a training run."""
     stored = record.baseline(study)
@@ -136,7 +147,8 @@ def _baseline_model(spec: Spec, study: optuna.Study, data: DataSplits, on_status
             return load_pruned(folder), "the study's artifact"
     epochs = spec["baseline.epochs"]
     return get_baseline(spec["model.name"], data, data_id(spec), baseline_settings(spec), spec["model.checkpoint"],
-                        on_epoch=lambda e, loss: on_status(f"baseline: training epoch {e + 1}/{epochs} (loss {loss:.3f})"))
+                        on_epoch=lambda e, loss: on_status(f"baseline: training epoch {e + 1}/{epochs} (loss {loss:.3f})"),
+                        on=on)
 
 
 @dataclass
@@ -152,9 +164,11 @@ class _Checked:
     groups: list[LayerGroup]
     checkpoint: tuple | None  # (model, "checkpoint") when the spec names one
     model: object  # the checkpoint's model, else the spec's model untrained: its widths are the baseline's
+    train_on: Accelerator
 
 
 def validate(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> _Checked:
+    on = train_on(spec)
     device = make_device(spec)
     also = [OtherDevice(name, make_device(spec, name)) for name in spec["device.also"]]
     check_targets(spec, device.info())
@@ -173,7 +187,7 @@ def validate(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> _
     if spec["model.checkpoint"]:
         checkpoint = get_baseline(spec["model.name"], data, data_id(spec), baseline_settings(spec), spec["model.checkpoint"])
         model = checkpoint[0]
-    return _Checked(device, also, precisions, storage, locks, data, groups, checkpoint, model)
+    return _Checked(device, also, precisions, storage, locks, data, groups, checkpoint, model, on)
 
 
 def check_new_space(spec: Spec, checked: _Checked) -> None:
@@ -194,7 +208,7 @@ def _structure_facts(spec: Spec, study: optuna.Study, checked: _Checked, model, 
     if "block_importance" not in attrs:
         on_status("baseline: ranking its blocks")
         images, labels = checked.data.x_val[:RANKING_IMAGES], checked.data.y_val[:RANKING_IMAGES]
-        record.write_stages(study, stages, block_importance(model, stages, images, labels))
+        record.write_stages(study, stages, block_importance(model, stages, images, labels, on=checked.train_on))
     if "channel_multiple" not in attrs:
         record.write_channel_multiple(study, *channel_multiple(spec, checked.device.info(), checked.precisions))
     if "stream_width_error" not in attrs and stages and spec["search.stream_width"]:
@@ -229,7 +243,7 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
         if not joining:  # workers joining later read the spec (and the latest trial budget) from here
             study.set_user_attr("spec", stored_values(spec))
         on_status("baseline: loading or training")
-        model, source = checked.checkpoint or _baseline_model(spec, study, checked.data, on_status)
+        model, source = checked.checkpoint or _baseline_model(spec, study, checked.data, on_status, checked.train_on)
         groups = record.groups(study) or checked.groups  # a resumed study keeps the groups it started with
         stages = residual_stages(model)
         _structure_facts(spec, study, checked, model, stages, on_status)
@@ -245,7 +259,8 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
         unpaired = TrialContext(model, checked.data, groups, checked.device, collapse_margin=spec["search.collapse_margin"],
                                calibration_size=spec["data.calibration_size"], throughput=spec["device.throughput"],
                                energy=spec["device.energy"] or "energy" in spec.targets,
-                               also=checked.also, stages=stages, block_importance=record.block_importance(study))
+                               also=checked.also, stages=stages, block_importance=record.block_importance(study),
+                               train_on=checked.train_on)
         if not record.has_baseline(study):
             on_status("baseline: deploying and measuring on the device")
             outcome, others = evaluate_baseline(unpaired)

@@ -178,11 +178,38 @@ CASES = [
     (["start", "--spec", S, "--device", "cuda:x"], "error: device 'cuda:x': the target is a GPU index, e.g. cuda:0"),
     (["start", "--spec", S, "--device", "remote:nohost"],
      "error: remote device 'nohost': expected remote:http://host:port/DEVICE, e.g. "),
+    # where PyTorch trains
+    (["start", "--spec", S, "--set", "train.device=tpu"],
+     "error: spec key 'train.device': must be one of: auto, cpu, cuda, cuda:N (where PyTorch trains; auto: the first "
+     "CUDA GPU, else the CPU), got 'tpu'"),
+    (["start", "--spec", S, "--set", "train.amp=fp8"],
+     "error: spec key 'train.amp': must be one of: auto, bf16, f16, off (autocast while training; auto: bf16 or f16 "
+     "on a GPU, off on the CPU), got 'fp8'"),
+    (["start", "--spec", S, "--set", "train.device=cpu", "--set", "train.amp=f16"],
+     'error: spec key \'train.amp\': "f16" trains on a GPU only (the CPU has no gain from it); use "off" or "bf16" on the CPU'),
+    (["worker", "tiny", "--storage", "sqlite:///{dir}/tiny.db", "--set", "study.trials=9"],
+     "error: --set study.trials: a process joining study 'tiny' may set only where it trains (train.device, train.amp); "
+     "the rest is the study's spec"),
 ]
 
 
 @pytest.mark.parametrize("args, message", CASES, ids=[" ".join(a[:1] + a[3:5]) or a[0] for a, _ in CASES])
 def test_bad_input_is_one_line_exit_2_and_the_study_is_unchanged(stored, args, message):
+    _refused(stored, args, message)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+@pytest.mark.parametrize("args, message", [
+    (["start", "--spec", S, "--set", "train.device=cuda"],
+     "error: spec key 'train.device': 'cuda' is not available on this host (it has no CUDA GPU); use \"auto\" or \"cpu\""),
+    (["worker", "tiny", "--storage", "sqlite:///{dir}/tiny.db", "--set", "train.device=cuda:1"],
+     "error: spec key 'train.device': 'cuda:1' is not available on this host (it has no CUDA GPU); use \"auto\" or \"cpu\""),
+])
+def test_training_on_cuda_without_a_gpu_is_one_line_before_any_work(stored, args, message):
+    assert _refused(stored, args, message).stdout == ""  # not even the study's header
+
+
+def _refused(stored, args, message):
     before = _snapshot(stored)
     fill = lambda text: text.replace(S, str(stored / "tiny.toml")).replace("{dir}", str(stored))  # noqa: E731
     result = CliRunner().invoke(app, [fill(a) for a in args], catch_exceptions=False,
@@ -194,6 +221,7 @@ def test_bad_input_is_one_line_exit_2_and_the_study_is_unchanged(stored, args, m
     assert lines[0] == expected if not expected.endswith(" ") else lines[0].startswith(expected), lines[0]
     assert _snapshot(stored) == before
     assert not (stored / "pwned").exists()  # the malicious checkpoint did not run
+    return result
 
 
 def test_a_space_the_granularity_left_one_point_stops_before_the_study_exists(stored, known_host):
