@@ -45,6 +45,7 @@ class ReportData:
     sampled: list[int] = field(default_factory=list)  # the front and a sample of the others: indices into trials
     sample: optuna.Study | None = None  # the same trials in memory, parameters and values (sample_study)
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # a user attribute of every trial (_values)
+    top1_floor: float | None = None  # the plot's Top-1 axis starts here (front models below it are left out)
 
     @property
     def front_numbers(self) -> set[int]:
@@ -127,7 +128,8 @@ def plot_inputs(data: ReportData, history: list[tuple[int, float]]) -> PlotInput
         title=title, latency=_values(data, "latency_ms")[data.sampled], top1=_values(data, "top1")[data.sampled],
         on_front=np.array([t.number in front for t in shown], dtype=bool),
         baseline=(base["latency_ms"], base["top1"]) if base.get("latency_ms") is not None else None,
-        hover=[hover(t) for t in shown], history=[v for _, v in history], front=_plots_front(data))
+        hover=[hover(t) for t in shown], history=[v for _, v in history], front=_plots_front(data),
+        labels=[str(t.number) if t.number in front else "" for t in shown], top1_floor=data.top1_floor)
 
 
 def reference_point(data: ReportData) -> np.ndarray:
@@ -278,12 +280,16 @@ def front_markdown(data: ReportData) -> list[str]:
 
 
 def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = None, data_splits=None,
-                 plotter: Plotter | None = None) -> list[Path]:
+                 plotter: Plotter | None = None, max_top1_drop: float | None = pareto.DEFAULT_MAX_TOP1_DROP) -> list[Path]:
     """Write the report folder; returns the files written. ``plotter``: one started before the study was
-    opened (its imports then overlap the reading), else one is started here."""
+    opened (its imports then overlap the reading), else one is started here. Front models that lose more
+    than ``max_top1_drop`` Top-1 points are named but not shown (None: all are)."""
     plotter = plotter or Plotter()
     out.mkdir(parents=True, exist_ok=True)
     data = collect(study)
+    data.front, left_out = pareto.within_top1_drop(study, data.front, max_top1_drop)
+    if left_out:
+        data.top1_floor = data.baseline["top1"] - max_top1_drop
     written = []
     lines = [f"# edgetune report: {study.study_name}", ""]
     counts = data.counts
@@ -300,6 +306,8 @@ def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = Non
         if _plots_front(data):
             lines += ["![Pareto front](front.png) — interactive: [front.html](front.html)", ""]
         lines += ["## Pareto front", ""] + front_markdown(data) + [""]
+        if left_out:
+            lines += [f"Not shown: {pareto.left_out_line(study, left_out, max_top1_drop)}.", ""]
         if record.searches_structure(data.study):
             lines += [f"Settings, as realized: `d` blocks kept per stage, `s` residual-stream channels per stage, "
                       f"`i` inner channels per group (its widest layer), in multiples of "
