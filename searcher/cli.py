@@ -25,6 +25,23 @@ STORAGE_OPTION = typer.Option(DEFAULT_STORAGE, "--storage", envvar=STORAGE_ENV, 
                               help=f"SQLAlchemy URL of the study database (default: ${STORAGE_ENV}, else {DEFAULT_STORAGE}).")
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"edgetune {version('edgetune')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            typer.echo("edgetune (not installed: no version)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print edgetune's version and exit.")) -> None:
+    """edgetune: search per-layer-group compression settings, measured on the real device."""
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from edgetune.devices import DeviceError
     from edgetune.objectives.baseline import CheckpointError
@@ -320,7 +337,9 @@ def report(
             console.print(f"[yellow]class-level harm skipped[/]: {error}")
     folder = out / study.study_name
     with console.status("writing the report"):
-        files = write_report(study, folder, store, splits, plotter, max_top1_drop=max_top1_drop)
+        # one plotly.min.js in --out for every study's front.html
+        files = write_report(study, folder, store, splits, plotter, max_top1_drop=max_top1_drop,
+                             plotly_js="../plotly.min.js")
     console.print(f"report: {files[0]} ({len(files)} files in {folder})")
 
 

@@ -34,6 +34,7 @@ class PlotInputs:
     front: bool = True  # latency and Top-1 are there to plot
     labels: list[str] | None = None  # the same order: the trial number of each front point ("" elsewhere)
     top1_floor: float | None = None  # the Top-1 axis starts here (None: where the points do)
+    plotly_js: str = "directory"  # plotly.min.js beside front.html, or its path relative to it (one for many reports)
 
 
 def pyplot():
@@ -114,7 +115,15 @@ def plot_front_html(inputs: PlotInputs, path: Path) -> Path:
                                        "template": "plotly_white"})
     if inputs.top1_floor is not None:  # zoomed as front.png; the user can zoom out
         figure.update_yaxes(range=list(top1_range(inputs)))
-    figure.write_html(str(path), include_plotlyjs="directory")  # plotly.min.js beside it: works offline
+    if inputs.plotly_js != "directory":  # one copy (4.8 MB) shared by the reports of a folder, written once
+        from plotly.offline import get_plotlyjs
+
+        shared, script = path.parent / inputs.plotly_js, get_plotlyjs()
+        if not shared.is_file() or shared.read_text(encoding="utf-8") != script:  # another plotly version's
+            partial = shared.with_name(f".{shared.name}.partial")
+            partial.write_text(script, encoding="utf-8")
+            partial.replace(shared)
+    figure.write_html(str(path), include_plotlyjs=inputs.plotly_js)  # plotly.min.js on disk: works offline
     return path
 
 
@@ -122,9 +131,12 @@ def plot_hypervolume(history: list[float], path: Path) -> Path:
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    from matplotlib.ticker import MaxNLocator
+
     ax.plot(range(1, len(history) + 1), history, color="tab:green")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are counted whole
     ax.set_xlabel("complete trials")
-    ax.set_ylabel("hypervolume")
+    ax.set_ylabel("hypervolume (higher is better)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

@@ -56,6 +56,8 @@ def test_models_lists_cifar_resnets_and_torchvision():
     assert result.exit_code == 0
     for name in ("resnet20", "resnet56", "resnet18", "mobilenet_v2", "vgg11_bn"):
         assert name in result.output.split()
+    # attention models with nothing to prune (vit, swin) or no 32 px input (maxvit) are not offered
+    assert not [n for n in result.output.split() if n.startswith(("vit_", "swin_", "maxvit_"))]
 
 
 def test_samplers_follow_the_targets():
@@ -123,3 +125,26 @@ def test_the_storage_variable_wins_over_a_spec_files_storage(tmp_path):
         "error: --workers 2: SQLite takes one worker")
     flag = runner.invoke(app, [*args, "--storage", "sqlite:///x.db"], env={"EDGETUNE_STORAGE": "postgresql://u@h/db"})
     assert flag.stderr.startswith("error: --workers 2: SQLite takes one worker")  # the flag wins over both
+
+
+def test_version():
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == f"edgetune {version('edgetune')}\n"
+
+
+def test_the_readme_key_table_names_every_spec_key():
+    import re
+    from pathlib import Path
+
+    from edgetune.searcher.spec import KEYS
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme[readme.index("| section | keys |"):].split("\n\n", 1)[0]
+    named = {}
+    for row in table.splitlines()[2:]:
+        _, sections, keys, _ = row.split("|")
+        for section in re.findall(r"`(\w+)`", sections):
+            named.setdefault(section, set()).update(re.findall(r"`(?:\w+\.)?(\w+)`", keys))
+    assert [k for k in KEYS if k.partition(".")[2] not in named.get(k.partition(".")[0], set())] == []

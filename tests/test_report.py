@@ -18,12 +18,17 @@ def test_report_folder_has_real_plots_and_tables(tiny_study, tmp_path):
     folder = tmp_path / "tiny"
     with Image.open(folder / "front.png") as image:
         assert image.format == "PNG" and image.size[0] > 400
-    assert (folder / "front.html").stat().st_size > 1000 and (folder / "plotly.min.js").is_file()
+    assert (folder / "front.html").stat().st_size > 1000 and 'src="../plotly.min.js"' in (folder / "front.html").read_text()
+    assert (tmp_path / "plotly.min.js").is_file() and not (folder / "plotly.min.js").exists()  # one for every report
     report = (folder / "report.md").read_text()
-    for heading in ("## Pareto front", "## Hypervolume over trials", "## Structure against each objective",
-                    "## Time per phase", "## Class-level harm"):
+    for heading in ("## What was measured", "## Pareto front", "## Hypervolume over trials",
+                    "## Structure against each objective", "## Time per phase", "## Class-level harm"):
         assert heading in report, heading
     assert "| baseline |" in report
+    assert "- Model: resnet20, " in report and "- Data: digits, 10 classes, 3×32×32 inputs" in report
+    assert "- Device: openvino:CPU (" in report and "runtime openvino 20" in report
+    assert "sparsity" not in report.split("## Structure against each objective", 1)[1].split("##")[0]  # no such column
+    assert "in ms × Top-1 points: higher is better" in report
 
 
 def test_per_class_metrics_and_flags():
