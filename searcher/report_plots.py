@@ -129,10 +129,9 @@ def plot_front_html(inputs: PlotInputs, path: Path) -> Path:
 
 def plot_hypervolume(history: list[float], path: Path) -> Path:
     plt = pyplot()
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
     from matplotlib.ticker import MaxNLocator
 
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
     ax.plot(range(1, len(history) + 1), history, color="tab:green")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are counted whole
     ax.set_xlabel("complete trials")

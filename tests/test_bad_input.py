@@ -102,7 +102,7 @@ CASES = [
      "error: spec key 'study.sampler': must be one of: auto, tpe, nsga2, random, got 'grid'"),
     (["start", "--spec", S, "--set", "finetune.epochs"], "error: override 'finetune.epochs': expected key=value"),
     (["start", "--spec", S, "--set", "finetune.epoch=3"],
-     "error: unknown spec key 'finetune.epoch'; did you mean 'finetune.epochs' or 'finetune.max_epochs'?"),
+     "error: unknown spec key 'finetune.epoch'; did you mean 'finetune.epochs'?"),
     (["start", "--spec", S, "--set", "finetune.speed=3"],
      "error: unknown spec key 'finetune.speed'; keys of [finetune]: epochs, lr, batch_size, distill, temperature, "
      "max_epochs"),
