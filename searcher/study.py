@@ -173,7 +173,6 @@ def validate(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> _
                         'quantize/dequantize ops (the OpenVINO devices can); use "qat" or "auto"')
     precisions = allowed_precisions(spec, device.info())
     storage = open_storage(spec["study.storage"], heartbeat(spec))
-    check_resume(spec, storage)  # before the data and the model are loaded (again under the lock, in open_study)
     locks = StudyLocks(spec["study.storage"], spec["study.name"])
     on_status("loading data")
     data = load_spec_data(spec)
@@ -182,6 +181,7 @@ def validate(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> _
     checkpoint = None
     if spec["model.checkpoint"]:
         checkpoint = get_baseline(spec["model.name"], data, data_id(spec), baseline_settings(spec), spec["model.checkpoint"])
+    check_resume(spec, storage)  # once the model is known to be one (again under the lock, in open_study)
     return _Checked(device, also, precisions, storage, locks, data, groups, checkpoint)
 
 

@@ -234,6 +234,7 @@ def test_results_of_an_older_study_are_found_from_another_folder(tiny_study, tmp
     """Studies before 0.2 stored their artifact store relative to the folder `tune start` ran in: it is
     looked up beside the database too, and a store found nowhere is one line naming --artifacts, with
     nothing written where the command ran."""
+    (tmp_path / "project").mkdir()
     folder = copy_of_study(tiny_study, tmp_path / "project")
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder}/tiny.db")
     study.set_user_attr("spec", {**study.user_attrs["spec"], "study.artifacts": "artifacts"})
