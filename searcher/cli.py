@@ -129,8 +129,12 @@ def start(
     from .study import validate
 
     # Everything a user can get wrong (device, data, model, checkpoint, storage) fails before the header.
-    with console.status("checking the device, data and model") as checking:
-        checked = validate(spec, on_status=checking.update)
+    try:
+        with console.status("checking the device, data and model") as checking:
+            checked = validate(spec, on_status=checking.update)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/] before the study started")
+        raise typer.Exit(130) from None
     console.print(f"study [bold]{spec['study.name']}[/]: {spec['model.name']} on {spec['data.name']}, "
                   f"device {spec['device.name']}, targets {','.join(spec.targets)}, sampler {spec.sampler}, "
                   f"{spec['study.trials']} trials" + (f", {spec['study.workers']} workers" if spec["study.workers"] > 1 else ""))
