@@ -231,7 +231,7 @@ def test_a_baseline_at_chance_level_stops_the_study(tmp_path):
 
 
 def test_results_of_an_older_study_are_found_from_another_folder(tiny_study, tmp_path, monkeypatch):
-    """Studies before 0.2 stored their artifact store relative to the folder `tune start` ran in: it is
+    """Older studies stored their artifact store relative to the folder `tune start` ran in: it is
     looked up beside the database too, and a store found nowhere is one line naming --artifacts, with
     nothing written where the command ran."""
     (tmp_path / "project").mkdir()

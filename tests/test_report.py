@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from edgetune.searcher import pareto
 from edgetune.searcher.cli import app
 from edgetune.searcher.harm import class_metrics, flagged_classes, flips
+from edgetune.searcher.report_plots import top1_range
 
 
 @pytest.mark.slow
@@ -178,9 +179,9 @@ def test_a_plot_that_fails_in_its_process_fails_the_report(tmp_path):
     assert len(children) == 2 and not any(process.is_alive() for process in children)
 
 
-def study_with_a_front_model_far_below_the_baseline(storage=None):
+def study_with_a_front_model_far_below_the_baseline():
     """An in-memory study whose front ends in a fast model 38.6 points below the baseline (as the demo's)."""
-    study = optuna.create_study(study_name="far", storage=storage, directions=["minimize", "maximize"])
+    study = optuna.create_study(study_name="far", directions=["minimize", "maximize"])
     distributions = {"inner.layer1": optuna.distributions.IntDistribution(1, 4)}
     for number, (latency, top1) in enumerate([(0.9, 99.0), (0.6, 98.5), (0.4, 97.0), (0.2, 60.3), (0.8, 90.0)]):
         study.add_trial(optuna.trial.create_trial(
@@ -208,8 +209,6 @@ def test_the_report_leaves_out_front_models_below_the_top1_floor_and_labels_the_
     data.top1_floor = 93.9
     inputs = report.plot_inputs(data, [])
     assert sorted(label for label in inputs.labels if label) == ["0", "1", "2"]  # each front point names its trial
-    from edgetune.searcher.report_plots import top1_range
-
     assert top1_range(inputs) == pytest.approx((93.4, 99.5))  # from just below the floor, not down to 60.3
     everything = report.write_report(study, tmp_path / "all", max_top1_drop=None)[0].read_text()
     assert "Not shown" not in everything and "| 3 | 0.200 |" in everything
