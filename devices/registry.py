@@ -38,8 +38,7 @@ def create_device(device: str, **options) -> Device:
     try:
         return _FACTORIES[kind](target, **options)
     except DeviceUnavailable as error:
-        choices = [d for d in available_devices() if not error.kind or d.partition(":")[0] == error.kind]
-        raise DeviceError(f"{error}; available: {', '.join(choices)}") from None
+        raise DeviceError(f"{error}; available: {', '.join(available_devices())}") from None  # as `tune devices`
 
 
 def available_devices() -> list[str]:

@@ -53,8 +53,15 @@ def _torchvision_names() -> list[str]:
     return list(torchvision.models.list_models(module=torchvision.models))
 
 
+#: torchvision families ``tune models`` does not offer: vit and swin are attention and Linear layers with no
+#: convolution group to prune (``tune groups``: no prunable layer); maxvit's 7×7 window grid rejects
+#: any input below 224 px (studies run at 32 px unless data.image_size says otherwise).
+NOT_COMPRESSIBLE = ("vit_", "swin_", "maxvit_")
+
+
 def list_models() -> list[str]:
-    return sorted(set(_REGISTRY) | set(_torchvision_names()))
+    """The names ``--model`` takes that edgetune can compress (:data:`NOT_COMPRESSIBLE` left out)."""
+    return sorted(set(_REGISTRY) | {n for n in _torchvision_names() if not n.startswith(NOT_COMPRESSIBLE)})
 
 
 def is_reference(name: str) -> bool:
@@ -109,13 +116,26 @@ def _from_reference(reference: str, num_classes: int) -> nn.Module:
 
 def list_factories(source: str) -> list[str]:
     """The references a user's file or module offers (``path/to/file.py`` or ``package.module``): its
-    public functions and ``nn.Module`` classes defined there, each as ``source:name``. Whether one
-    builds a model is known only by calling it, as ``tune groups --model REF`` does."""
+    public functions and ``nn.Module`` classes defined there that can be called as a factory is (with
+    ``num_classes`` or nothing), each as ``source:name``; a building block that needs other arguments
+    (``Block(channels)``) is left out. Whether one builds a model is known only by calling it, as
+    ``tune groups --model REF`` does."""
     module = _module_of(source)
     names = [name for name, value in vars(module).items()
              if not name.startswith("_") and getattr(value, "__module__", None) == module.__name__
-             and (inspect.isfunction(value) or inspect.isclass(value) and issubclass(value, nn.Module))]
+             and (inspect.isfunction(value) or inspect.isclass(value) and issubclass(value, nn.Module))
+             and _callable_as_factory(value)]
     return [f"{source}:{name}" for name in names]
+
+
+def _callable_as_factory(factory) -> bool:
+    """Every required argument is ``num_classes`` (as :func:`_from_reference` calls it)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return all(p.name == "num_classes" or p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+               for p in parameters)
 
 
 def source_sha256(name: str) -> str | None:

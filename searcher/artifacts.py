@@ -20,7 +20,7 @@ from edgetune.objectives.export import write_model_files
 from edgetune.objectives.pipeline import TrialOutcome
 
 from .spec import Spec
-from .storage import artifact_store
+from .storage import AtomicArtifactStore, artifact_store
 
 
 class ArtifactError(RuntimeError):
@@ -63,17 +63,20 @@ def store_outcome(study_or_trial, outcome: TrialOutcome, spec: Spec, data: DataS
 
 
 def fetch(artifacts_dir: str, artifact_id: str, destination: Path, expected_sha256: str | None = None) -> Path:
-    """Download, check and unpack an artifact zip into ``destination``."""
-    destination.mkdir(parents=True, exist_ok=True)
+    """Download, check and unpack an artifact zip into ``destination`` (made only once the zip is good;
+    a store that is not there is an error, not an empty new one)."""
+    if not Path(artifacts_dir).is_dir():
+        raise ArtifactError(f"artifact store {artifacts_dir} is not there; name it with --artifacts DIR")
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "artifact.zip"
         try:
-            optuna.artifacts.download_artifact(artifact_store=artifact_store(artifacts_dir), file_path=str(archive),
+            optuna.artifacts.download_artifact(artifact_store=AtomicArtifactStore(artifacts_dir), file_path=str(archive),
                                                artifact_id=artifact_id)
         except Exception as error:  # noqa: BLE001 - the store's own error types differ by backend
             raise ArtifactError(f"artifact {artifact_id} cannot be read from {artifacts_dir}: {error}") from None
         if expected_sha256 and sha256(archive) != expected_sha256:
             raise ArtifactError(f"artifact {artifact_id} in {artifacts_dir} does not match its recorded SHA-256")
+        destination.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(destination)
     return destination

@@ -25,6 +25,23 @@ STORAGE_OPTION = typer.Option(DEFAULT_STORAGE, "--storage", envvar=STORAGE_ENV, 
                               help=f"SQLAlchemy URL of the study database (default: ${STORAGE_ENV}, else {DEFAULT_STORAGE}).")
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"edgetune {version('edgetune')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            typer.echo("edgetune (not installed: no version)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print edgetune's version and exit.")) -> None:
+    """edgetune: search per-layer-group compression settings, measured on the real device."""
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from edgetune.devices import DeviceError
     from edgetune.objectives.baseline import CheckpointError
@@ -34,11 +51,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from .storage import StorageError
 
+    from .artifacts import ArtifactError
     from .export import ExportError
     from .local_workers import WorkerFailed
 
     return (SpecError, DataError, ModelError, DeviceError, GroupError, CheckpointError, StorageError, ExportError,
-            WorkerFailed)
+            WorkerFailed, ArtifactError)
 
 
 def user_errors_are_one_line(command):
@@ -82,9 +100,10 @@ def start(
     device: Optional[str] = typer.Option(None, help="Target device, e.g. openvino:CPU (`tune devices`)."),
     trials: Optional[int] = typer.Option(None, help="Run until the study has this many trials."),
     sampler: Optional[str] = typer.Option(None, help="auto, tpe, nsga2 or random."),
-    storage: Optional[str] = typer.Option(None, help=f"SQLAlchemy URL of the study database (default: the spec file's "
-                                                     f"study.storage, else ${STORAGE_ENV}, else {DEFAULT_STORAGE})."),
-    study_name: Optional[str] = typer.Option(None, help="Study name; an existing study is resumed."),
+    storage: Optional[str] = typer.Option(None, help=f"SQLAlchemy URL of the study database (default: ${STORAGE_ENV}, "
+                                                     f"else the spec file's study.storage, else {DEFAULT_STORAGE})."),
+    study_name: Optional[str] = typer.Option(None, help="Study name (default: MODEL-DATA, e.g. resnet56-digits); "
+                                                        "an existing study is resumed."),
     seed: Optional[int] = typer.Option(None, help="Seed of the sampler and of training."),
     workers: Optional[int] = typer.Option(None, help="Local worker processes (several need PostgreSQL or MySQL)."),
     max_top1_drop: Optional[float] = typer.Option(None, help="Trials losing more Top-1 points are infeasible."),
@@ -99,18 +118,29 @@ def start(
     from .storage import is_sqlite
 
     spec = load_spec(spec_file, _overrides(target=target, model=model, checkpoint=checkpoint, data=data, data_dir=data_dir,
-                                           device=device, trials=trials, sampler=sampler, storage=storage,
+                                           device=device, trials=trials, sampler=sampler,
+                                           # the flag, then the variable, win over a spec file's study.storage
+                                           storage=storage or os.environ.get(STORAGE_ENV) or None,
                                            study_name=study_name, seed=seed, workers=workers,
                                            max_top1_drop=max_top1_drop, max_class_drop=max_class_drop,
                                            max_latency=max_latency, min_speedup=min_speedup, set=set_))
     if spec["study.workers"] > 1 and is_sqlite(spec["study.storage"]):
         raise SpecError(f"--workers {spec['study.workers']}: {SEVERAL_WORKERS_NEED_A_SERVER}")
     _check_train_device(spec)
+    from .study import validate
+
+    # Everything a user can get wrong (device, data, model, checkpoint, storage) fails before the header.
+    try:
+        with console.status("checking the device, data and model") as checking:
+            checked = validate(spec, on_status=checking.update)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/] before the study started")
+        raise typer.Exit(130) from None
     console.print(f"study [bold]{spec['study.name']}[/]: {spec['model.name']} on {spec['data.name']}, "
                   f"device {spec['device.name']}, targets {','.join(spec.targets)}, sampler {spec.sampler}, "
                   f"{spec['study.trials']} trials" + (f", {spec['study.workers']} workers" if spec["study.workers"] > 1 else ""))
     with StudyLocks(spec["study.storage"], spec["study.name"]).exclusive_worker():
-        study = _run_interruptible(spec, _run_study)
+        study = _run_interruptible(spec, functools.partial(_run_study, checked=checked))
     _print_front(study)
 
 
@@ -156,9 +186,14 @@ def _stored_spec_of(study, storage: str, artifacts: Optional[str], set_: Optiona
     stored = record.spec_values(study)
     if not stored:
         raise SpecError(f"study '{study.study_name}' has no edgetune spec; start it with `tune start`")
+    from .storage import StorageError
+
     overrides = {"study.storage": storage, "study.workers": 1}
-    if artifacts:
-        overrides["study.artifacts"] = artifacts
+    try:  # an older study's relative store, found from here or beside its database
+        overrides["study.artifacts"] = record.artifacts_dir(study, artifacts, storage)
+    except StorageError:
+        if artifacts:
+            raise
     for item in set_ or []:
         key, value = parse_override(item)
         if not key.startswith("train."):
@@ -198,7 +233,7 @@ def _run_interruptible(spec, run, quiet: bool = False, total: int | None = None,
         stop_requested.clear()
 
 
-def _run_study(spec, progress, joining: bool = False):
+def _run_study(spec, progress, joining: bool = False, checked=None):
     from .runner import run_study
 
     def show_baseline(prepared) -> None:
@@ -213,7 +248,7 @@ def _run_study(spec, progress, joining: bool = False):
                           + (f"; stream widths not searched: {prepared.space.stream_error}" if prepared.space.stream_error else "")
                           + (f"; {prepared.space.collapse_note()}" if prepared.space.collapsed else ""))
 
-    return run_study(spec, progress, joining=joining, before_trials=show_baseline).study
+    return run_study(spec, progress, joining=joining, before_trials=show_baseline, checked=checked).study
 
 
 def _print_front(study) -> None:
@@ -237,10 +272,20 @@ def pareto(
 app.command("status", help="Same as `tune pareto`.")(pareto)
 
 
-def _artifacts_dir(study, given: Optional[str]) -> str:
+MAX_TOP1_DROP_OPTION = typer.Option(
+    5.0, "--max-top1-drop", metavar="POINTS",  # pareto.DEFAULT_MAX_TOP1_DROP (importing optuna here slows every command)
+    help="Leave out front models that lose more Top-1 points than this against the baseline.")
+
+
+def _check_drop(points: float) -> None:
+    if points < 0:
+        raise SpecError(f"--max-top1-drop: must be a number of points >= 0, got {points:g}")
+
+
+def _artifacts_dir(study, given: Optional[str], storage: str) -> str:
     from . import record
 
-    return record.artifacts_dir(study, given)
+    return record.artifacts_dir(study, given, storage)
 
 
 @app.command()
@@ -250,16 +295,23 @@ def export(
     pareto: bool = typer.Option(False, "--pareto", help="Export every model on the Pareto front."),
     trial: Optional[list[int]] = typer.Option(None, "--trial", help="Export this trial (repeatable)."),
     out: Path = typer.Option(Path("exports"), "--out", help="Folder to write trial-N/ folders into."),
+    max_top1_drop: float = MAX_TOP1_DROP_OPTION,
     storage: str = STORAGE_OPTION,
     artifacts: Optional[str] = typer.Option(None, help="Artifact store folder (default: the study's)."),
 ):
     """Write the deployable models of chosen trials, with a manifest (metrics, versions, checksums)."""
     from .export import choose_trials, export_trial
+    from .pareto import left_out_line
     from .storage import load_study
 
+    _check_drop(max_top1_drop)
     study = load_study(storage, study_name)
-    for chosen in choose_trials(study, trial, pareto):
-        folder = export_trial(study, chosen, _artifacts_dir(study, artifacts), out)
+    chosen_trials, left_out = choose_trials(study, trial, pareto, max_top1_drop)
+    store = _artifacts_dir(study, artifacts, storage)  # before any folder is made
+    if left_out:
+        console.print(f"[yellow]not exported[/]: {left_out_line(study, left_out, max_top1_drop)}")
+    for chosen in chosen_trials:
+        folder = export_trial(study, chosen, store, out)
         a = chosen.user_attrs
         console.print(f"trial {chosen.number}: latency {a['latency_ms']:.3f} ms, Top-1 {a['top1']:.2f}% -> {folder}")
 
@@ -272,6 +324,9 @@ def report(
     storage: str = STORAGE_OPTION,
     artifacts: Optional[str] = typer.Option(None, help="Artifact store folder (default: the study's)."),
     classes: bool = typer.Option(True, help="Class-level harm of the front (loads the data set)."),
+    max_top1_drop: float = typer.Option(5.0, "--max-top1-drop", metavar="POINTS",
+                                        help="Show front models down to this many Top-1 points below the baseline "
+                                             "(the plot's Top-1 axis starts there)."),
 ):
     """Write the study's report: front plots (PNG, HTML), tables, hypervolume, importances, class harm."""
     from . import record
@@ -279,14 +334,22 @@ def report(
     from .report_plots import Plotter
     from .storage import read_study
 
+    _check_drop(max_top1_drop)
     plotter = Plotter()  # first: matplotlib's and plotly's imports overlap opening and reading the study
     study = read_study(storage, study_name)
-    splits = None
+    splits, store = None, None
     stored = record.spec_values(study)
     # Class-level harm compares stored predictions: without the baseline's there is nothing to compare,
     # and the data set (torch, the image files) is not loaded at all.
     if classes and stored and record.baseline(study).get("artifact_id"):
         from edgetune.objectives.data import DataError
+
+        from .storage import StorageError
+
+        try:
+            store = _artifacts_dir(study, artifacts, storage)  # before anything is written
+        except StorageError as error:
+            raise StorageError(f"{error} (class-level harm reads it), or leave that out with --no-classes") from None
 
         from .spec import Spec
         from .study import load_spec_data
@@ -297,7 +360,9 @@ def report(
             console.print(f"[yellow]class-level harm skipped[/]: {error}")
     folder = out / study.study_name
     with console.status("writing the report"):
-        files = write_report(study, folder, _artifacts_dir(study, artifacts), splits, plotter)
+        # one plotly.min.js in --out for every study's front.html
+        files = write_report(study, folder, store, splits, plotter, max_top1_drop=max_top1_drop,
+                             plotly_js="../plotly.min.js")
     console.print(f"report: {files[0]} ({len(files)} files in {folder})")
 
 
@@ -356,12 +421,14 @@ def dashboard(
     """Serve optuna-dashboard on the study database, with the artifact store."""
     import optuna_dashboard
 
-    from .storage import artifact_store, open_storage, redact
+    from .storage import artifact_store, open_storage, redact, require_database
 
+    require_database(storage)
     store = open_storage(storage)
+    models = artifact_store(artifacts) if Path(artifacts).is_dir() else None  # a missing store is not created
     console.print(f"optuna-dashboard on http://{host}:{port} for {redact(storage)} (Ctrl-C stops it)")
     try:
-        optuna_dashboard.run_server(store, host=host, port=port, artifact_store=artifact_store(artifacts))
+        optuna_dashboard.run_server(store, host=host, port=port, artifact_store=models)
     except OSError as error:
         raise SpecError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 
 from . import artifacts, record
-from .pareto import front
+from .pareto import FrontRow, front, within_top1_drop
 
 LIBRARIES = ("edgetune", "torch", "torchvision", "nni", "optuna", "openvino", "nncf", "onnx")
 
@@ -34,13 +34,20 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def choose_trials(study: optuna.Study, numbers: list[int] | None, pareto: bool) -> list[optuna.trial.FrozenTrial]:
+def choose_trials(study: optuna.Study, numbers: list[int] | None, pareto: bool,
+                  max_top1_drop: float | None = None) -> tuple[list[optuna.trial.FrozenTrial], list[FrontRow]]:
+    """The trials to export, and the front's rows left out for losing more than ``max_top1_drop``
+    Top-1 points (``--pareto`` only: a trial named with ``--trial`` is exported as asked)."""
     if pareto:
         by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-        chosen = [by_number[row.number] for row in front(study)]
-        if not chosen:
+        rows = front(study)
+        if not rows:
             raise ExportError(f"study '{study.study_name}' has no complete trial yet")
-        return chosen
+        kept, left_out = within_top1_drop(study, rows, max_top1_drop)
+        if not kept:
+            raise ExportError(f"every model on the front of '{study.study_name}' loses more than {max_top1_drop:g} "
+                              "Top-1 points; raise --max-top1-drop, or name one with --trial N")
+        return [by_number[row.number] for row in kept], left_out
     if not numbers:
         raise ExportError("choose trials: --pareto or --trial N (repeatable)")
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -52,7 +59,7 @@ def choose_trials(study: optuna.Study, numbers: list[int] | None, pareto: bool) 
         if trial.state != optuna.trial.TrialState.COMPLETE or "artifact_id" not in trial.user_attrs:
             raise ExportError(f"trial {number} is {trial.state.name.lower()}: only complete trials have a model")
         chosen.append(trial)
-    return chosen
+    return chosen, []
 
 
 def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, artifacts_dir: str, out: Path) -> Path:

@@ -76,6 +76,29 @@ def _dominated(base: dict, targets: list[str], attrs: dict) -> bool:
 
 baseline = record.baseline  # the baseline's record (kept here: bench scripts read it from pareto)
 
+#: Top-1 points a front model may lose against the baseline and still be exported or plotted, unless
+#: ``--max-top1-drop`` says otherwise: the demo's front ended in a model 38.6 points down, which
+#: ``export --pareto`` shipped and which squeezed the useful models into the top strip of front.png.
+DEFAULT_MAX_TOP1_DROP = 5.0
+
+
+def within_top1_drop(study: optuna.Study, rows: list[FrontRow], max_drop: float | None
+                     ) -> tuple[list[FrontRow], list[FrontRow]]:
+    """The rows within ``max_drop`` Top-1 points of the baseline, and those that lose more (None: no floor)."""
+    base = baseline(study).get("top1")
+    if max_drop is None or base is None:
+        return list(rows), []
+    kept = [r for r in rows if r.attrs.get("top1") is None or r.attrs["top1"] >= base - max_drop]
+    return kept, [r for r in rows if r not in kept]
+
+
+def left_out_line(study: optuna.Study, rows: list[FrontRow], max_drop: float) -> str:
+    """``trials 7 (-38.6), 12 (-9.1) lose more than 5 Top-1 points (--max-top1-drop)``."""
+    base = baseline(study)["top1"]
+    listed = ", ".join(f"{r.number} ({r.attrs['top1'] - base:+.2f})" for r in rows)
+    return f"front trial{'s' if len(rows) > 1 else ''} {listed} lose{'s' if len(rows) == 1 else ''} more than " \
+           f"{max_drop:g} Top-1 points (--max-top1-drop)"
+
 
 def _rel(value, base) -> str:
     if value is None or not base:

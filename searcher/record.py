@@ -117,9 +117,30 @@ def targets(study: optuna.Study) -> list[str]:
     return list(spec_values(study).get("study.targets") or []) or [target_of_unit(m) for m in study.metric_names or []]
 
 
-def artifacts_dir(study: optuna.Study, given: str | None = None) -> str:
-    """Where the study's artifacts are: ``given`` (this host's view of the store), else the spec's."""
-    return given or spec_values(study).get("study.artifacts", "edgetune-artifacts")
+def artifacts_dir(study: optuna.Study, given: str | None = None, storage_url: str | None = None) -> str:
+    """Where the study's artifacts are: ``given`` (this host's view of the store), else the spec's.
+
+    Studies store the path absolute; older ones stored it relative to the folder ``tune start`` ran in,
+    which is looked up from the current folder, then beside the SQLite database (where the default
+    spec puts both). A store that is not found is one line naming ``--artifacts``: a reading command
+    must not create an empty one."""
+    from pathlib import Path
+
+    from .storage import StorageError, sqlite_folder
+
+    if given:
+        if not Path(given).expanduser().is_dir():
+            raise StorageError(f"--artifacts {given}: no such folder")
+        return given
+    stored = spec_values(study).get("study.artifacts", "edgetune-artifacts")
+    path = Path(stored).expanduser()
+    beside = sqlite_folder(storage_url) if storage_url and not path.is_absolute() else None
+    for candidate in [path] + ([beside / path] if beside else []):
+        if candidate.is_dir():
+            return str(candidate)
+    where = (f"{path} is neither in {Path.cwd()} nor beside its database in {beside}" if beside
+             else f"{path.absolute()} is not there")
+    raise StorageError(f"study '{study.study_name}': its artifact store {where}; name it with --artifacts DIR")
 
 
 def groups(study: optuna.Study) -> list[LayerGroup] | None:

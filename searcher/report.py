@@ -45,6 +45,7 @@ class ReportData:
     sampled: list[int] = field(default_factory=list)  # the front and a sample of the others: indices into trials
     sample: optuna.Study | None = None  # the same trials in memory, parameters and values (sample_study)
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # a user attribute of every trial (_values)
+    top1_floor: float | None = None  # the plot's Top-1 axis starts here (front models below it are left out)
 
     @property
     def front_numbers(self) -> set[int]:
@@ -103,7 +104,7 @@ def _values(data: ReportData, metric: str) -> np.ndarray:
     return data.columns[metric]
 
 
-def plot_inputs(data: ReportData, history: list[tuple[int, float]]) -> PlotInputs:
+def plot_inputs(data: ReportData, history: list[tuple[int, float]], plotly_js: str = "directory") -> PlotInputs:
     """What the plots draw, as plain arrays (they are drawn in another process): the front and the sample
     of the other trials (:data:`SAMPLE`; the plots of 10,000 points took twice as long and showed the
     same cloud), and the hypervolume after every trial."""
@@ -127,7 +128,9 @@ def plot_inputs(data: ReportData, history: list[tuple[int, float]]) -> PlotInput
         title=title, latency=_values(data, "latency_ms")[data.sampled], top1=_values(data, "top1")[data.sampled],
         on_front=np.array([t.number in front for t in shown], dtype=bool),
         baseline=(base["latency_ms"], base["top1"]) if base.get("latency_ms") is not None else None,
-        hover=[hover(t) for t in shown], history=[v for _, v in history], front=_plots_front(data))
+        hover=[hover(t) for t in shown], history=[v for _, v in history], front=_plots_front(data),
+        labels=[str(t.number) if t.number in front else "" for t in shown], top1_floor=data.top1_floor,
+        plotly_js=plotly_js)
 
 
 def reference_point(data: ReportData) -> np.ndarray:
@@ -169,6 +172,9 @@ def hypervolume_history(data: ReportData) -> list[tuple[int, float]]:
 
 
 HYPERVOLUME_BLOCK = 256
+#: the unit of each target's attribute, as the hypervolume's explanation names them
+UNITS = {"latency_ms": "ms", "top1": "Top-1 points", "size_bytes": "bytes", "params": "parameters", "flops": "FLOPs",
+         "memory_bytes": "bytes"}
 
 
 def importances(data: ReportData) -> dict[str, dict[str, float]]:
@@ -253,6 +259,29 @@ def _fmt(value: float, digits: int = 3) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def measured_markdown(data: ReportData) -> list[str]:
+    """What was measured, where: the model and its baseline, the data set, the device and its runtime."""
+    spec, info, device = record.spec_values(data.study), record.data_info(data.study), data.baseline.get("device") or {}
+    lines = []
+    if spec.get("model.name"):
+        source = data.study.user_attrs.get("baseline_source")
+        params = data.baseline.get("params")
+        lines.append(f"- Model: {spec['model.name']}" + (f", {params:,} parameters" if params else "")
+                     + (f" (baseline: {source})" if source else ""))
+    if info:
+        shape = "×".join(str(n) for n in info.get("input_shape", []))
+        where = f" from {spec['data.dir']}" if spec.get("data.dir") else ""
+        lines.append(f"- Data: {info['name']}{where}, {len(info.get('classes', []))} classes, {shape} inputs; "
+                     "Top-1 on its validation split")
+    if device:
+        threads = device.get("threads_used", device.get("threads"))
+        lines.append(f"- Device: {device.get('name')} ({device.get('full_name')}), runtime {device.get('runtime')}"
+                     + (f", {threads} thread{'s' if threads != 1 else ''} (baseline)" if threads else "")
+                     + f"; latency: median of single batch-{spec.get('device.batch', 1)} inferences, each model "
+                     "timed paired with the baseline")
+    return ["## What was measured", "", *lines, ""] if lines else []
+
+
 def front_markdown(data: ReportData) -> list[str]:
     groups = record.group_names(data.study)
     base = data.baseline
@@ -282,17 +311,24 @@ def front_markdown(data: ReportData) -> list[str]:
 
 
 def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = None, data_splits=None,
-                 plotter: Plotter | None = None) -> list[Path]:
+                 plotter: Plotter | None = None, max_top1_drop: float | None = pareto.DEFAULT_MAX_TOP1_DROP,
+                 plotly_js: str = "directory") -> list[Path]:
     """Write the report folder; returns the files written. ``plotter``: one started before the study was
-    opened (its imports then overlap the reading), else one is started here."""
+    opened (its imports then overlap the reading), else one is started here. Front models that lose more
+    than ``max_top1_drop`` Top-1 points are named but not shown (None: all are). ``plotly_js``: where
+    front.html finds plotly.min.js (:class:`report_plots.PlotInputs`)."""
     plotter = plotter or Plotter()
     out.mkdir(parents=True, exist_ok=True)
     data = collect(study)
+    data.front, left_out = pareto.within_top1_drop(study, data.front, max_top1_drop)
+    if left_out:
+        data.top1_floor = data.baseline["top1"] - max_top1_drop
     written = []
     lines = [f"# edgetune report: {study.study_name}", ""]
     counts = data.counts
     lines += [f"{counts.get('complete', 0)} complete trials, {counts.get('pruned', 0)} collapsed, "
               f"{counts.get('fail', 0)} failed; targets: {', '.join(data.targets)}.", ""]
+    lines += measured_markdown(data)
     sampler = record.sampler(study)
     if sampler:
         lines += [f"Sampler: {sampler['name']} ({sampler['why']}).", ""]
@@ -300,10 +336,12 @@ def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = Non
         lines.append("No complete trial yet.")
     else:
         history = hypervolume_history(data)
-        plotter.draw(plot_inputs(data, history), out)
+        plotter.draw(plot_inputs(data, history, plotly_js), out)
         if _plots_front(data):
             lines += ["![Pareto front](front.png) — interactive: [front.html](front.html)", ""]
         lines += ["## Pareto front", ""] + front_markdown(data) + [""]
+        if left_out:
+            lines += [f"Not shown: {pareto.left_out_line(study, left_out, max_top1_drop)}.", ""]
         if record.searches_structure(data.study):
             lines += [f"Settings, as realized: `d` blocks kept per stage, `s` residual-stream channels per stage, "
                       f"`i` inner channels per group (its widest layer), in multiples of "
@@ -311,8 +349,11 @@ def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = Non
                       "int8, each group's precision (groups, then other).", ""]
         if history:
             marks = sorted({max(1, len(history) * k // 4) for k in range(1, 5)})
+            units = " × ".join(UNITS.get(target_unit(t).partition("@")[0], t) for t in data.targets)
             lines += ["## Hypervolume over trials", "",
-                      f"Reference point: the baseline's values, 10% worse ({', '.join(data.targets)}).", "",
+                      f"The region of ({', '.join(data.targets)}) the front dominates, up to a reference point at the "
+                      f"baseline's values made 10% worse, in {units}: higher is better; it grows only when a "
+                      "trial improves the front.", "",
                       "| complete trials | hypervolume |", "|---|---|"]
             lines += [f"| {m} | {history[m - 1][1]:.4g} |" for m in marks] + ["", "![hypervolume](hypervolume.png)", ""]
         ranking = importances(data)
@@ -326,9 +367,11 @@ def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = Non
             lines.append("")
         corr = correlations(data)
         if corr:
+            meaning = {"depth.": "depth: blocks kept per stage", "width.": "width: residual-stream multiples kept",
+                       "inner.": "inner: inner-width multiples kept", "sparsity.": "sparsity: share of a width removed"}
+            shown = [text for prefix, text in meaning.items() if any(p.startswith(prefix) for p in corr)]
             lines += ["## Structure against each objective (Spearman ρ)", "",
-                      "Depth: blocks kept per stage; width: residual-stream multiples kept; inner: inner-width "
-                      "multiples kept; sparsity: share removed (studies before widths were searched).", "",
+                      "; ".join(shown).capitalize() + ".", "",
                       "| parameter | " + " | ".join(data.targets) + " |", "|---|" + "---|" * len(data.targets)]
             lines += [f"| {p} | " + " | ".join(_fmt(corr[p][t], 2) for t in data.targets) + " |" for p in corr]
             lines.append("")

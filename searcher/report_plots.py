@@ -32,6 +32,9 @@ class PlotInputs:
     hover: list[str]  # the same order: what the interactive plot shows on each point
     history: list[float]  # hypervolume after each complete trial (empty: no plot)
     front: bool = True  # latency and Top-1 are there to plot
+    labels: list[str] | None = None  # the same order: the trial number of each front point ("" elsewhere)
+    top1_floor: float | None = None  # the Top-1 axis starts here (None: where the points do)
+    plotly_js: str = "directory"  # plotly.min.js beside front.html, or its path relative to it (one for many reports)
 
 
 def pyplot():
@@ -48,6 +51,14 @@ def _plotly() -> None:
     importlib.import_module("plotly.graph_objects")
 
 
+def top1_range(inputs: PlotInputs) -> tuple[float, float]:
+    """The Top-1 axis from just below the floor to just above the best point or the baseline."""
+    above = inputs.top1[inputs.top1 >= inputs.top1_floor]
+    top = max([*above.tolist(), *([inputs.baseline[1]] if inputs.baseline else [])], default=100.0)
+    pad = max(0.5, (top - inputs.top1_floor) * 0.05)
+    return inputs.top1_floor - pad, top + pad
+
+
 def plot_front_png(inputs: PlotInputs, path: Path) -> Path:
     plt = pyplot()
 
@@ -56,9 +67,18 @@ def plot_front_png(inputs: PlotInputs, path: Path) -> Path:
     ax.scatter(latency[~on_front], top1[~on_front], s=18, color="tab:blue", alpha=0.25, label="dominated trials")
     order = np.argsort(latency[on_front])
     ax.plot(latency[on_front][order], top1[on_front][order], "-o", color="tab:red", ms=5, label="Pareto front")
+    for index in np.flatnonzero(on_front):
+        if inputs.labels and inputs.labels[index]:  # the trial, to name in `tune export --trial N`
+            ax.annotate(inputs.labels[index], (latency[index], top1[index]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7, color="tab:red")
     if inputs.baseline:
         ax.scatter([inputs.baseline[0]], [inputs.baseline[1]], marker="*", s=180, color="black",
                    label="baseline (uncompressed)", zorder=5)
+    if inputs.top1_floor is not None:
+        ax.set_ylim(*top1_range(inputs))
+        below = int(np.sum(top1 < inputs.top1_floor))
+        ax.text(0.01, 0.01, f"{below} trial{'s' if below != 1 else ''} below {inputs.top1_floor:.1f}% not shown",
+                transform=ax.transAxes, fontsize=7, color="gray")
     ax.set_xlabel(LATENCY)
     ax.set_ylabel(TOP1)
     ax.set_title(inputs.title)
@@ -85,24 +105,37 @@ def plot_front_html(inputs: PlotInputs, path: Path) -> Path:
 
     traces = [go.Scattergl(mode="markers", name="dominated trials",
                            **points(rest, marker={"color": "#1f77b4", "opacity": 0.35, "size": 6})),
-              go.Scatter(mode="lines+markers", name="Pareto front", **points(front, marker={"color": "#d62728", "size": 8},
-                                                                             line={"color": "#d62728"}))]
+              go.Scatter(mode="lines+markers+text", name="Pareto front",
+                         textposition="top right", texttemplate=[inputs.labels[i] for i in front] if inputs.labels else None,
+                         **points(front, marker={"color": "#d62728", "size": 8}, line={"color": "#d62728"}))]
     if inputs.baseline:
         traces.append(go.Scatter(x=[inputs.baseline[0]], y=[inputs.baseline[1]], mode="markers", name="baseline",
                                  marker={"symbol": "star", "size": 16, "color": "black"}))
     figure = go.Figure(traces, layout={"title": inputs.title, "xaxis_title": LATENCY, "yaxis_title": TOP1,
                                        "template": "plotly_white"})
-    figure.write_html(str(path), include_plotlyjs="directory")  # plotly.min.js beside it: works offline
+    if inputs.top1_floor is not None:  # zoomed as front.png; the user can zoom out
+        figure.update_yaxes(range=list(top1_range(inputs)))
+    if inputs.plotly_js != "directory":  # one copy (4.8 MB) shared by the reports of a folder, written once
+        from plotly.offline import get_plotlyjs
+
+        shared, script = path.parent / inputs.plotly_js, get_plotlyjs()
+        if not shared.is_file() or shared.read_text(encoding="utf-8") != script:  # another plotly version's
+            partial = shared.with_name(f".{shared.name}.partial")
+            partial.write_text(script, encoding="utf-8")
+            partial.replace(shared)
+    figure.write_html(str(path), include_plotlyjs=inputs.plotly_js)  # plotly.min.js on disk: works offline
     return path
 
 
 def plot_hypervolume(history: list[float], path: Path) -> Path:
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
     ax.plot(range(1, len(history) + 1), history, color="tab:green")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are counted whole
     ax.set_xlabel("complete trials")
-    ax.set_ylabel("hypervolume")
+    ax.set_ylabel("hypervolume (higher is better)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

@@ -54,14 +54,15 @@ class RunEvents:
 
 
 def run_study(spec: Spec, events: RunEvents | None = None, joining: bool = False,
-              before_trials: Callable[[Prepared], None] = lambda prepared: None) -> Prepared:
+              before_trials: Callable[[Prepared], None] = lambda prepared: None, checked=None) -> Prepared:
     """Prepare the study (see :func:`searcher.study.prepare`), then run trials until its budget is spent.
 
     ``before_trials`` sees the prepared study before the first trial (to print the baseline, or for a
     benchmark to enqueue its own trials). Several ``study.workers`` run as local worker processes.
+    ``checked``: the spec already validated (:func:`searcher.study.validate`).
     """
     events = events or RunEvents()
-    prepared = prepare(spec, on_status=events.status, joining=joining)
+    prepared = prepare(spec, on_status=events.status, joining=joining, checked=checked)
     study = prepared.study
     if is_sqlite(spec["study.storage"]):  # this process holds the file: a RUNNING trial is a dead run's
         orphans = fail_orphans(study)

@@ -98,7 +98,7 @@ def _groups_ok(v) -> bool:
 
 
 KEYS: dict[str, Key] = {
-    "study.name": Key(str, "a non-empty string", lambda v: bool(v.strip())),
+    "study.name": Key(str, "a non-empty string (default: MODEL-DATA)", lambda v: bool(v.strip()), optional=True),
     "study.storage": Key(str, "an SQLAlchemy URL, e.g. sqlite:///edgetune.db", lambda v: "://" in v),
     "study.artifacts": Key(str, "a directory path"),
     "study.targets": Key(list, f"a non-empty list of distinct targets from: {', '.join(TARGETS)} "
@@ -256,6 +256,36 @@ def stored_spec(values: dict[str, Any], overrides: dict[str, Any] | None = None)
     return load_spec(None, {**known, **(overrides or {})})
 
 
+def unknown_key_message(key: str) -> str:
+    """The closest keys (``did you mean``); else the keys of its section, else the sections."""
+    import difflib
+
+    section, _, name = key.rpartition(".")
+    sections = sorted({k.partition(".")[0] for k in KEYS})
+    same = [k for k in KEYS if k.startswith(section + ".")] if section in sections else list(KEYS)  # a bare name: any
+    names = {}
+    for k in same:
+        names.setdefault(k.partition(".")[2], []).append(k)
+    close = [k for n in difflib.get_close_matches(name, names, n=3, cutoff=0.7) for k in names[n]][:3]
+    if close:
+        return f"unknown spec key '{key}'; did you mean {' or '.join(repr(k) for k in close)}?"
+    if section in sections:
+        return f"unknown spec key '{key}'; keys of [{section}]: {', '.join(k.partition('.')[2] for k in same)}"
+    return (f"unknown spec key '{key}'; a key is SECTION.NAME, sections: {', '.join(sections)} "
+            "(studies/default.toml lists every key)")
+
+
+def default_study_name(model: str, data: str, data_dir: str | None = None) -> str:
+    """``MODEL-DATA`` (``resnet56-digits``): another model or data set is another study, not a clash with
+    the last one. Your own model ``nets/mynet.py:build`` reads ``mynet.build``; an image folder, its name."""
+    if ":" in model:
+        module, _, factory = model.rpartition(":")
+        model = f"{Path(module).stem if module.endswith('.py') else module.rpartition('.')[2]}.{factory}"
+    if data == "imagefolder" and data_dir:
+        data = Path(data_dir).expanduser().resolve().name or data
+    return f"{model}-{data}"
+
+
 def default_spec_text() -> str:
     return resources.files("edgetune.studies").joinpath("default.toml").read_text()
 
@@ -283,7 +313,7 @@ def load_spec(path: str | Path | None = None, overrides: dict[str, Any] | None =
             values[key] = value
     unknown = sorted(k for k in values if k not in KEYS)
     if unknown:
-        raise SpecError(f"unknown spec key '{unknown[0]}'; allowed keys: {', '.join(KEYS)}")
+        raise SpecError(unknown_key_message(unknown[0]))
     for key, spec in KEYS.items():
         if key not in values or values[key] is None:
             if not spec.optional:
@@ -291,6 +321,7 @@ def load_spec(path: str | Path | None = None, overrides: dict[str, Any] | None =
             values.pop(key, None)
             continue
         values[key] = _validate_value(key, values[key])
+    values.setdefault("study.name", default_study_name(values["model.name"], values["data.name"], values.get("data.dir")))
     if values["device.name"] in values["device.also"]:
         raise SpecError(f"spec key 'device.also': lists the main device {values['device.name']!r}; name the others only")
     for target in values["study.targets"]:

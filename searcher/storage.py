@@ -145,10 +145,45 @@ def artifact_store(path: str) -> optuna.artifacts.FileSystemArtifactStore:
 
 def load_study(storage_url: str, name: str | None) -> optuna.Study:
     """An existing study; ``name`` may be omitted when the storage holds exactly one. Reads no trial:
-    the commands that only read a study (pareto, report, export) need nothing heavier than this module."""
+    the commands that only read a study (pareto, report, export) need nothing heavier than this module.
+    Never creates a database: an SQLite file that is not there is an error."""
+    require_database(storage_url)
     storage = open_storage(storage_url)
     names = optuna.get_all_study_names(storage)  # summaries would read every trial
-    return optuna.load_study(study_name=_chosen(names, name), storage=storage)
+    return optuna.load_study(study_name=_chosen(names, name, storage_url), storage=storage)
+
+
+def require_database(url: str) -> None:
+    """For a command that only reads: an SQLite file that is not there is an error (opening would create it)."""
+    missing = missing_sqlite_file(url)
+    if missing is not None:
+        raise StorageError(f"no study database at {missing}; name the study's with --storage sqlite:///PATH "
+                           f"(or ${STORAGE_ENV}), or run `tune start` first")
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """The file an SQLite URL names when it does not exist (None: it exists, or the URL is not such a file)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    path = Path(database).expanduser()
+    return None if path.is_file() else path.absolute()
+
+
+def sqlite_folder(url: str) -> Path | None:
+    """The folder of an SQLite URL's database file (None: not an SQLite file)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).expanduser().absolute().parent
 
 
 def read_study(storage_url: str, name: str | None):
@@ -162,7 +197,7 @@ def read_study(storage_url: str, name: str | None):
         try:
             names = bulk.stored_study_names(engine)
             if names is not None:
-                return bulk.stored_study(engine, _chosen(names, name))
+                return bulk.stored_study(engine, _chosen(names, name, storage_url))
         except SQLAlchemyError:
             pass  # Optuna's own open says what is wrong
     return load_study(storage_url, name)
@@ -185,11 +220,13 @@ def _engine_to_read(url: str):
         return None
 
 
-def _chosen(names: list[str], name: str | None) -> str:
+def _chosen(names: list[str], name: str | None, url: str) -> str:
     if name is None:
+        if not names:
+            raise StorageError(f"{redact(url)} holds no study yet; run `tune start` first")
         if len(names) != 1:
-            raise StorageError(f"storage holds {len(names)} studies ({', '.join(names) or 'none'}); "
-                               "name one with --study-name")
+            raise StorageError(f"{redact(url)} holds {len(names)} studies ({', '.join(names)}); "
+                               "name one (the command's STUDY argument)")
         return names[0]
     if name not in names:
         raise StorageError(f"no study '{name}' in the storage; studies: {', '.join(names) or 'none'}")

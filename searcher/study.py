@@ -64,14 +64,7 @@ def make_sampler(spec: Spec) -> optuna.samplers.BaseSampler:
 def open_study(spec: Spec, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
     storage = storage or open_storage(spec["study.storage"])
     name = spec["study.name"]
-    existing = optuna.get_all_study_names(storage)  # summaries would read every trial of every study
-    found = optuna.load_study(study_name=name, storage=storage) if name in existing else None
-    if found is not None and found.user_attrs.get("spec"):
-        stored = stored_spec(found.user_attrs["spec"])  # today's defaults fill keys added since
-        for key in FIXED_ON_RESUME:
-            if stored[key] != spec[key]:
-                raise SpecError(f"study '{name}' exists with {key} = {stored[key]!r}, not {spec[key]!r}; "
-                                "resume it with the same settings or choose another --study-name")
+    check_resume(spec, storage)
     study = optuna.create_study(storage=storage, study_name=name, sampler=make_sampler(spec),
                                 directions=spec.directions, load_if_exists=True)
     if [d.name.lower() for d in study.directions] != spec.directions:
@@ -80,6 +73,24 @@ def open_study(spec: Spec, storage: optuna.storages.BaseStorage | None = None) -
         study.set_metric_names([target_unit(t) for t in spec.targets])
     record.write_sampler(study, *spec.sampler_choice())
     return study
+
+
+def check_resume(spec: Spec, storage: optuna.storages.BaseStorage) -> None:
+    """An existing study of this name is resumed only with the settings its trials were run with, and
+    with the same file behind a model of the user's own."""
+    name = spec["study.name"]
+    existing = optuna.get_all_study_names(storage)  # summaries would read every trial of every study
+    found = optuna.load_study(study_name=name, storage=storage) if name in existing else None
+    if found is None:
+        return
+    if found.user_attrs.get("spec"):
+        stored = stored_spec(found.user_attrs["spec"])  # today's defaults fill keys added since
+        for key in FIXED_ON_RESUME:
+            if stored[key] != spec[key]:
+                raise SpecError(f"study '{name}' exists with {key} = {stored[key]!r}, not {spec[key]!r}; "
+                                "resume it with the same settings or choose another --study-name")
+    if found.user_attrs.get("model_sha256"):
+        record.check_model_source(found, spec["model.name"], source_sha256(spec["model.name"]))
 
 
 def data_id(spec: Spec) -> dict:
@@ -187,6 +198,7 @@ def validate(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> _
     if spec["model.checkpoint"]:
         checkpoint = get_baseline(spec["model.name"], data, data_id(spec), baseline_settings(spec), spec["model.checkpoint"])
         model = checkpoint[0]
+    check_resume(spec, storage)  # once the model is known to be one (again under the lock, in open_study)
     return _Checked(device, also, precisions, storage, locks, data, groups, checkpoint, model, on)
 
 
@@ -225,15 +237,17 @@ def check_baseline_learned(top1: float, classes: int, spec: Spec) -> None:
                         "give more data, or pass trained weights with --checkpoint")
 
 
-def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joining: bool = False) -> Prepared:
+def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joining: bool = False,
+            checked: _Checked | None = None) -> Prepared:
     """Open or create the study; on first use, derive groups and measure the baseline.
 
     Three steps: :func:`validate` (before anything is created), the bootstrap under the study's
     lock (with several workers, the first one trains and measures the baseline and stores what
     the study keeps about itself; the others wait, then reuse it), then the trial context. A
     ``joining`` worker (``tune worker``, ``tune finalize``) runs the stored spec and leaves it as it is.
+    ``checked``: :func:`validate`'s result when the caller ran it first (`tune start`, before its header).
     """
-    checked = validate(spec, on_status)
+    checked = checked or validate(spec, on_status)
     if not joining:
         check_new_space(spec, checked)
     on_status("waiting for the study's lock")
@@ -279,7 +293,9 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
 
 
 def stored_values(spec: Spec) -> dict:
-    """The spec as stored on the study: the storage URL without its password."""
+    """The spec as stored on the study: the storage URL without its password, the artifact store as an
+    absolute path (`tune report` and `tune export` find it from any folder)."""
     values = spec.to_dict()
     values["study.storage"] = redact(values["study.storage"])
+    values["study.artifacts"] = str(Path(values["study.artifacts"]).expanduser().absolute())
     return values

@@ -91,7 +91,7 @@ CASES = [
     (["start", "--spec", "{dir}/missing.toml"], "error: spec file {dir}/missing.toml does not exist"),
     (["start", "--spec", "{dir}/broken.toml"], "error: spec file {dir}/broken.toml is not valid TOML: "),
     (["start", "--spec", "{dir}/binary.toml"], "error: spec file {dir}/binary.toml is not a text file"),
-    (["start", "--spec", "{dir}/typo.toml"], "error: unknown spec key 'study.nmae'; allowed keys: study.name, "),
+    (["start", "--spec", "{dir}/typo.toml"], "error: unknown spec key 'study.nmae'; did you mean 'study.name'?"),
     (["start", "--spec", "{dir}/words.toml"], "error: spec key 'study.trials': must be an integer >= 1, got 'ten'"),
     # command-line values
     (["start", "--spec", S, "--trials", "0"], "error: spec key 'study.trials': must be an integer >= 1, got 0"),
@@ -101,6 +101,11 @@ CASES = [
     (["start", "--spec", S, "--sampler", "grid"],
      "error: spec key 'study.sampler': must be one of: auto, tpe, nsga2, random, got 'grid'"),
     (["start", "--spec", S, "--set", "finetune.epochs"], "error: override 'finetune.epochs': expected key=value"),
+    (["start", "--spec", S, "--set", "finetune.epoch=3"],
+     "error: unknown spec key 'finetune.epoch'; did you mean 'finetune.epochs'?"),
+    (["start", "--spec", S, "--set", "finetune.speed=3"],
+     "error: unknown spec key 'finetune.speed'; keys of [finetune]: epochs, lr, batch_size, distill, temperature, "
+     "max_epochs"),
     (["start", "--spec", S, "--set", "finetune.epochs=-1"],
      "error: spec key 'finetune.epochs': must be an integer >= 0, got -1"),
     (["start", "--spec", S, "--set", "study.grace_period=5", "--set", "study.heartbeat_interval=10"],
@@ -167,13 +172,18 @@ CASES = [
      "error: cannot open storage nosuchdb://u:***@host/db: Can't load plugin: sqlalchemy.dialects:nosuchdb"),
     (["start", "--spec", S, "--storage", "postgresql://u:secret@127.0.0.1:1/db"],
      "error: cannot open storage postgresql://u:***@127.0.0.1:1/db: "),
-    (["pareto", "tiny", "--storage", "sqlite:///{dir}/nowhere/none.db"], "error: no study 'tiny' in the storage; studies: none"),
+    (["pareto", "tiny", "--storage", "sqlite:///{dir}/nowhere/none.db"],  # reading creates no database
+     "error: no study database at {dir}/nowhere/none.db; name the study's with --storage sqlite:///PATH "
+     "(or $EDGETUNE_STORAGE), or run `tune start` first"),
+    (["export", "tiny", "--pareto", "--storage", "sqlite:///{dir}/tiny.db", "--artifacts", "{dir}/nowhere",
+      "--out", "{dir}/nowhere"], "error: --artifacts {dir}/nowhere: no such folder"),
     (["worker", "nosuch", "--storage", "sqlite:///{dir}/tiny.db"], "error: no study 'nosuch' in the storage; studies: tiny"),
     (["export", "tiny", "--trial", "99", "--storage", "sqlite:///{dir}/tiny.db"], "error: study 'tiny' has no trial 99"),
     # device strings
     (["start", "--spec", S, "--device", "quantum"],
      "error: unknown device 'quantum'; device kinds: cpu, cuda, openvino, remote (e.g. openvino:CPU)"),
-    (["start", "--spec", S, "--device", "openvino:NPU"], "error: device 'openvino:NPU' is not available on this host; available: "),
+    (["start", "--spec", S, "--device", "openvino:NPU"],  # every device `tune devices` lists
+     "error: device 'openvino:NPU' is not available on this host; available: cpu, "),
     (["start", "--spec", S, "--device", "cpu:1"], "error: device 'cpu' takes no target, got 'cpu:1'"),
     (["start", "--spec", S, "--device", "cuda:x"], "error: device 'cuda:x': the target is a GPU index, e.g. cuda:0"),
     (["start", "--spec", S, "--device", "remote:nohost"],
@@ -219,7 +229,9 @@ def _refused(stored, args, message):
     assert len(lines) == 1, result.stderr
     expected = fill(message)
     assert lines[0] == expected if not expected.endswith(" ") else lines[0].startswith(expected), lines[0]
+    assert "study " not in result.stdout, result.stdout  # found before the study's header and progress bar
     assert _snapshot(stored) == before
+    assert not (stored / "nowhere").exists()  # nothing made where nothing was
     assert not (stored / "pwned").exists()  # the malicious checkpoint did not run
     return result
 
@@ -286,3 +298,33 @@ def test_a_baseline_at_chance_level_stops_the_study(tmp_path):
     assert "chance is 10.0%; train it longer (--set baseline.epochs=N, now 0)" in lines[0]
     study = optuna.load_study(study_name="untrained", storage=f"sqlite:///{folder}/tiny.db")
     assert all(t.state == optuna.trial.TrialState.WAITING for t in study.trials)  # queued recipes at most: none ran
+
+
+def test_results_of_an_older_study_are_found_from_another_folder(tiny_study, tmp_path, monkeypatch):
+    """Older studies stored their artifact store relative to the folder `tune start` ran in: it is
+    looked up beside the database too, and a store found nowhere is one line naming --artifacts, with
+    nothing written where the command ran."""
+    (tmp_path / "project").mkdir()
+    folder = copy_of_study(tiny_study, tmp_path / "project")
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder}/tiny.db")
+    study.set_user_attr("spec", {**study.user_attrs["spec"], "study.artifacts": "artifacts"})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    storage = ["--storage", f"sqlite:///{folder}/tiny.db"]
+    exported = CliRunner().invoke(app, ["export", "--pareto", *storage])
+    assert exported.exit_code == 0, exported.output
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["exports"] and list((elsewhere / "exports").glob("trial-*"))
+    reported = CliRunner().invoke(app, ["report", *storage])
+    assert reported.exit_code == 0, reported.output
+    assert "## Class-level harm" in (elsewhere / "reports" / "tiny" / "report.md").read_text()
+
+    (folder / "artifacts").rename(folder / "moved")
+    for args in (["export", "--pareto", *storage, "--out", "again"], ["report", *storage, "--out", "again"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2
+        assert result.stderr.startswith(f"error: study 'tiny': its artifact store artifacts is neither in {elsewhere} nor "
+                                        f"beside its database in {folder}; name it with --artifacts DIR"), result.stderr
+        assert sorted(p.name for p in elsewhere.iterdir()) == ["exports", "reports"]  # no empty store, no again/
+    moved = CliRunner().invoke(app, ["export", "--trial", "0", *storage, "--artifacts", str(folder / "moved")])
+    assert moved.exit_code == 0, moved.output

@@ -61,4 +61,28 @@ def test_export_pareto_and_checksums_catch_tampering(tiny_study, tmp_path):
 
 def test_export_errors_are_one_line(study_dir, tmp_path):
     result = CliRunner().invoke(app, ["export", "nosuch", "--storage", f"sqlite:///{tmp_path}/none.db", "--pareto"])
+    assert result.exit_code == 2 and f"error: no study database at {tmp_path}/none.db" in result.output
+    assert not (tmp_path / "none.db").exists()
+    optuna.create_study(study_name="other", storage=f"sqlite:///{tmp_path}/some.db")
+    result = CliRunner().invoke(app, ["export", "nosuch", "--storage", f"sqlite:///{tmp_path}/some.db", "--pareto"])
     assert result.exit_code == 2 and "error: no study 'nosuch' in the storage" in result.output
+
+
+def test_export_pareto_leaves_out_front_models_below_the_top1_floor():
+    from edgetune.searcher.export import choose_trials
+    from test_report import study_with_a_front_model_far_below_the_baseline
+
+    study = study_with_a_front_model_far_below_the_baseline()
+    chosen, left_out = choose_trials(study, None, True, 5.0)
+    assert [t.number for t in chosen] == [2, 1, 0] and [r.number for r in left_out] == [3]
+    chosen, left_out = choose_trials(study, None, True, 40.0)
+    assert [t.number for t in chosen] == [3, 2, 1, 0] and left_out == []
+    assert [t.number for t in choose_trials(study, [3], False, 5.0)[0]] == [3]  # named with --trial: exported as asked
+    assert [t.number for t in choose_trials(study, None, True, 0.0)[0]] == [0]  # no loss at all: the one better model
+
+
+def test_a_negative_top1_floor_is_one_line():
+    for command in ("export", "report"):
+        result = CliRunner().invoke(app, [command, "--max-top1-drop", "-1"])
+        assert result.exit_code == 2
+        assert result.stderr.strip() == "error: --max-top1-drop: must be a number of points >= 0, got -1"

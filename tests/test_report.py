@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from edgetune.searcher import pareto
 from edgetune.searcher.cli import app
 from edgetune.searcher.harm import class_metrics, flagged_classes, flips
+from edgetune.searcher.report_plots import top1_range
 
 
 @pytest.mark.slow
@@ -18,12 +19,17 @@ def test_report_folder_has_real_plots_and_tables(tiny_study, tmp_path):
     folder = tmp_path / "tiny"
     with Image.open(folder / "front.png") as image:
         assert image.format == "PNG" and image.size[0] > 400
-    assert (folder / "front.html").stat().st_size > 1000 and (folder / "plotly.min.js").is_file()
+    assert (folder / "front.html").stat().st_size > 1000 and 'src="../plotly.min.js"' in (folder / "front.html").read_text()
+    assert (tmp_path / "plotly.min.js").is_file() and not (folder / "plotly.min.js").exists()  # one for every report
     report = (folder / "report.md").read_text()
-    for heading in ("## Pareto front", "## Hypervolume over trials", "## Structure against each objective",
-                    "## Time per phase", "## Class-level harm"):
+    for heading in ("## What was measured", "## Pareto front", "## Hypervolume over trials",
+                    "## Structure against each objective", "## Time per phase", "## Class-level harm"):
         assert heading in report, heading
     assert "| baseline |" in report
+    assert "- Model: resnet20, " in report and "- Data: digits, 10 classes, 3×32×32 inputs" in report
+    assert "- Device: openvino:CPU (" in report and "runtime openvino 20" in report
+    assert "sparsity" not in report.split("## Structure against each objective", 1)[1].split("##")[0]  # no such column
+    assert "in ms × Top-1 points: higher is better" in report
 
 
 def test_per_class_metrics_and_flags():
@@ -171,3 +177,38 @@ def test_a_plot_that_fails_in_its_process_fails_the_report(tmp_path):
     children = [process for process, _, _ in unused._children]
     unused.close()  # its children read end-of-file and exit: nothing left running
     assert len(children) == 2 and not any(process.is_alive() for process in children)
+
+
+def study_with_a_front_model_far_below_the_baseline():
+    """An in-memory study whose front ends in a fast model 38.6 points below the baseline (as the demo's)."""
+    study = optuna.create_study(study_name="far", directions=["minimize", "maximize"])
+    distributions = {"inner.layer1": optuna.distributions.IntDistribution(1, 4)}
+    for number, (latency, top1) in enumerate([(0.9, 99.0), (0.6, 98.5), (0.4, 97.0), (0.2, 60.3), (0.8, 90.0)]):
+        study.add_trial(optuna.trial.create_trial(
+            params={"inner.layer1": number % 4 + 1}, distributions=distributions, values=[latency, top1],
+            user_attrs={"latency_ms": latency, "top1": top1, "params": 1, "flops": 2, "size_bytes": 3,
+                        "artifact_id": f"model-{number}"}))
+    study.set_user_attr("spec", {"study.targets": ["latency", "top1"]})
+    for key, value in {"latency_ms": 1.0, "top1": 98.9, "params": 2, "flops": 4, "size_bytes": 6}.items():
+        study.set_user_attr(f"baseline_{key}", value)
+    return study
+
+
+def test_the_report_leaves_out_front_models_below_the_top1_floor_and_labels_the_rest(tmp_path):
+    from edgetune.searcher import report
+
+    study = study_with_a_front_model_far_below_the_baseline()
+    data = report.collect(study)
+    assert [row.number for row in data.front] == [3, 2, 1, 0]
+    files = report.write_report(study, tmp_path)
+    text = files[0].read_text()
+    table = text.split("## Pareto front\n\n", 1)[1].split("\n\n", 1)[0]
+    assert [line.split("|")[1].strip() for line in table.splitlines()[3:]] == ["2", "1", "0"]
+    assert "Not shown: front trial 3 (-38.60) loses more than 5 Top-1 points (--max-top1-drop).\n" in text
+    data.front, _ = pareto.within_top1_drop(study, data.front, 5.0)
+    data.top1_floor = 93.9
+    inputs = report.plot_inputs(data, [])
+    assert sorted(label for label in inputs.labels if label) == ["0", "1", "2"]  # each front point names its trial
+    assert top1_range(inputs) == pytest.approx((93.4, 99.5))  # from just below the floor, not down to 60.3
+    everything = report.write_report(study, tmp_path / "all", max_top1_drop=None)[0].read_text()
+    assert "Not shown" not in everything and "| 3 | 0.200 |" in everything
