@@ -1,5 +1,6 @@
 """The onnxruntime:CPU device: f32 as PyTorch computes it, int8 from QAT's scales and from ONNX Runtime's
 static quantisation read back from the optimised graph, memory, bad input; its import path without torch."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,47 @@ def test_the_t_quantile_constant_is_scipys():
     from edgetune.devices.protocol import RATIO_BLOCKS, T975_BLOCKS
 
     assert T975_BLOCKS == pytest.approx(stats.t.ppf(0.975, RATIO_BLOCKS - 1), rel=1e-12)
+
+
+@pytest.mark.slow
+def test_a_study_on_onnxruntime_exports_a_front_that_plain_onnxruntime_scores_as_its_manifest_says(tmp_path, digits):
+    import onnxruntime as ort
+    import optuna
+    from typer.testing import CliRunner
+
+    from conftest import fresh_tiny_spec
+    from edgetune.searcher.cli import app
+
+    fresh_tiny_spec(tmp_path)
+    result = CliRunner().invoke(app, ["start", "--spec", str(tmp_path / "tiny.toml"), "--trials", "2",
+                                      "--device", "onnxruntime:CPU"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/tiny.db")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete
+    for trial in complete:
+        a = trial.user_attrs
+        assert a["device"]["name"] == "onnxruntime:CPU" and a["top1"] > 50
+        for group, precision in a["precision_plan"].items():  # read back from the optimised graph
+            used = a["precision_used_by_group"][group]
+            assert ("int8" in used) == (precision == "int8"), (group, a["precision_used_by_group"])
+    seeded = next(t for t in complete if t.user_attrs.get("seeded") == "int8")  # the int8 recipe: QAT's scales
+    assert seeded.user_attrs["quantization"] == "qat-qdq" and seeded.user_attrs["calibration_size"] == 0
+
+    out = tmp_path / "exports"
+    result = CliRunner().invoke(app, ["export", "tiny", "--storage", f"sqlite:///{tmp_path}/tiny.db", "--pareto",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    images, labels = digits.x_val.numpy(), digits.y_val.numpy()
+    for folder in sorted(out.glob("trial-*")):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert "deployed/model.onnx" in manifest["files"] and manifest["libraries"]["onnxruntime"]
+        device = manifest["device"]
+        # plain ONNX Runtime, as the README shows
+        options = ort.SessionOptions()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, device["extra"]["graph_optimization_level"])
+        options.intra_op_num_threads = device["threads_used"]
+        session = ort.InferenceSession(str(folder / "deployed/model.onnx"), options,
+                                       providers=device["extra"]["providers"].split(","))
+        logits = session.run([device["extra"]["output_name"]], {device["extra"]["input_name"]: images})[0]
+        assert (logits.argmax(1) == labels).mean() * 100 == pytest.approx(manifest["metrics"]["top1"], abs=0.3)
