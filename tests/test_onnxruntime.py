@@ -154,7 +154,11 @@ def test_a_study_on_onnxruntime_exports_a_front_that_plain_onnxruntime_scores_as
         assert a["device"]["name"] == "onnxruntime:CPU" and a["top1"] > 50
         for group, precision in a["precision_plan"].items():  # read back from the optimised graph
             used = a["precision_used_by_group"][group]
-            assert ("int8" in used) == (precision == "int8"), (group, a["precision_used_by_group"])
+            # With QAT's Q/DQ graph ONNX Runtime runs a layer in int8 only where its output is quantized again
+            # (README): a block's conv1, not its conv2 or shortcut, and neither the stem (its ReLU output also
+            # feeds the float Add) nor the classifier (the logits), so "other" stays f32 on that route.
+            qdq_float = a["quantization"] == "qat-qdq" and group == "other"
+            assert ("int8" in used) == (precision == "int8" and not qdq_float), (group, a["precision_used_by_group"])
     seeded = next(t for t in complete if t.user_attrs.get("seeded") == "int8")  # the int8 recipe: QAT's scales
     assert seeded.user_attrs["quantization"] == "qat-qdq" and seeded.user_attrs["calibration_size"] == 0
 
