@@ -16,6 +16,9 @@ sharing one device do not disturb each other's timings.
     GET    /deployments/{id}/files      -> zip of the deployed files
     DELETE /deployments/{id}
     GET    /info
+
+It serves OpenVINO devices and ``onnxruntime:CPU``; the latter also from the slim install on a board
+without PyTorch (``agent/``, README "Devices"), whose ``tune`` is :mod:`devices.agent_cli`.
 """
 from __future__ import annotations
 
@@ -31,8 +34,9 @@ from pathlib import Path
 import numpy as np
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 
-from .base import Device, PrecisionPlan
-from .protocol import thread_table
+from .base import Device, DeviceError, PrecisionPlan
+from .protocol import LatencyProtocol, thread_table
+from .remote import TOKEN_ENV
 
 ONNX_FIRST_BYTES = (b"\x08",)  # an ONNX ModelProto starts with field 1 (ir_version), varint
 
@@ -159,3 +163,24 @@ def create_app(device: Device, token: str, max_upload_bytes: int = 256 * 2**20):
         return {"deleted": deployment_id}
 
     return app
+
+
+def serve(device: str, host: str = "127.0.0.1", port: int = 8765, threads: int = 0, max_upload_mb: int = 256,
+          latency_ci: float = 0.02, latency_max_seconds: float = 5.0, say=print) -> None:
+    """``tune device-agent``: serve ``device`` until stopped. Bad input raises DeviceError (one line)."""
+    import os
+
+    import uvicorn
+
+    from .registry import create_device
+
+    token = os.environ.get(TOKEN_ENV, "")
+    if not token:
+        raise DeviceError(f"set ${TOKEN_ENV} to the token clients must present")
+    served = create_device(device, threads=threads,
+                           protocol=LatencyProtocol(target_ci_rel=latency_ci, max_seconds=latency_max_seconds))
+    if not hasattr(served, "deploy_onnx"):
+        raise DeviceError(f"device {device!r} cannot be served: the agent deploys ONNX, which only OpenVINO and "
+                          "ONNX Runtime devices take")
+    say(f"serving {served.info().name} on http://{host}:{port} (ONNX only, uploads up to {max_upload_mb} MiB)")
+    uvicorn.run(create_app(served, token, max_upload_mb * 2**20), host=host, port=port, log_level="warning")

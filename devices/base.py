@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import abc
+import collections
+import platform
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
-import torch
 
 from .energy import EnergyCounter, EnergyStats, measure_energy
 from .protocol import LatencyProtocol, LatencyStats, measure_fastest, measure_paired_fastest
+
+if TYPE_CHECKING:  # torch stays out of the device agent's imports: it serves ONNX Runtime on boards without it
+    import torch
 
 
 class DeviceError(RuntimeError):
@@ -55,6 +59,46 @@ class DeviceInfo:
         data["extra"] = dict(self.extra)
         data["channel_granularity"] = dict(self.channel_granularity)
         return data
+
+
+def cpu_channel_block() -> int:
+    """Channels per SIMD register of float32 on this CPU, as oneDNN's blocked layouts (and ONNX Runtime's
+    NCHWc ones) use them: 16 with AVX-512, 8 with AVX2 (and below). PyTorch's public CPU capability says
+    which; without PyTorch (the device agent), the CPU's flags in /proc/cpuinfo."""
+    try:
+        import torch
+    except ImportError:
+        return 16 if "avx512f" in _cpuinfo("flags").split() else 8
+    capability = torch.backends.cpu.get_cpu_capability().upper()
+    return 16 if "AVX512" in capability else 8
+
+
+def _cpuinfo(field: str) -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_name() -> str:
+    """The host CPU's model name."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def count_layers_under(layers: list[tuple[str, str]], prefixes: list[str]) -> dict[str, int]:
+    """Compute layers, as (their original ONNX node names, comma-separated; the precision they run in),
+    whose nodes lie under the node-name ``prefixes``, counted by precision."""
+    return dict(collections.Counter(precision for names, precision in layers
+                                    if any(name.startswith(p) for name in _own_names(names) for p in prefixes)))
+
+
+def _own_names(names: str) -> list[str]:
+    # A model's own Q/DQ ops quantize the *next* layer's input but fuse into the layer before them
+    # (objectives/qdq.py): their names would count that layer in the next one's scope too.
+    return [name for name in names.split(",") if not name.endswith(("/QuantizeLinear", "/DequantizeLinear"))]
 
 
 @dataclass(frozen=True)

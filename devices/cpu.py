@@ -9,15 +9,13 @@ from __future__ import annotations
 import collections
 import copy
 import os
-import platform
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from . import memory_probe
-from .base import Device, DeviceError, DeviceInfo, PrecisionPlan
+from .base import Device, DeviceError, DeviceInfo, PrecisionPlan, cpu_name
 from .energy import EnergyCounter, host_cpu_counter
 from .host import channel_block, pinned_note
 from .protocol import LatencyProtocol
@@ -114,7 +112,7 @@ class CPUDevice(Device):
         int8 = ["int8"] if "x86" in torch.backends.quantized.supported_engines else []
         return DeviceInfo(
             name="cpu",
-            full_name=_cpu_name(),
+            full_name=cpu_name(),
             runtime=f"torch {torch.__version__}",
             threads=self.threads,
             precisions=tuple(["f32"] + int8),
@@ -138,12 +136,3 @@ class CPUDevice(Device):
                 raise DeviceError(f"PyTorch int8 quantization failed: {type(error).__name__}: {error}") from error
         return CPUDeployment(module, self, example_input, plan)
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

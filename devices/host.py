@@ -13,9 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import torch
-
-from .base import DeviceError
+from .base import DeviceError, cpu_channel_block
 
 HOST_CPU_ENV = "EDGETUNE_HOST_CPU"
 
@@ -58,7 +56,7 @@ def channel_block() -> int:
     name = pinned_host()
     if name:
         return KNOWN_HOSTS[name].channel_block
-    return 16 if "AVX512" in torch.backends.cpu.get_cpu_capability().upper() else 8
+    return cpu_channel_block()
 
 
 def runs_bf16(detected: bool) -> bool:

@@ -3,16 +3,20 @@
     python -m edgetune.devices.memory_probe MODEL --shape 1,3,32,32 [--config JSON] [--threads N] [--runs 10]
 
 MODEL is an OpenVINO IR (``model.xml``, compiled for the CPU with ``--config``, the deployment's
-own compile config) or a TorchScript file (``model.pt``, run by ``torch.jit.load``). The probe
+own compile config), an ONNX file (``model.onnx``, an ONNX Runtime CPU session with every graph
+optimisation at ``--threads``, as devices/onnxruntime.py runs it) or a TorchScript file (``model.pt``,
+run by ``torch.jit.load``). The probe
 prints one JSON line, ``{"memory_bytes": N, ...}``, where N is exactly:
 
-    VmHWM after [read the model, compile it (OpenVINO), run ``runs`` inferences of one batch]
+    VmHWM after [read the model, compile it (OpenVINO; ONNX Runtime: create its session), run ``runs``
+                 inferences of one batch]
     - VmRSS just before reading it,
 
 with the peak (VmHWM) reset to the current RSS at that point (``/proc/self/clear_refs``), so
 nothing the process did earlier counts. "Before" is a process with the runtime imported and warmed
 up on a one-convolution model of the same input channels (OpenVINO: its CPU plugin loaded and its
-thread pool started; torch: oneDNN and the intra-op pool), and the input batch allocated: the
+thread pool started; ONNX Runtime: a session run; torch: oneDNN and the intra-op pool), and the
+input batch allocated: the
 runtime's own code pages and threads are not attributed to the model. Everything resident the model
 brings counts: the weights as read (OpenVINO memory-maps the .bin; the pages it touches are
 resident), the plugin's repacked copies of them, the compiled graph, activations and scratch
@@ -87,6 +91,37 @@ def _openvino(path: str, shape: list[int], config: dict, runs: int) -> dict:
     return {"before": before, "peak": _status_bytes("VmHWM"), "after": _status_bytes("VmRSS")}  # ``warm`` lives until here
 
 
+def _onnxruntime(path: str, shape: list[int], threads: int, runs: int) -> dict:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    def options():  # as devices/onnxruntime.py's session_options (this file imports nothing from the package)
+        found = ort.SessionOptions()
+        found.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        found.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        found.intra_op_num_threads, found.inter_op_num_threads = threads, 1
+        return found
+
+    # Warm-up on one convolution: loads the runtime's kernels (MLAS) before "before".
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+    graph = helper.make_graph([conv], "warm", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, shape[1], 8, 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.zeros((4, shape[1], 3, 3), np.float32), "w")])
+    warm = ort.InferenceSession(helper.make_model(graph).SerializeToString(), options(), providers=["CPUExecutionProvider"])
+    warm.run(None, {"x": np.zeros([1, shape[1], 8, 8], np.float32)})
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+    _reset_peak()
+    before = _status_bytes("VmRSS")
+    session = ort.InferenceSession(path, options(), providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x}
+    for _ in range(runs):
+        session.run(None, feed)
+    return {"before": before, "peak": _status_bytes("VmHWM"), "after": _status_bytes("VmRSS")}  # ``warm`` lives until here
+
+
 def _torchscript(path: str, shape: list[int], threads: int, runs: int) -> dict:
     import torch
 
@@ -107,16 +142,18 @@ def _torchscript(path: str, shape: list[int], threads: int, runs: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Peak resident memory a deployed model adds (see the module docstring).")
-    parser.add_argument("model", help="an OpenVINO IR (.xml) or a TorchScript file (.pt)")
+    parser.add_argument("model", help="an OpenVINO IR (.xml), an ONNX file (.onnx) or a TorchScript file (.pt)")
     parser.add_argument("--shape", required=True, help="the input batch's shape, e.g. 1,3,32,32")
     parser.add_argument("--config", default="{}", help="OpenVINO compile config as JSON (the deployment's)")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0, help="torch or ONNX Runtime intra-op threads (0: its default)")
     parser.add_argument("--runs", type=int, default=RUNS, help="inferences run after compiling")
     args = parser.parse_args(argv)
     shape = [int(v) for v in args.shape.split(",")]
     start = time.perf_counter()
     if args.model.endswith(".xml"):
         found = _openvino(args.model, shape, json.loads(args.config), args.runs)
+    elif args.model.endswith(".onnx"):
+        found = _onnxruntime(args.model, shape, args.threads, args.runs)
     else:
         found = _torchscript(args.model, shape, args.threads, args.runs)
     # memory_bytes: the figure; settled_bytes: what is still resident once the runs are done (below

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import memory_probe
-from .base import Deployment, Device, DeviceInfo, DeviceUnavailable, PrecisionPlan
+from .base import Deployment, Device, DeviceInfo, DeviceUnavailable, PrecisionPlan, count_layers_under
 from .energy import EnergyCounter, host_cpu_counter
 from .host import channel_block, pinned_note, runs_bf16
 from .onnx_export import export_onnx, onnx_scope
@@ -60,18 +60,6 @@ def layer_precisions(compiled) -> list[tuple[str, str]]:
         if _rt_str(info, "layerType") in _COMPUTE_LAYERS:
             layers.append((_rt_str(info, "originalLayersNames"), _short(_rt_str(info, "runtimePrecision")) or "?"))
     return layers
-
-
-def count_layers_under(layers: list[tuple[str, str]], prefixes: list[str]) -> dict[str, int]:
-    """Compute layers (from :func:`layer_precisions`) whose original nodes lie under ``prefixes``, by precision."""
-    return dict(collections.Counter(precision for names, precision in layers
-                                    if any(name.startswith(p) for name in _own_names(names) for p in prefixes)))
-
-
-def _own_names(names: str) -> list[str]:
-    # A model's own Q/DQ ops quantize the *next* layer's input but fuse into the layer before them
-    # (objectives/qdq.py): their names would count that layer in the next one's scope too.
-    return [name for name in names.split(",") if not name.endswith(("/QuantizeLinear", "/DequantizeLinear"))]
 
 
 class OpenVINODeployment(Deployment):

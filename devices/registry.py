@@ -1,6 +1,6 @@
 """Device strings -> adapters, in the shape of timm's model registry.
 
-A device string is ``kind`` or ``kind:target``: ``openvino:CPU``, ``openvino:GPU``, ``cpu``.
+A device string is ``kind`` or ``kind:target``: ``openvino:CPU``, ``openvino:GPU``, ``onnxruntime:CPU``, ``cpu``.
 """
 from __future__ import annotations
 
@@ -37,16 +37,20 @@ def create_device(device: str, **options) -> Device:
     kind, target = parse_device_string(device)
     try:
         return _FACTORIES[kind](target, **options)
+    except ModuleNotFoundError as error:  # the device agent's slim install: ONNX Runtime only
+        raise DeviceError(f"device {device!r} needs {error.name}, which this installation lacks "
+                          "(the full one: pip install edgetune)") from None
     except DeviceUnavailable as error:
         raise DeviceError(f"{error}; available: {', '.join(available_devices())}") from None  # as `tune devices`
 
 
 def available_devices() -> list[str]:
     """Device strings that can be used on this host."""
-    names = ["cpu"]
+    names = []
     try:
         import torch
 
+        names.append("cpu")
         names += [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     except Exception:  # a broken CUDA install: just not available
         pass
@@ -55,6 +59,12 @@ def available_devices() -> list[str]:
 
         names += [f"openvino:{d}" for d in ov.Core().available_devices]
     except Exception:  # openvino missing or broken: just not available
+        pass
+    try:
+        import onnxruntime
+
+        names += ["onnxruntime:CPU"] if "CPUExecutionProvider" in onnxruntime.get_available_providers() else []
+    except Exception:  # onnxruntime missing or broken: just not available
         pass
     return names
 
@@ -89,3 +99,10 @@ def _openvino(target: str | None, **options) -> Device:
     from .openvino import OpenVINODevice
 
     return OpenVINODevice(target or "CPU", **options)
+
+
+@register_device("onnxruntime")
+def _onnxruntime(target: str | None, **options) -> Device:
+    from .onnxruntime import OnnxRuntimeDevice
+
+    return OnnxRuntimeDevice(target or "CPU", **options)

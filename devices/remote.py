@@ -19,8 +19,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .base import Deployment, Device, DeviceError, DeviceInfo, PrecisionPlan
-from .onnx_export import export_onnx, onnx_scope
+from .base import Deployment, Device, DeviceError, DeviceInfo, PrecisionPlan, count_layers_under
 from .protocol import LatencyStats
 
 TOKEN_ENV = "EDGETUNE_AGENT_TOKEN"
@@ -103,8 +102,6 @@ class RemoteDeployment(Deployment):
         return self._client.json("POST", f"/deployments/{self.id}/memory")["memory_bytes"]
 
     def precision_of(self, modules: list[str]) -> dict[str, int]:
-        from .openvino import count_layers_under
-
         return count_layers_under(self._layers, [self._scopes[m] for m in modules if m in self._scopes])
 
     def save(self, directory: Path) -> list[Path]:
@@ -153,6 +150,8 @@ class RemoteDevice(Device):
         return self._info
 
     def deploy(self, model, example_input, plan: PrecisionPlan = PrecisionPlan()) -> RemoteDeployment:
+        from .onnx_export import export_onnx, onnx_scope  # torch: not on an agent's board, which imports this module
+
         self.check_plan(plan)
         scopes = {name: onnx_scope(model, name) for name, _ in model.named_modules() if name}
         calibration = self._client.array(plan.calibration) if plan.int8_modules else None

@@ -517,24 +517,9 @@ def device_agent(
     latency_max_seconds: float = typer.Option(5.0, help="Time limit of one measurement."),
 ):
     """Serve a device over HTTP for studies on other hosts (token: $EDGETUNE_AGENT_TOKEN)."""
-    import os
+    from edgetune.devices.agent import serve
 
-    import uvicorn
-
-    from edgetune.devices import create_device
-    from edgetune.devices.agent import create_app
-    from edgetune.devices.protocol import LatencyProtocol
-    from edgetune.devices.remote import TOKEN_ENV
-
-    token = os.environ.get(TOKEN_ENV, "")
-    if not token:
-        raise SpecError(f"set ${TOKEN_ENV} to the token clients must present")
-    served = create_device(device, threads=threads,
-                           protocol=LatencyProtocol(target_ci_rel=latency_ci, max_seconds=latency_max_seconds))
-    if not hasattr(served, "deploy_onnx"):
-        raise SpecError(f"device {device!r} cannot be served: the agent deploys ONNX, which only OpenVINO devices take")
-    console.print(f"serving {served.info().name} on http://{host}:{port} (ONNX only, uploads up to {max_upload_mb} MiB)")
-    uvicorn.run(create_app(served, token, max_upload_mb * 2**20), host=host, port=port, log_level="warning")
+    serve(device, host, port, threads, max_upload_mb, latency_ci, latency_max_seconds, say=console.print)
 
 
 @app.command()

@@ -1,6 +1,6 @@
 """``tune export``: the deployable files of chosen trials, with a manifest a user can trust.
 
-For each trial: ``deployed/`` (OpenVINO IR or TorchScript, as measured), ``model.onnx``,
+For each trial: ``deployed/`` (OpenVINO IR, ONNX for ONNX Runtime, or TorchScript, as measured), ``model.onnx``,
 ``weights.safetensors`` + ``widths.json``, and ``manifest.json`` with the trial's parameters,
 every recorded metric, the device facts, the input normalisation, library versions and the
 SHA-256 of each file.
@@ -17,7 +17,7 @@ import optuna
 from . import artifacts, record
 from .pareto import FrontRow, front, within_top1_drop
 
-LIBRARIES = ("edgetune", "torch", "torchvision", "nni", "optuna", "openvino", "nncf", "onnx")
+LIBRARIES = ("edgetune", "torch", "torchvision", "nni", "optuna", "openvino", "nncf", "onnx", "onnxruntime")
 
 
 class ExportError(ValueError):

@@ -185,7 +185,7 @@ def validate(spec: Spec, on_status: Callable[[str], None] = lambda s: None) -> _
     check_targets(spec, device.info())
     if spec["search.quantization"] == "qat-qdq" and not device.runs_model_int8_scales:
         raise SpecError(f'search.quantization = "qat-qdq": {device.info().name} cannot run a model\'s own int8 '
-                        'quantize/dequantize ops (the OpenVINO devices can); use "qat" or "auto"')
+                        'quantize/dequantize ops (the OpenVINO and ONNX Runtime devices can); use "qat" or "auto"')
     precisions = allowed_precisions(spec, device.info())
     storage = open_storage(spec["study.storage"], heartbeat(spec))
     locks = StudyLocks(spec["study.storage"], spec["study.name"])

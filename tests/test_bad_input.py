@@ -181,9 +181,12 @@ CASES = [
     (["export", "tiny", "--trial", "99", "--storage", "sqlite:///{dir}/tiny.db"], "error: study 'tiny' has no trial 99"),
     # device strings
     (["start", "--spec", S, "--device", "quantum"],
-     "error: unknown device 'quantum'; device kinds: cpu, cuda, openvino, remote (e.g. openvino:CPU)"),
-    (["start", "--spec", S, "--device", "openvino:NPU"],  # every device `tune devices` lists
+     "error: unknown device 'quantum'; device kinds: cpu, cuda, onnxruntime, openvino, remote (e.g. openvino:CPU)"),
+    (["start", "--spec", S, "--device", "openvino:NPU"],   # every device `tune devices` lists
      "error: device 'openvino:NPU' is not available on this host; available: cpu, "),
+    (["start", "--spec", S, "--device", "onnxruntime:FOO"],
+     "error: device 'onnxruntime:FOO' (edgetune runs ONNX Runtime's CPU execution provider) is not available on this host; "
+     "available: onnxruntime:CPU"),
     (["start", "--spec", S, "--device", "cpu:1"], "error: device 'cpu' takes no target, got 'cpu:1'"),
     (["start", "--spec", S, "--device", "cuda:x"], "error: device 'cuda:x': the target is a GPU index, e.g. cuda:0"),
     (["start", "--spec", S, "--device", "remote:nohost"],

@@ -15,7 +15,7 @@ FAST = LatencyProtocol(warmup_runs=5, warmup_seconds=0.2, min_runs=20, max_secon
 
 def test_device_strings():
     assert "openvino:CPU" in available_devices()
-    with pytest.raises(DeviceError, match="unknown device .tpu:0.; device kinds: cpu, cuda, openvino"):
+    with pytest.raises(DeviceError, match="unknown device .tpu:0.; device kinds: cpu, cuda, onnxruntime, openvino"):
         create_device("tpu:0")
     # every available device, as `tune devices` lists them: cpu too, not only the runtime's own
     with pytest.raises(DeviceError, match="device 'openvino:NPU' is not available on this host; available: cpu, .*openvino:CPU"):

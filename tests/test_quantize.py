@@ -229,4 +229,4 @@ def test_a_qat_qdq_study_deploys_the_learned_scales(tmp_path):
     refused = CliRunner().invoke(app, [*args, "--device", "cpu", "--study-name", "on-cpu"])
     assert refused.exit_code == 2
     assert refused.output.strip().endswith('search.quantization = "qat-qdq": cpu cannot run a model\'s own int8 '
-                                           'quantize/dequantize ops (the OpenVINO devices can); use "qat" or "auto"')
+                                           'quantize/dequantize ops (the OpenVINO and ONNX Runtime devices can); use "qat" or "auto"')
