@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import functools
 import gc
-import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +21,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
 STORAGE_OPTION = typer.Option(DEFAULT_STORAGE, "--storage", envvar=STORAGE_ENV, show_default=False,
                               help=f"SQLAlchemy URL of the study database (default: ${STORAGE_ENV}, else {DEFAULT_STORAGE}).")
+
+
+@app.callback()
+def _entry_point() -> None:
+    # Every command, in the console script, its worker processes and typer's test runner alike.
+    from .log_setup import quiet_libraries
+
+    quiet_libraries()
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -467,10 +473,6 @@ def models(contains: Optional[str] = typer.Argument(
 
 
 def main() -> None:  # console script entry point
-    # Deprecation chatter from NNI/torch/OpenVINO is not the user's business; errors still show.
-    for category in (DeprecationWarning, FutureWarning, UserWarning):
-        warnings.filterwarnings("ignore", category=category)
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU hosts
     try:
         app(prog_name="tune")
     finally:
