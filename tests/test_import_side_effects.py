@@ -1,5 +1,5 @@
 """Importing edgetune changes no global logging or warnings set-up: that is the entry points' job
-(searcher/quiet.py, called by the command line). A library user's own logging stays theirs.
+(searcher/log_setup.py, called by the command line). A library user's own logging stays theirs.
 
 Run in a fresh interpreter: the libraries edgetune imports at module level (torch, NNI, Optuna, ...) are
 imported first, since what they do on import is not edgetune's; then every edgetune module.
