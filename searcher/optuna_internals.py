@@ -25,7 +25,7 @@ What this relies on, all of Optuna 5.0:
   ``trial_system_attributes``, ``trial_heartbeats`` (one row per trial that has beaten), ``studies``,
   ``study_directions``, ``study_user_attributes``, ``study_system_attributes``, ``alembic_version``;
   enums stored by name (``TrialState``, ``StudyDirection``; a value's type ``FINITE``/``INF_POS``/
-  ``INF_NEG``); attribute values JSON-encoded; parameter values in their internal representation with
+  ``INF_NEG``), on PostgreSQL in enum types of Optuna's (compared as text here); attribute values JSON-encoded; parameter values in their internal representation with
   the distribution as JSON (decoded by the public :func:`optuna.distributions.json_to_distribution`);
 - system attribute keys: constraints as ``constraints:<name>`` (Optuna >= 4) or one ``constraints``
   list (older studies), as ``FrozenTrial.constraints`` reads them; the metric names as
@@ -46,7 +46,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, Text, exists, select
+from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, Text, cast, exists, select
 from sqlalchemy.engine import Connection
 
 OPTUNA_VERSION = "5.0.0"  # the version this module was written and tested against
@@ -167,7 +167,8 @@ def never_beaten_trial_ids(study: optuna.Study) -> list[int]:
     session = rdb.scoped_session()  # this thread's session, as Optuna's own queries use
     try:
         return [row[0] for row in session.execute(select(trials.c.trial_id).where(
-            trials.c.study_id == study._study_id, trials.c.state == TrialState.RUNNING.name,
+            # the state as text: on PostgreSQL the column is Optuna's own enum type, which text does not compare to
+            trials.c.study_id == study._study_id, cast(trials.c.state, String) == TrialState.RUNNING.name,
             ~exists().where(trial_heartbeats.c.trial_id == trials.c.trial_id)))]
     finally:
         session.close()

@@ -12,6 +12,7 @@ from sqlalchemy import inspect, select, update
 
 from edgetune.searcher import optuna_internals as internals
 from edgetune.searcher.storage import Heartbeat, open_storage
+from tests.postgres import PostgresServer
 
 X = {"x": FloatDistribution(0, 1)}
 
@@ -87,6 +88,21 @@ def test_trials_are_stored_as_the_seam_reads_them(study):
 
 
 def test_heartbeats_as_the_recovery_reads_them(study):
+    _check_heartbeats(study)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PostgresServer.available(), reason="initdb/pg_ctl are not installed")
+def test_heartbeats_as_the_recovery_reads_them_on_postgresql():
+    server = PostgresServer().start()  # its enum columns compare to text only when cast
+    try:
+        storage = open_storage(server.url, Heartbeat(interval=1, grace_period=5, max_retry=1))
+        _check_heartbeats(optuna.create_study(study_name="seam", storage=storage))
+    finally:
+        server.remove()
+
+
+def _check_heartbeats(study):
     assert internals.grace_period_s(study) == 5
     silent, beating = study.ask(X), study.ask(X)
     internals.storage(study).record_heartbeat(internals.trial_id(beating))
