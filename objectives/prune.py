@@ -7,7 +7,6 @@ import inspect
 import io
 import math
 import logging
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -19,10 +18,6 @@ from .errors import first_line
 from .groups import LayerGroup
 
 nni_compat.apply()
-warnings.filterwarnings("ignore", module=r"nni\..*")
-warnings.filterwarnings("ignore", message=r".*already registered as pytree node.*")
-for _name in ("nni", "nni.compression", "nni.common"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 class _IdentityNeedsNoReplacer(logging.Filter):
@@ -34,7 +29,6 @@ class _IdentityNeedsNoReplacer(logging.Filter):
 
 
 SPEEDUP_LOG = logging.getLogger("nni.speedup")
-SPEEDUP_LOG.addFilter(_IdentityNeedsNoReplacer())
 
 
 class PruneError(RuntimeError):
@@ -134,12 +128,23 @@ def speedup(model: nn.Module, masks: dict, example_input: torch.Tensor) -> nn.Mo
     model.eval()
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # NNI 3.0 prints debug lines on stdout
-            ModelSpeedup(model, dummy, masks, logger=SPEEDUP_LOG).speedup_model()
+            with _filtered(SPEEDUP_LOG, _IdentityNeedsNoReplacer()):
+                ModelSpeedup(model, dummy, masks, logger=SPEEDUP_LOG).speedup_model()
     except Exception as error:  # NNI raises bare errors (EmptyLayerError, shape asserts)
         raise PruneError(f"speedup failed: {type(error).__name__}: {error}") from error
     # NNI can finish without error yet leave inconsistent shapes (seen on channel shuffles).
     _check_runs(model, dummy, "speedup")
     return model
+
+
+@contextlib.contextmanager
+def _filtered(logger: logging.Logger, log_filter: logging.Filter):
+    """The filter on the logger for the block only: importing this module changes no logging set-up."""
+    logger.addFilter(log_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(log_filter)
 
 
 def _batch_of_two(example_input: torch.Tensor) -> torch.Tensor:

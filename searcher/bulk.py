@@ -11,23 +11,16 @@ read-only SQLAlchemy Core queries (no dialect-specific SQL: the same for SQLite 
 read the trial number and state, the objective values, the parameters, the constraints and only
 the user attributes asked for, straight from Optuna's tables.
 
-What this relies on beyond Optuna's public API, all of Optuna 5.0's RDB storage:
-
-- the table and column names below (the schema Optuna's ``RDBStorage`` creates and checks on open:
-  ``trials``, ``trial_values``, ``trial_params``, ``trial_user_attributes``,
-  ``trial_system_attributes``); enums stored by name (``TrialState``, ``FINITE``/``INF_POS``/``INF_NEG``);
-  JSON-encoded attribute values; parameter values stored in their internal representation, with
-  the distribution as JSON (decoded by the public :func:`optuna.distributions.json_to_distribution`);
-- constraints stored as trial system attributes ``constraints:<name>`` (Optuna ≥ 4) or one
-  ``constraints`` list (older studies), as ``FrozenTrial.constraints`` reads them;
-- ``Study._storage`` (a ``_CachedStorage`` whose ``_backend`` is the ``RDBStorage``) to find the
-  engine. Any other storage (in memory, journal file) is read through ``study.get_trials()``.
+What this relies on beyond Optuna's public API (Optuna's tables and how they encode trials, the storage
+behind a study) is declared in :mod:`searcher.optuna_internals`, which ``tests/test_optuna_internals.py``
+checks against the installed Optuna. A study in any other storage (in memory, journal file) is read
+through ``study.get_trials()``.
 
 :class:`StoredStudy` goes one step further for the commands that only read (``tune report``,
 ``tune pareto``): the study itself (name, directions, metric names, user attributes) from the
 ``studies``, ``study_directions``, ``study_user_attributes`` and ``study_system_attributes`` tables
 (metric names as the system attribute ``study:metric_names``), on a plain SQLAlchemy engine, when
-the schema is the one Optuna 5.0 creates (``alembic_version`` = ``SCHEMA``). Opening an
+the schema is the one Optuna 5.0 creates (``alembic_version`` = ``optuna_internals.SCHEMA``). Opening an
 ``RDBStorage`` imports alembic and Optuna's ORM and checks the schema, 0.45-0.5 s of a 3 s report
 of 10,000 trials; any other schema is opened through Optuna, which says what to do about it.
 """
@@ -42,41 +35,19 @@ from dataclasses import dataclass, field, replace
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
 
-OPTUNA_VERSION = "5.0.0"  # the version this module was written and tested against
-SCHEMA = "v3.2.0.a"  # the alembic revision of the tables that version creates (its head)
-METRIC_NAMES = "study:metric_names"  # optuna.study.study._SYSTEM_ATTR_METRIC_NAMES
-
-#: Optuna's constraint keys (``optuna.study._constrained_optimization._CONSTRAINTS_KEY``)
-CONSTRAINTS = "constraints"
+# Optuna's tables as the seam declares them, under short names
+from .optuna_internals import (CONSTRAINTS, INFINITE, METRIC_NAMES, add_constraint, rdb_storage, schema_is_known,
+                               trial_id)
+from .optuna_internals import (studies as _studies, study_directions as _directions,
+                               study_system_attributes as _study_system_attrs, study_user_attributes as _study_user_attrs,
+                               trial_params as _params, trial_system_attributes as _system_attrs,
+                               trial_user_attributes as _user_attrs, trial_values as _values, trials as _trials)
 
 #: bound parameters per ``IN (...)`` list: below SQLite's oldest limit (999)
 CHUNK = 900
-
-_meta = MetaData()
-_trials = Table("trials", _meta, Column("trial_id", Integer), Column("number", Integer), Column("study_id", Integer),
-                Column("state", String))
-_values = Table("trial_values", _meta, Column("trial_value_id", Integer), Column("trial_id", Integer),
-                Column("objective", Integer), Column("value", Float), Column("value_type", String))
-_params = Table("trial_params", _meta, Column("param_id", Integer), Column("trial_id", Integer),
-                Column("param_name", String), Column("param_value", Float), Column("distribution_json", Text))
-_user_attrs = Table("trial_user_attributes", _meta, Column("trial_user_attribute_id", Integer),
-                    Column("trial_id", Integer), Column("key", String), Column("value_json", Text))
-_system_attrs = Table("trial_system_attributes", _meta, Column("trial_system_attribute_id", Integer),
-                      Column("trial_id", Integer), Column("key", String), Column("value_json", Text))
-
-_studies = Table("studies", _meta, Column("study_id", Integer), Column("study_name", String))
-_directions = Table("study_directions", _meta, Column("study_direction_id", Integer), Column("direction", String),
-                    Column("study_id", Integer), Column("objective", Integer))
-_study_user_attrs = Table("study_user_attributes", _meta, Column("study_user_attribute_id", Integer),
-                          Column("study_id", Integer), Column("key", String), Column("value_json", Text))
-_study_system_attrs = Table("study_system_attributes", _meta, Column("study_system_attribute_id", Integer),
-                            Column("study_id", Integer), Column("key", String), Column("value_json", Text))
-_schema = Table("alembic_version", _meta, Column("version_num", String))
-
-_INFINITE = {"INF_POS": float("inf"), "INF_NEG": float("-inf")}
 
 
 @dataclass(frozen=True)
@@ -99,14 +70,10 @@ class StoredStudy:
 
 
 def stored_study_names(engine: Engine) -> list[str] | None:
-    """The names of the studies in the database, or None where its schema is not ``SCHEMA`` (or it has
+    """The names of the studies in the database, or None where its schema is not ``optuna_internals.SCHEMA`` (or it has
     no Optuna tables): then only Optuna can open it."""
-    if optuna.__version__.split(".")[0] != OPTUNA_VERSION.split(".")[0]:
-        return None
     with engine.connect() as connection:
-        if not engine.dialect.has_table(connection, "alembic_version"):
-            return None
-        if [row[0] for row in connection.execute(select(_schema.c.version_num))] != [SCHEMA]:
+        if not schema_is_known(connection):
             return None
         return [row[0] for row in connection.execute(select(_studies.c.study_name).order_by(_studies.c.study_id))]
 
@@ -169,16 +136,6 @@ def _rdb_source(study) -> tuple[Engine, int] | None:
     return (storage.engine, storage.get_study_id_from_name(study.study_name)) if storage is not None else None
 
 
-def rdb_storage(study: optuna.Study) -> optuna.storages.RDBStorage | None:
-    """The study's RDB storage, or None where it has another (in memory, journal) or where Optuna is not
-    of the major version this module was written against (then everything is read through Optuna)."""
-    if optuna.__version__.split(".")[0] != OPTUNA_VERSION.split(".")[0]:
-        return None
-    storage = getattr(study, "_storage", None)
-    storage = getattr(storage, "_backend", storage)  # _CachedStorage around the RDBStorage
-    return storage if isinstance(storage, optuna.storages.RDBStorage) else None
-
-
 def read_trials(study: optuna.Study, user_attrs: Collection[str] | None = None) -> list[TrialRecord]:
     """Every trial of the study, by number: number, state, values, parameters (with their
     distributions), constraints, and the user attributes named in ``user_attrs`` (all of them when
@@ -208,7 +165,7 @@ def _read_rdb(engine: Engine, study_id: int, user_attrs: Collection[str] | None)
         for trial_id, objective, value, kind in rows(
                 select(_values.c.trial_id, _values.c.objective, _values.c.value, _values.c.value_type)
                 .where(_values.c.trial_id.in_(of_study))):
-            values.setdefault(trial_id, {})[objective] = _INFINITE.get(kind, value)
+            values.setdefault(trial_id, {})[objective] = INFINITE.get(kind, value)
         for trial_id, by_objective in values.items():
             if trial_id in records:
                 records[trial_id].values = [by_objective[i] for i in sorted(by_objective)]
@@ -237,7 +194,7 @@ def _read_rdb(engine: Engine, study_id: int, user_attrs: Collection[str] | None)
                        or_(_system_attrs.c.key == CONSTRAINTS, _system_attrs.c.key.startswith(f"{CONSTRAINTS}:")))
                 .order_by(_system_attrs.c.trial_system_attribute_id)):
             if trial_id in records:
-                _add_constraint(records[trial_id].constraints, key, decode(encoded))
+                add_constraint(records[trial_id].constraints, key, decode(encoded))
     return sorted(records.values(), key=lambda r: r.number)
 
 
@@ -289,16 +246,7 @@ def _chunks(items: list) -> Iterator[list]:
         yield items[start:start + CHUNK]
 
 
-def _add_constraint(constraints: dict, key: str, value) -> None:
-    # as optuna.study._constrained_optimization._get_constraints_from_system_attrs
-    if key == CONSTRAINTS:
-        for i, c in enumerate(value or []):
-            constraints.setdefault(str(i), c)
-    else:
-        constraints[key[len(CONSTRAINTS) + 1:]] = value
-
-
 def _from_frozen(trial: FrozenTrial) -> TrialRecord:
     # already in memory: every user attribute is kept (filtering them would save nothing)
     return TrialRecord(trial.number, trial.state, trial.values, trial.params, trial.distributions, trial.user_attrs,
-                       trial.constraints, trial._trial_id)
+                       trial.constraints, trial_id(trial))

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import functools
 import gc
-import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -40,6 +38,10 @@ def _print_version(asked: bool) -> None:
 def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                           help="Print edgetune's version and exit.")) -> None:
     """edgetune: search per-layer-group compression settings, measured on the real device."""
+    # Every command, in the console script, its worker processes and typer's test runner alike.
+    from .log_setup import quiet_libraries
+
+    quiet_libraries()
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -543,10 +545,6 @@ def models(contains: Optional[str] = typer.Argument(
 
 
 def main() -> None:  # console script entry point
-    # Deprecation chatter from NNI/torch/OpenVINO is not the user's business; errors still show.
-    for category in (DeprecationWarning, FutureWarning, UserWarning):
-        warnings.filterwarnings("ignore", category=category)
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU hosts
     try:
         app(prog_name="tune")
     finally:

@@ -7,11 +7,13 @@ from typing import Callable
 import optuna
 
 from .local_workers import run_local_workers
+from .recovery import fail_orphans
+from .retry import Retry
 from .run import Objective
 from .spec import Spec, SpecError
 from .storage import is_sqlite
 from .study import Prepared, prepare
-from .worker import Retry, budget_used, counts_toward_budget, fail_orphans, run_worker
+from .worker import budget_used, counts_toward_budget, run_worker
 
 #: a study stops when this many trials failed pruning the same way and none has pruned the model
 SAME_FAILURES_TO_STOP = 3

@@ -212,6 +212,10 @@ class Spec:
     source: str
 
     def __getitem__(self, key: str) -> Any:
+        """A declared key's value; None for an optional key the spec leaves unset (no limit, no file).
+        A key not in :data:`KEYS` is a mistake in the code: KeyError, not None."""
+        if key not in KEYS:
+            raise KeyError(f"{key!r} is not a spec key (searcher/spec.py KEYS)")
         return self.values.get(key)
 
     @property

@@ -5,9 +5,7 @@ a resumed study reuses them and never recomputes them.
 """
 from __future__ import annotations
 
-import logging
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,10 +33,6 @@ from .space import (SearchSpace, allowed_precisions, build_space, channel_multip
                     check_targets, quantization_route)
 from .spec import Spec, SpecError, stored_spec, target_unit
 from .storage import Heartbeat, open_storage, redact
-
-optuna.logging.set_verbosity(optuna.logging.ERROR)  # we report trials ourselves (rich)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-logging.getLogger("nncf").setLevel(logging.ERROR)
 
 #: keys whose change would make a resumed study's trials incomparable
 FIXED_ON_RESUME = ("model.name", "model.checkpoint", "data.name", "data.dir", "data.image_size", "baseline.epochs",

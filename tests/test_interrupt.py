@@ -10,7 +10,8 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import tune_process, wait_for
-from edgetune.searcher.worker import INTERRUPTED, budget_used
+from edgetune.searcher.recovery import INTERRUPTED
+from edgetune.searcher.worker import budget_used
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,18 +74,19 @@ def test_ctrl_c_fails_the_running_trial_cleanly_and_the_study_resumes(study_dir,
 def test_a_trial_that_died_before_its_first_heartbeat_is_failed_and_requeued(tmp_path):
     """Optuna's stale check skips RUNNING trials without any heartbeat; edgetune's claim does not."""
     from edgetune.searcher.storage import Heartbeat, open_storage
-    from edgetune.searcher.worker import fail_silent_trials
+    from edgetune.searcher.optuna_internals import trial_id
+    from edgetune.searcher.recovery import fail_silent_trials
 
     storage = open_storage(f"sqlite:///{tmp_path / 'silent.db'}", Heartbeat(interval=1, grace_period=3, max_retry=2))
     study = optuna.create_study(study_name="silent", storage=storage)
     silent = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # claimed, then its worker died
     beating = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    storage.record_heartbeat(beating._trial_id)
+    storage.record_heartbeat(trial_id(beating))
     assert fail_silent_trials(study) == []  # within the grace period: it may still be starting
     failed = []
 
     def past_the_grace_period():
-        storage.record_heartbeat(beating._trial_id)  # alive
+        storage.record_heartbeat(trial_id(beating))  # alive
         failed.extend(fail_silent_trials(study))
         return bool(failed)
 

@@ -85,6 +85,14 @@ def test_imagefolder_needs_a_directory():
         load_spec(overrides={"data.name": "imagefolder"})
 
 
+def test_a_lookup_of_an_undeclared_key_is_an_error_in_the_code():
+    spec = load_spec()
+    assert spec["study.max_top1_drop"] is None  # optional, commented out in studies/default.toml: no limit
+    assert load_spec(overrides={"study.max_top1_drop": 2})["study.max_top1_drop"] == 2.0
+    with pytest.raises(KeyError, match="'study.max_top1_dorp' is not a spec key"):
+        spec["study.max_top1_dorp"]
+
+
 def test_parse_override():
     assert parse_override("finetune.epochs=3") == ("finetune.epochs", 3)
     assert parse_override("model.name=resnet20") == ("model.name", "resnet20")

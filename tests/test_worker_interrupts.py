@@ -24,7 +24,10 @@ from edgetune.searcher import worker
 from edgetune.searcher.locks import StudyLocks
 from edgetune.searcher.run import Objective, TrialResult
 from edgetune.searcher.storage import Heartbeat, open_storage
-from edgetune.searcher.worker import INTERRUPTED, Retry, StorageFailed, StorageLost, budget_used, run_worker
+from edgetune.searcher.optuna_internals import rdb_storage
+from edgetune.searcher.recovery import INTERRUPTED
+from edgetune.searcher.retry import Retry, StorageFailed, StorageLost
+from edgetune.searcher.worker import budget_used, run_worker
 
 BUDGET = 3
 STOPS_WITHIN_S = 10  # the bug: "database unreachable" retries for the whole patience (minutes)
@@ -131,7 +134,7 @@ STEPS = {
 @pytest.mark.parametrize("step", list(STEPS))
 def test_ctrl_c_inside_a_database_step_stops_the_worker_at_once(study, step):
     when, sql, after, trial_1 = STEPS[step]
-    interrupt = InterruptAt(study._storage._backend.engine, sql, after)
+    interrupt = InterruptAt(rdb_storage(study).engine, sql, after)
     hooks = {when: lambda t: t.number == 1 and interrupt.arm()} if when != "after trial 0" else {}
     on_trial_end = interrupt.arm if when == "after trial 0" else (lambda s, t: None)
     messages, sleeps = [], []
@@ -161,7 +164,7 @@ def test_ctrl_c_inside_a_database_step_stops_the_worker_at_once(study, step):
 
 def test_a_second_ctrl_c_while_failing_the_interrupted_trial(study):
     """Ctrl-C in the trial, then again inside the write that fails it: one last try fails it all the same."""
-    interrupt = InterruptAt(study._storage._backend.engine, "INSERT INTO trial_user_attributes", "execute")
+    interrupt = InterruptAt(rdb_storage(study).engine, "INSERT INTO trial_user_attributes", "execute")
 
     def first_ctrl_c(trial):
         if trial.number == 1:

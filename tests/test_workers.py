@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import tune_process, wait_for
+from edgetune.searcher.optuna_internals import never_beaten_trial_ids, stale_trial_ids, trial_id
 from edgetune.searcher.storage import Heartbeat, open_storage
 from edgetune.searcher.worker import budget_used
 from tests.postgres import PostgresServer
@@ -92,20 +93,13 @@ _beating_storages = {}
 def _left_to_the_next_worker(url, name) -> bool:
     """Whether every RUNNING trial is overdue as the next worker's claim judges it (with the spec's heartbeat
     settings): its heartbeat is stale (Optuna's check), or it never beat and started a grace period ago (edgetune's)."""
-    from optuna.storages._rdb import models
-
     if url not in _beating_storages:
         _beating_storages[url] = open_storage(url, Heartbeat(interval=1, grace_period=GRACE_S))
-    storage = _beating_storages[url]
-    study = optuna.load_study(study_name=name, storage=storage)
-    stale = set(storage._get_stale_trial_ids(study._study_id))
-    session = storage.scoped_session()
-    try:
-        beat = {row.trial_id for row in session.query(models.TrialHeartbeatModel.trial_id)}
-    finally:
-        session.close()
+    study = optuna.load_study(study_name=name, storage=_beating_storages[url])
+    stale = set(stale_trial_ids(study))
+    never_beaten = set(never_beaten_trial_ids(study))
     grace = datetime.timedelta(seconds=GRACE_S)
-    return all(t._trial_id in stale or (t._trial_id not in beat and datetime.datetime.now() - t.datetime_start > grace)
+    return all(trial_id(t) in stale or (trial_id(t) in never_beaten and datetime.datetime.now() - t.datetime_start > grace)
                for t in study.get_trials(states=(TrialState.RUNNING,)))
 
 
