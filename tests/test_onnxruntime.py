@@ -87,7 +87,7 @@ def test_static_quantization_turns_exactly_the_plans_modules_int8(digits):
 
 def test_bad_input_is_one_line(tmp_path):
     with pytest.raises(DeviceError, match=r"^device 'onnxruntime:FOO' \(edgetune runs ONNX Runtime's CPU execution "
-                                          r"provider\) is not available on this host; available: onnxruntime:CPU$"):
+                                          r"provider\) is not available on this host; available: cpu, .*onnxruntime:CPU"):
         create_device("onnxruntime:FOO")
     # a valid ONNX file with an operator ONNX Runtime does not have
     node = helper.make_node("NoSuchOp", ["input"], ["logits"], domain="example.custom")
