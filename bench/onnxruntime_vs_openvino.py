@@ -1,6 +1,6 @@
 """The same models on ``openvino:CPU`` and ``onnxruntime:CPU``, side by side, f32 and int8.
 
-    python bench/onnxruntime_vs_openvino.py [--models resnet20,resnet56] [--threads 1] [--rounds 3]
+    python -m bench.onnxruntime_vs_openvino [--models resnet20,resnet56] [--threads 1] [--rounds 3]
 
 For each model (untrained: latency does not depend on the weights' values), at a pinned thread
 count, four deployments per runtime: ``f32``; ``int8 qdq``, every convolution and the classifier
