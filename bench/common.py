@@ -14,7 +14,11 @@ DISTILL = {"finetune.distill": 0.9, "finetune.temperature": 4.0}  # the distille
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
-    """An argument parser whose help is the script's docstring, laid out as written."""
+    """An argument parser whose help is the script's docstring, laid out as written. Every script's
+    entry point builds one, so the libraries' chatter is quieted here, as `tune` does."""
+    from edgetune.searcher.log_setup import quiet_libraries
+
+    quiet_libraries()
     return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
