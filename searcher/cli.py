@@ -129,12 +129,14 @@ def start(
     if spec["study.workers"] > 1 and is_sqlite(spec["study.storage"]):
         raise SpecError(f"--workers {spec['study.workers']}: {SEVERAL_WORKERS_NEED_A_SERVER}")
     _check_train_device(spec)
-    from .study import validate
+    from .study import check_new_space, validate
 
-    # Everything a user can get wrong (device, data, model, checkpoint, storage) fails before the header.
+    # Everything a user can get wrong (device, data, model, checkpoint, storage, a space of one point)
+    # fails before the header.
     try:
         with console.status("checking the device, data and model") as checking:
             checked = validate(spec, on_status=checking.update)
+            check_new_space(spec, checked)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/] before the study started")
         raise typer.Exit(130) from None

@@ -241,9 +241,10 @@ def prepare(spec: Spec, on_status: Callable[[str], None] = lambda s: None, joini
     ``joining`` worker (``tune worker``, ``tune finalize``) runs the stored spec and leaves it as it is.
     ``checked``: :func:`validate`'s result when the caller ran it first (`tune start`, before its header).
     """
-    checked = checked or validate(spec, on_status)
-    if not joining:
-        check_new_space(spec, checked)
+    if checked is None:  # else the caller validated it, space included (tune start, before its header)
+        checked = validate(spec, on_status)
+        if not joining:
+            check_new_space(spec, checked)
     on_status("waiting for the study's lock")
     with checked.locks.critical("bootstrap"):
         study = open_study(spec, checked.storage)
