@@ -161,8 +161,8 @@ def require_database(url: str) -> None:
                            f"(or ${STORAGE_ENV}), or run `tune start` first")
 
 
-def missing_sqlite_file(url: str) -> Path | None:
-    """The file an SQLite URL names when it does not exist (None: it exists, or the URL is not such a file)."""
+def _sqlite_file(url: str) -> Path | None:
+    """The file an SQLite URL names, absolute (None: a bad URL, another database, in memory, a ``file:`` URI)."""
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -170,20 +170,19 @@ def missing_sqlite_file(url: str) -> Path | None:
     database = parsed.database
     if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
         return None
-    path = Path(database).expanduser()
-    return None if path.is_file() else path.absolute()
+    return Path(database).expanduser().absolute()
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """The file an SQLite URL names when it does not exist (None: it exists, or the URL is not such a file)."""
+    path = _sqlite_file(url)
+    return None if path is None or path.is_file() else path
 
 
 def sqlite_folder(url: str) -> Path | None:
     """The folder of an SQLite URL's database file (None: not an SQLite file)."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return None
-    database = parsed.database
-    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return Path(database).expanduser().absolute().parent
+    path = _sqlite_file(url)
+    return None if path is None else path.parent
 
 
 def read_study(storage_url: str, name: str | None):
