@@ -4,6 +4,7 @@ from __future__ import annotations
 import abc
 import collections
 import platform
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
@@ -227,6 +228,28 @@ class Deployment(abc.ABC):
     def precision_of(self, modules: list[str]) -> dict[str, int]:
         """Compute layers under these PyTorch module paths, counted by the precision they run in."""
         raise NotImplementedError
+
+
+class FileDeployment(Deployment):
+    """A deployment whose artifact is one file, ``_path``, in a working folder of its own (``_workdir``),
+    saved as ``artifact_name``."""
+
+    artifact_name: str
+    _path: Path
+    _workdir: Path
+
+    def save(self, directory: Path) -> list[Path]:
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / self.artifact_name
+        shutil.copyfile(self._path, target)
+        return [target]
+
+    @property
+    def size_bytes(self) -> int:
+        return self._path.stat().st_size
+
+    def close(self) -> None:
+        shutil.rmtree(self._workdir, ignore_errors=True)
 
 
 class Device(abc.ABC):

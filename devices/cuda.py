@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -114,7 +113,7 @@ class CUDADeployment(TorchScriptDeployment):
         torch.cuda.synchronize(index)
         self._captured_bytes = torch.cuda.max_memory_allocated(index) - before  # warm-up and the graph's pool
         self._workdir = Path(tempfile.mkdtemp(prefix="edgetune-cuda-"))
-        self._path = self._workdir / "model.pt"
+        self._path = self._workdir / self.artifact_name
         if isinstance(program, torch.jit.ScriptModule):
             program.save(str(self._path))  # what runs is what ships
         else:
@@ -201,7 +200,7 @@ class CUDADeployment(TorchScriptDeployment):
 
     def close(self) -> None:
         self._run = None
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        super().close()
         torch.cuda.empty_cache()
 
 

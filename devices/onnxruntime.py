@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import memory_probe
-from .base import (Deployment, Device, DeviceError, DeviceInfo, DeviceUnavailable, PrecisionPlan, count_layers_under,
+from .base import (Device, DeviceError, DeviceInfo, DeviceUnavailable, FileDeployment, PrecisionPlan, count_layers_under,
                    cpu_name)
 from .host import channel_block
 from .protocol import LatencyProtocol
@@ -84,7 +84,9 @@ def optimised_layers(path: Path, level: str) -> list[tuple[str, str]]:
     return [(node.name, precision) for node in graph.node if (precision := _precision(node.op_type))]
 
 
-class OnnxRuntimeDeployment(Deployment):
+class OnnxRuntimeDeployment(FileDeployment):
+    artifact_name = "model.onnx"
+
     def __init__(self, path: Path, device: "OnnxRuntimeDevice", input_shape: tuple[int, ...], scopes: dict[str, str]):
         self._device = device
         self.protocol = device.protocol
@@ -137,19 +139,9 @@ class OnnxRuntimeDeployment(Deployment):
     def precision_of(self, modules: list[str]) -> dict[str, int]:
         return count_layers_under(self._layers, [self._scopes[m] for m in modules if m in self._scopes])
 
-    def save(self, directory: Path) -> list[Path]:
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / "model.onnx"
-        shutil.copyfile(self._path, target)
-        return [target]
-
-    @property
-    def size_bytes(self) -> int:
-        return self._path.stat().st_size
-
     def close(self) -> None:
         self._sessions = {}
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        super().close()
 
 
 def quantize_static_int8(source: Path, target: Path, int8_prefixes: list[str], calibration: np.ndarray) -> Path:

@@ -2,14 +2,13 @@
 TorchScript file traced from the module that runs, and layers are found by module path."""
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .base import Deployment
+from .base import FileDeployment
 
 
 def under(name: str, prefixes: list[str]) -> bool:
@@ -17,24 +16,13 @@ def under(name: str, prefixes: list[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-class TorchScriptDeployment(Deployment):
+class TorchScriptDeployment(FileDeployment):
     """A deployment whose artifact is ``model.pt``, traced from ``module`` on ``example``."""
+
+    artifact_name = "model.pt"
 
     def _write_artifact(self, module: nn.Module, example: torch.Tensor, prefix: str) -> None:
         self._workdir = Path(tempfile.mkdtemp(prefix=prefix))
-        self._path = self._workdir / "model.pt"
+        self._path = self._workdir / self.artifact_name
         with torch.no_grad():
             torch.jit.trace(module, example).save(str(self._path))
-
-    def save(self, directory: Path) -> list[Path]:
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / "model.pt"
-        shutil.copyfile(self._path, target)
-        return [target]
-
-    @property
-    def size_bytes(self) -> int:
-        return self._path.stat().st_size
-
-    def close(self) -> None:
-        shutil.rmtree(self._workdir, ignore_errors=True)
