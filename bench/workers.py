@@ -30,7 +30,7 @@ from edgetune.objectives.groups import derive_groups
 from edgetune.objectives.models import create_model
 from edgetune.searcher.artifacts import fetch
 from edgetune.searcher.locks import StudyLocks
-from edgetune.searcher.run import Objective, TrialResult
+from edgetune.searcher.trial import Objective, TrialResult
 from edgetune.searcher.spec import load_spec
 from edgetune.searcher.storage import open_storage
 from edgetune.searcher.study import group_rules, heartbeat, open_study

@@ -16,7 +16,7 @@ import numpy as np
 import optuna
 
 from edgetune.objectives.data import DataSplits
-from edgetune.objectives.export import write_model_files
+from edgetune.objectives.model_files import write_model_files
 from edgetune.objectives.pipeline import TrialOutcome
 
 from .spec import Spec

@@ -18,13 +18,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from edgetune.objectives.errors import first_line
-from edgetune.objectives.export import load_pruned
+from edgetune.objectives.model_files import load_pruned
 from edgetune.objectives.finetune import TrainSettings
 from edgetune.objectives.pipeline import TrialPlan, PhaseClock, device_plan_for, fine_tune_and_measure
 
 from .artifacts import fetch
 from .pareto import front
-from .run import Objective, TrialResult
+from .trial import Objective, TrialResult
 from .spec import SpecError
 from .study import Prepared
 

@@ -9,7 +9,7 @@ import optuna
 from .local_workers import run_local_workers
 from .recovery import fail_orphans
 from .retry import Retry
-from .run import Objective
+from .trial import Objective
 from .spec import Spec, SpecError
 from .storage import is_sqlite
 from .study import Prepared, prepare

@@ -18,7 +18,7 @@ from edgetune.objectives.accelerator import Accelerator, AcceleratorError, resol
 from edgetune.objectives.baseline import get_baseline
 from edgetune.objectives.data import DataSplits, load_data
 from edgetune.objectives.evaluate import collapsed
-from edgetune.objectives.export import load_pruned
+from edgetune.objectives.model_files import load_pruned
 from edgetune.objectives.finetune import TrainSettings
 from edgetune.objectives.groups import GroupRules, LayerGroup, derive_groups, describe_groups
 from edgetune.objectives.models import create_model, source_sha256

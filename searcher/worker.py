@@ -27,7 +27,7 @@ from . import optuna_internals as internals
 from .locks import StudyLocks
 from .recovery import Heartbeats, fail_interrupted, fail_silent_trials, reset_storage
 from .retry import Retry, was_interrupted
-from .run import Objective
+from .trial import Objective
 from .storage import is_sqlite
 
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"  # recorded on each trial: who ran it

@@ -85,7 +85,7 @@ def test_a_study_of_a_custom_model_runs_and_exports(tmp_path, monkeypatch):
     assert "| memory bytes |" in (tmp_path / "report" / "mine" / "report.md").read_text()
     exported = CliRunner().invoke(app, ["export", "mine", "--pareto", "--storage", storage, "--out", str(tmp_path / "out")])
     assert exported.exit_code == 0, exported.output
-    from edgetune.objectives.export import load_pruned
+    from edgetune.objectives.model_files import load_pruned
 
     for folder in (tmp_path / "out").iterdir():
         assert load_pruned(folder)(torch.rand(2, 3, 32, 32)).shape == (2, 10)

@@ -41,7 +41,7 @@ def test_export_round_trip_outside_edgetune(tiny_study, tmp_path, digits):
     # ONNX Runtime runs the float model; the PyTorch weights rebuild the same model.
     session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     onnx_logits = session.run(None, {"input": images[:32]})[0]
-    from edgetune.objectives.export import load_pruned
+    from edgetune.objectives.model_files import load_pruned
 
     torch_logits = load_pruned(folder)(digits.x_val[:32]).detach().numpy()
     assert np.allclose(onnx_logits, torch_logits, atol=1e-3)

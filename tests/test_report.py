@@ -102,7 +102,7 @@ def test_report_on_a_stored_study_of_ten_thousand_trials(tmp_path):
 
 
 def test_worst_class_drop_ignores_absent_classes():
-    from edgetune.searcher.run import worst_class_drop
+    from edgetune.searcher.trial import worst_class_drop
 
     assert worst_class_drop([100.0, 90.0, float("nan")], [97.0, 92.0, 50.0]) == 3.0
 

@@ -7,7 +7,7 @@ from torch import nn
 from edgetune.devices import create_device
 from edgetune.devices.protocol import LatencyProtocol
 from edgetune.objectives import structure
-from edgetune.objectives.export import load_pruned, write_model_files
+from edgetune.objectives.model_files import load_pruned, write_model_files
 from edgetune.objectives.groups import derive_groups
 from edgetune.objectives.models import count_params, create_model
 

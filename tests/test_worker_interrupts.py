@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from edgetune.searcher import worker
 from edgetune.searcher.locks import StudyLocks
-from edgetune.searcher.run import Objective, TrialResult
+from edgetune.searcher.trial import Objective, TrialResult
 from edgetune.searcher.storage import Heartbeat, open_storage
 from edgetune.searcher.optuna_internals import rdb_storage
 from edgetune.searcher.recovery import INTERRUPTED
