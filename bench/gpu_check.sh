@@ -1,6 +1,9 @@
 #!/bin/bash
 # GPU check, run on the lent GPU host over a copy of the tree with .gpu/ carried (bench/gpu_carry.sh builds it).
 # Results land in $OUT (the device tool). Parts, run in the order given (default: tests default cifar):
+#   nvidia   issue 31: bench/cuda_runtime.py (recorded ResNet-56 latency vs a hand-written CUDA graph vs eager,
+#            energy x3), then the default study measured AND trained on cuda:0 with --target latency,energy,top1
+#            (8 trials, seed 0) and its front (about 5 min)
 #   adapter  the CUDA adapter's tests and a 4-trial study measured on cuda:0 (about 2 min)
 #   tests    [train]'s GPU tests: plumbing on cuda, QAT there, two studies training on one GPU at once (about 2 min)
 #   default  the default study (ResNet-56 on digits, seed 0, 8 trials) trained on cuda:0, then the same trials
@@ -9,9 +12,11 @@
 #            trained on the host's CPU from the same baseline; phase table and comparison (about 5 min)
 # The host has no OpenVINO: models are deployed and timed on the host CPU in plain PyTorch (device "cpu"),
 # 8 threads, 1 s per measurement at most (the default's 1..16-thread sweep would make timing most of a trial).
-# In 15 minutes of device time (start included), as two calls on one warm machine:
+# In 15 minutes of device time (start included) all parts do not fit one session. Issue 30 (training):
 #   run(command="bash bench/gpu_check.sh tests default", carry=[".gpu"], timeout_s=420)
 #   run(command="bash bench/gpu_check.sh cifar", carry=[".gpu"], timeout_s=480)
+# Issue 31 (NVIDIA as it ships), in one call:
+#   run(command="bash bench/gpu_check.sh nvidia", carry=[".gpu"], timeout_s=420)
 set -u
 export PYTHONUNBUFFERED=1
 nvidia-smi -L; python3 --version; nproc
@@ -22,12 +27,19 @@ python3 -c "import torch, edgetune.devices.cuda, edgetune.searcher.cli; print('t
 tune() { python3 -c 'import sys; from edgetune.searcher.cli import main; sys.argv[0]="tune"; main()' "$@"; }
 export EDGETUNE_CACHE=/tmp/cache
 MEASURE=(--set device.name=cpu --set device.threads=8 --set device.latency_max_seconds=1)
-cost() { python3 bench/trial_cost.py "$@"; }  # its own temporary database each time
+cost() { python3 -m bench.trial_cost "$@"; }  # its own temporary database each time
 baseline_of() { ls -t /tmp/cache/baselines/"$1"-*.pt 2>/dev/null | head -1; }
 
 parts="${*:-tests default cifar}"
 for part in $parts; do
 case $part in
+nvidia)
+  nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv | tee $OUT/nvidia.txt
+  timeout 150 python3 -m bench.cuda_runtime --json $OUT/cuda_runtime.json 2>&1 | tee -a $OUT/nvidia.txt
+  timeout 330 bash -c "$(declare -f tune); tune start --device cuda:0 --target latency,energy,top1 --trials 8 --seed 0 \
+    --storage sqlite:////tmp/energy.db --study-name energy --set train.device=cuda:0" 2>&1 | tee $OUT/energy-study.txt
+  tune pareto energy --storage sqlite:////tmp/energy.db 2>&1 | tee $OUT/energy-pareto.txt
+  ;;
 adapter)
   tune devices 2>&1 | tee $OUT/devices.txt
   timeout 180 python3 -m pytest tests/test_cuda.py tests/test_nni_compat.py -v -p no:warnings -p no:cacheprovider 2>&1 | tee $OUT/pytest.txt
@@ -39,9 +51,9 @@ tests)
   timeout 240 python3 -m pytest tests/test_accelerator.py -m gpu -v -p no:warnings -p no:cacheprovider 2>&1 | tee $OUT/pytest-train.txt
   ;;
 default)
-  { time timeout 150 python3 bench/trial_cost.py --trials 8 "${MEASURE[@]}" --set train.device=cuda:0 --json $OUT/default-gpu.json; } 2>&1 | tee $OUT/default.txt
+  { time timeout 150 python3 -m bench.trial_cost --trials 8 "${MEASURE[@]}" --set train.device=cuda:0 --json $OUT/default-gpu.json; } 2>&1 | tee $OUT/default.txt
   base=$(baseline_of resnet56-digits)
-  { time timeout 200 python3 bench/trial_cost.py --trials 8 "${MEASURE[@]}" --set train.device=cpu --set model.checkpoint=$base \
+  { time timeout 200 python3 -m bench.trial_cost --trials 8 "${MEASURE[@]}" --set train.device=cpu --set model.checkpoint=$base \
       --json $OUT/default-cpu.json; } 2>&1 | tee -a $OUT/default.txt
   cost --compare $OUT/default-cpu.json $OUT/default-gpu.json 2>&1 | tee -a $OUT/default.txt
   ;;
@@ -49,13 +61,13 @@ cifar)
   CIFAR=(--set model.name=resnet20 --set data.name=imagefolder --set data.dir=$PWD/.gpu/cifar10-12k --set baseline.epochs=15
          --set baseline.lr=0.05 --set finetune.epochs=2 "${MEASURE[@]}")  # bench/search_efficiency.py's cifar task
   ls .gpu/cifar10-12k/train/*/ | grep -c jpg | sed 's/^/training images carried: /' | tee $OUT/cifar.txt
-  { time timeout 300 python3 bench/trial_cost.py --trials 20 "${CIFAR[@]}" --set train.device=cuda:0 --json $OUT/cifar-gpu.json; } 2>&1 | tee -a $OUT/cifar.txt
+  { time timeout 300 python3 -m bench.trial_cost --trials 20 "${CIFAR[@]}" --set train.device=cuda:0 --json $OUT/cifar-gpu.json; } 2>&1 | tee -a $OUT/cifar.txt
   base=$(baseline_of resnet20-imagefolder)
-  { time timeout 200 python3 bench/trial_cost.py --trials 5 "${CIFAR[@]}" --set train.device=cpu --set model.checkpoint=$base \
+  { time timeout 200 python3 -m bench.trial_cost --trials 5 "${CIFAR[@]}" --set train.device=cpu --set model.checkpoint=$base \
       --json $OUT/cifar-cpu.json; } 2>&1 | tee -a $OUT/cifar.txt
   cost --compare $OUT/cifar-cpu.json $OUT/cifar-gpu.json 2>&1 | tee -a $OUT/cifar.txt
   ;;
-*) echo "unknown part $part (adapter, tests, default, cifar)"; exit 2 ;;
+*) echo "unknown part $part (nvidia, adapter, tests, default, cifar)"; exit 2 ;;
 esac
 done
 true
