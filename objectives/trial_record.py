@@ -109,12 +109,20 @@ ALWAYS = frozenset(k for k, hint in _HINTS.items() if _ALWAYS in getattr(hint, "
 
 
 def at(field: str, device: str) -> str:
-    """The name of a further device's field: ``latency_ms@cpu``."""
+    """The name of a further device's field.
+
+    >>> at("latency_ms", "cpu")
+    'latency_ms@cpu'
+    """
     if field not in OTHER_DEVICE:
         raise KeyError(f"{field!r} is not a further device's field (trial_record.OTHER_DEVICE)")
     return f"{field}@{device}"
 
 
 def unknown_keys(record: dict) -> list[str]:
-    """Keys the contract does not declare: a key added without its line above (tests call it on real records)."""
+    """Keys the contract does not declare: a key added without its line above (tests call it on real records).
+
+    >>> unknown_keys({"latency_ms": 1.2, "latency_ms@cpu": 3.4, "latncy_ms": 1.2, "inference_precision": "f32"})
+    ['latncy_ms', 'inference_precision']
+    """
     return [k for k in record if k not in FIELDS and not ("@" in k and k.partition("@")[0] in OTHER_DEVICE)]
