@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from edgetune.objectives.pipeline import PhaseClock
-from edgetune.objectives.trial_record import PHASES
+from edgetune.objectives.trial_record import ALWAYS, PHASES, unknown_keys
+from edgetune.searcher.spec import TARGETS, target_unit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,3 +25,9 @@ def test_a_phase_outside_the_contract_is_refused_before_it_runs():
 @pytest.mark.parametrize("doc", ["README.md", "docs/ARCHITECTURE.md"])
 def test_the_docs_point_to_the_one_definition(doc):
     assert "objectives/trial_record.py)" in (ROOT / doc).read_text()
+
+
+def test_every_target_is_a_field_of_every_complete_trial():
+    """A trial's objective values are read from its record (searcher.trial.Objective.result_of)."""
+    assert {target_unit(t) for t in TARGETS} <= ALWAYS
+    assert not unknown_keys({target_unit("latency@jetson"): 1.0})
