@@ -5,7 +5,7 @@ The record is built in steps: :mod:`objectives.pipeline` measures the deployed m
 trial realized; :mod:`searcher.trial` adds the store's time, the artifact and the failure of a trial
 that did not complete; the worker adds ``worker``. The study's baseline is recorded under the same
 names (the measurement's fields, ``artifact_id``, ``artifact_sha256``, the further devices' ones),
-prefixed ``baseline_`` (:mod:`searcher.record`).
+prefixed ``baseline_`` (:mod:`searcher.record`; the study's own ``baseline_source`` shares the prefix).
 
 ``total=False``: a record in the making type-checks, a key outside the contract does not. ``Always[T]``
 marks the fields every complete trial has (:data:`ALWAYS`); the comment says when the others are there.
@@ -21,7 +21,7 @@ Always = Annotated[T, _ALWAYS]
 
 #: The phases a trial's time is recorded under (``seconds``), in the order they run.
 PHASES = (
-    "prune",  # choose the blocks, streams and channels to remove (not on tune finalize's trials)
+    "prune",  # choose the blocks, streams and channels to remove; not on tune finalize's trials
     "speedup",  # remove them (NNI ModelSpeedup or Torch-Pruning); not on tune finalize's trials
     "screen",  # with a latency limit only: the pruned model timed before fine-tuning
     "fine_tune",  # on the training device (spec [train]); quantization-aware for int8 groups
