@@ -6,8 +6,8 @@
     python -m bench.trial_cost --compare cpu.json gpu.json     # the same study trained on two devices
 
 Runs the study (default: the embedded default, ResNet-56 on digits, on the OpenVINO CPU) for a few
-trials in a temporary database, then reads each trial's recorded phase times (prune, speedup,
-fine_tune, deploy, evaluate, measure, store) and its wall time from start to end (the rest is the
+trials in a temporary database, then reads each trial's recorded phase times (``seconds``, keyed
+by objectives/trial_record.py's PHASES) and its wall time from start to end (the rest is the
 sampler and the database). edgetune's overhead is everything but fine-tuning and evaluation: the
 work a user would not do without a search tool. Times are this machine's; shares are per run.
 
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from edgetune.objectives.trial_record import PHASES
 from edgetune.searcher import record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,8 +101,7 @@ def main() -> None:
     trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
               and "finalized_from" not in t.user_attrs]  # tune finalize's long fine-tunes are not search trials
     walls = np.array([(t.datetime_complete - t.datetime_start).total_seconds() for t in trials])
-    phases = sorted({k for t in trials for k in t.user_attrs["seconds"]},
-                    key=lambda k: ("prune", "speedup", "screen", "fine_tune", "deploy", "evaluate", "measure", "memory", "store").index(k))
+    phases = sorted({k for t in trials for k in t.user_attrs["seconds"]}, key=PHASES.index)
     times = {k: np.array([t.user_attrs["seconds"].get(k, 0.0) for t in trials]) for k in phases}
     times["sampler + database"] = walls - sum(times.values())
     spec = record.spec_values(study)

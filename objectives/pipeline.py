@@ -30,8 +30,7 @@ from .models import count_params, flops_and_params
 from .qdq import with_learned_int8
 from .quantize import qat_finetune
 from .structure import Stage
-
-PHASES = ("prune", "speedup", "screen", "fine_tune", "deploy", "evaluate", "measure")  # screen: with a latency limit
+from .trial_record import PHASES, TrialRecord, at
 
 
 class TooSlowError(RuntimeError):
@@ -62,10 +61,11 @@ class Reference:
     by_threads: dict[int, tuple[float, float]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, deployment: Deployment, baseline: dict, at: str = "") -> "Reference":
-        """From the study's baseline record (``at``: ``@<device>`` for a further device)."""
-        by_threads = baseline.get(f"latency_by_threads{at}")
-        return cls(deployment, baseline[f"latency_ms{at}"], thread_table(by_threads) if by_threads else {})
+    def of(cls, deployment: Deployment, baseline: dict, device: str | None = None) -> "Reference":
+        """From the study's baseline record (``device``: a further device's name, whose fields it reads)."""
+        by_threads = baseline.get(at("latency_by_threads", device) if device else "latency_by_threads")
+        return cls(deployment, baseline[at("latency_ms", device) if device else "latency_ms"],
+                   thread_table(by_threads) if by_threads else {})
 
     def latency_at(self, threads: int | None) -> float:
         return self.by_threads[threads][0] if threads in self.by_threads else self.latency_ms
@@ -166,15 +166,15 @@ def int8_modules(model: nn.Module, groups: list[LayerGroup], int8_groups: frozen
 
 @dataclass
 class TrialOutcome:
-    attributes: dict  # the contract of docs/ARCHITECTURE.md, minus artifact_id (the searcher stores it)
+    attributes: TrialRecord  # what the searcher stores, less what it adds itself (objectives/trial_record.py)
     deployment: Deployment
     model: nn.Module  # the pruned, fine-tuned PyTorch model that was deployed
     predictions: np.ndarray  # the deployed model's class for each validation image
 
 
 class PhaseClock:
-    """Seconds spent in each named phase of a trial (``with clock.phase("deploy"):``), announced to
-    ``on_phase`` as each starts."""
+    """Seconds spent in each named phase of a trial (``with clock.phase("deploy"):``, one of
+    trial_record.PHASES), announced to ``on_phase`` as each starts."""
 
     def __init__(self, on_phase: Callable[[str], None] | None):
         self.seconds: dict[str, float] = {}
@@ -182,6 +182,8 @@ class PhaseClock:
 
     @contextmanager
     def phase(self, name: str):
+        if name not in PHASES:
+            raise ValueError(f"phase {name!r} is not in trial_record.PHASES")
         if self._on_phase:
             self._on_phase(name)
         start = time.perf_counter()
@@ -328,7 +330,7 @@ def precision_by_group(deployment: Deployment, model: nn.Module, groups: list[La
 class Measured:
     """A deployed model's record (JSON-safe attributes) and the live objects beside it."""
 
-    attributes: dict
+    attributes: TrialRecord
     deployment: Deployment
     predictions: np.ndarray  # the deployed model's class for each validation image
 
@@ -362,7 +364,7 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
     drift = stats.reference_median_ms / ctx.reference.latency_at(stats.threads) if stats.ratio is not None else 1.0
     info = ctx.device.info().to_dict()
     info.update(inference_precision=deployment.inference_precision, threads_used=deployment.threads)
-    attributes = {
+    attributes: TrialRecord = {
         "latency_ms": latency_ms,
         "latency_p90_ms": stats.p90_ms / drift,
         "latency_mean_ms": stats.mean_ms / drift,
@@ -406,10 +408,10 @@ def measure_on(other: OtherDevice, model: nn.Module, ctx: TrialContext, plan: Pr
             stats, latency_ms = timed(deployment, other.device, other.reference)
     finally:
         deployment.close()
-    at = f"@{other.name}"
-    return {f"latency_ms{at}": latency_ms,
-            f"latency_ci95_rel{at}": stats.ci95_rel, f"latency_raw_ms{at}": stats.median_ms,
-            f"inference_precision{at}": deployment.inference_precision}
+    name = other.name
+    return {at("latency_ms", name): latency_ms,
+            at("latency_ci95_rel", name): stats.ci95_rel, at("latency_raw_ms", name): stats.median_ms,
+            at("inference_precision", name): deployment.inference_precision}
 
 
 def _deploy_baseline_on(device: Device, ctx: TrialContext) -> Deployment:
@@ -427,10 +429,10 @@ def evaluate_baseline(ctx: TrialContext) -> tuple[TrialOutcome, dict[str, Deploy
         others[other.name] = _deploy_baseline_on(other.device, ctx)
         with exclusive(other.device.info().name):
             stats = others[other.name].measure_latency()
-        attributes.update({f"latency_ms@{other.name}": stats.median_ms, f"latency_ci95_rel@{other.name}": stats.ci95_rel,
-                           f"inference_precision@{other.name}": others[other.name].inference_precision})
+        attributes.update({at("latency_ms", other.name): stats.median_ms, at("latency_ci95_rel", other.name): stats.ci95_rel,
+                           at("inference_precision", other.name): others[other.name].inference_precision})
         if stats.by_threads:
-            attributes[f"latency_by_threads@{other.name}"] = stats.by_threads
+            attributes[at("latency_by_threads", other.name)] = stats.by_threads
     return TrialOutcome(attributes, measured.deployment, model, measured.predictions), others
 
 
@@ -445,4 +447,4 @@ def paired_with(ctx: TrialContext, deployment: Deployment, others: dict[str, Dep
     latency there (``baseline``: the study's baseline record), so every trial is timed paired."""
     return replace(
         ctx, reference=Reference.of(deployment, baseline),
-        also=[replace(o, reference=Reference.of(others[o.name], baseline, f"@{o.name}")) for o in ctx.also])
+        also=[replace(o, reference=Reference.of(others[o.name], baseline, o.name)) for o in ctx.also])

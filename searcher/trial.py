@@ -6,7 +6,7 @@ files) and ``record`` (upload the zip, write the attributes and constraints). Th
 ``plan`` and ``record`` when the database is briefly unreachable.
 
 A trial that fails records why (user attribute ``failure``) and the study goes on; a collapsed
-network is recorded as PRUNED with its reason.
+network is recorded as PRUNED with its reason. The attributes' contract is objectives/trial_record.py.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from edgetune.objectives.errors import first_line
 from edgetune.objectives.pipeline import CollapsedError, TooSlowError, TrialContext, TrialPlan, run_trial
+from edgetune.objectives.trial_record import TrialRecord
 
 from .artifacts import pack_outcome, upload
 from .space import SearchSpace, suggest_plan
@@ -44,7 +45,7 @@ class TrialResult:
 
     state: TrialState
     values: tuple[float, ...] | None = None
-    attributes: dict = field(default_factory=dict)
+    attributes: TrialRecord = field(default_factory=TrialRecord)
     constraints: dict[str, float] = field(default_factory=dict)
     archive: Path | None = None  # the trial's zip, uploaded by ``record``
 
@@ -78,13 +79,13 @@ class Objective:
             outcome = run_trial(self.context, plan, on_phase=lambda phase: self.on_phase(trial.number, phase),
                                 latency_limit_ms=limit)
         except TooSlowError as error:  # infeasible, known before fine-tuning
-            return TrialResult(TrialState.PRUNED, attributes={
-                "failure": str(error), "finetune_skipped": "latency", "latency_untrained_ms": error.latency_ms,
-                "latency_limit_ms": error.limit_ms, "seconds": error.seconds})
+            return TrialResult(TrialState.PRUNED, attributes=TrialRecord(
+                failure=str(error), finetune_skipped="latency", latency_untrained_ms=error.latency_ms,
+                latency_limit_ms=error.limit_ms, seconds=error.seconds))
         except CollapsedError as error:
-            return TrialResult(TrialState.PRUNED, attributes={"failure": str(error), "top1": error.top1})
+            return TrialResult(TrialState.PRUNED, attributes=TrialRecord(failure=str(error), top1=error.top1))
         except Exception as error:  # noqa: BLE001 - any failure is recorded; the study goes on
-            return TrialResult(TrialState.FAIL, attributes={"failure": first_line(error, typed=True)})
+            return TrialResult(TrialState.FAIL, attributes=TrialRecord(failure=first_line(error, typed=True)))
         return self.result_of(trial, outcome, limit)
 
     def result_of(self, trial: optuna.Trial, outcome, limit: float | None = None) -> TrialResult:
@@ -94,7 +95,7 @@ class Objective:
         archive = pack_outcome(outcome, self.spec, self.context.data, f"trial-{trial.number}", Path(self._scratch.name))
         outcome.deployment.close()
         outcome.attributes["seconds"]["store"] = round(time.perf_counter() - start, 4)
-        attributes = {k: _json_safe(v) for k, v in outcome.attributes.items()}
+        attributes: TrialRecord = {k: _json_safe(v) for k, v in outcome.attributes.items()}
         constraints = {}
         # Optuna constraints: <= 0 is feasible.
         drop_limit = self.spec["study.max_top1_drop"]

@@ -5,13 +5,9 @@ import pytest
 from typer.testing import CliRunner
 
 from edgetune.devices.host import channel_block
+from edgetune.objectives.trial_record import ALWAYS, PHASES, unknown_keys
+from edgetune.searcher import record
 from edgetune.searcher.cli import app
-
-CONTRACT = ["latency_ms", "latency_p90_ms", "latency_ci95_rel", "latency_runs", "top1", "top5", "params", "flops",
-            "size_bytes", "sparsity_achieved", "precision_plan", "precision_used", "precision_used_by_group",
-            "calibration_size", "device", "fine_tune_epochs", "seconds", "artifact_id", "channels", "inner_width",
-            "channel_multiple", "depth", "stream_width", "blocks_removed"]
-PHASES = ["prune", "speedup", "fine_tune", "deploy", "evaluate", "measure", "memory", "store"]
 
 
 from conftest import copy_of_study, fresh_tiny_spec
@@ -31,17 +27,20 @@ def test_a_study_of_three_trials_end_to_end(study_dir):
     for key in ["latency_ms", "latency_ci95_rel", "top1", "params", "flops", "size_bytes", "device"]:
         assert f"baseline_{key}" in attrs
     assert attrs["baseline_device"]["inference_precision"] == "f32"
+    # the baseline's record: the trial's names (record.baseline also takes the study's own baseline_source)
+    assert unknown_keys(record.baseline(study)) == ["source"]
     trials = study.get_trials()
     assert len(trials) == 3 and all(t.state.is_finished() for t in trials)
     assert attrs["recipes"] == ["int8"] and trials[0].user_attrs["seeded"] == "int8"  # a quarter of 3: one recipe
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert complete, [t.user_attrs.get("failure") for t in trials]
+    for trial in trials:  # every key is in the contract (objectives/trial_record.py)
+        assert not unknown_keys(trial.user_attrs), unknown_keys(trial.user_attrs)
     for trial in complete:
-        missing = [k for k in CONTRACT if k not in trial.user_attrs]
-        assert not missing, missing
+        assert not ALWAYS - set(trial.user_attrs), ALWAYS - set(trial.user_attrs)
         a = trial.user_attrs
         assert trial.values == [a["latency_ms"], a["top1"]]
-        assert set(a["seconds"]) == set(PHASES)
+        assert set(a["seconds"]) == set(PHASES) - {"screen", "energy"}  # no latency limit, no energy
         assert a["device"]["name"] == "openvino:CPU" and a["device"]["runtime"].startswith("openvino")
         assert a["runtime"] == "openvino" and a["runtime_fallback"] is None and a["energy_mj"] is None
         assert a["latency_ci95_rel"] > 0 and a["latency_runs"] >= 30
@@ -133,7 +132,9 @@ def test_a_second_device_is_its_own_objective(tmp_path):
     assert study.user_attrs["baseline_latency_ms@cpu"] > 0
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert complete
+    assert unknown_keys(record.baseline(study)) == ["source"]  # the study's baseline_source, as above
     for trial in complete:  # the same model, timed on both devices
+        assert not unknown_keys(trial.user_attrs), unknown_keys(trial.user_attrs)
         assert trial.values[1] == trial.user_attrs["latency_ms@cpu"] > 0
         assert trial.values[0] == trial.user_attrs["latency_ms"] > 0
         assert trial.user_attrs["inference_precision@cpu"] in ("f32", "int8")
@@ -166,7 +167,7 @@ def test_a_latency_limit_screens_trials_before_fine_tuning(tmp_path):
     _start(folder, "--study-name", "too-slow", "--trials", "2", "--max-latency", "0.0001")
     study = optuna.load_study(study_name="too-slow", storage=f"sqlite:///{folder}/tiny.db")
     for trial in study.trials:  # nothing meets 0.1 µs: every trial stops after its first timing
-        assert trial.state == optuna.trial.TrialState.PRUNED
+        assert trial.state == optuna.trial.TrialState.PRUNED and not unknown_keys(trial.user_attrs)
         assert trial.user_attrs["finetune_skipped"] == "latency"
         assert trial.user_attrs["latency_untrained_ms"] > trial.user_attrs["latency_limit_ms"] == 0.0001
         assert "fine_tune" not in trial.user_attrs["seconds"] and "screen" in trial.user_attrs["seconds"]
