@@ -37,7 +37,8 @@ class Recipe:
 
 def _precisions(space: SearchSpace, groups: list[LayerGroup], int8: bool) -> dict:
     floats = [p for p in space.precisions if p != "int8"]
-    return {"float_precision": "f32" if len(floats) > 1 else None,
+    float_precision = "f32" if "f32" in floats else floats[0]  # the baseline's, where the device allows it
+    return {"float_precision": float_precision if len(floats) > 1 else None,
             "precision": {name: "int8" if int8 else "float" for name in [g.name for g in groups] + [OTHER]}}
 
 

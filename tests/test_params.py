@@ -69,3 +69,14 @@ def test_the_recipes_ask_only_for_what_the_space_declares(resnet20):
         assert trial.params == recipe.params
         study.tell(trial, [1.0, 1.0])
 
+
+def test_a_recipe_takes_a_float_precision_the_device_allows():
+    """Two float precisions without f32 (search.precisions = ["bf16", "f16", "int8"]): the recipes take the
+    first, where they took f32 and the first trial failed."""
+    groups = derive_groups(create_model("resnet20", 10))
+    space = SearchSpace(["bf16", "f16", "int8"], 8, "spec", inner={"layer3": Widths(64, 8, 2)})
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    names = enqueue_recipes(study, space, groups, ["l1"], budget=20)
+    assert names and all(decode(r.params).float_precision == "bf16" for r in recipes(space, groups, ["l1"]))
+    plan = suggest_plan(study.ask(), load_spec(), groups, space)
+    assert plan.float_precision == "bf16"
