@@ -33,8 +33,8 @@ STRUCTURAL = {DEPTH: "blocks kept per stage", WIDTH: "residual-stream multiples 
               INNER: "inner-width multiples kept", SPARSITY: "share of a width removed"}
 
 
-def name(kind: str, part: str) -> str:
-    """``name(INNER, "layer1") == "inner.layer1"``."""
+def param_name(kind: str, part: str) -> str:
+    """``param_name(INNER, "layer1") == "inner.layer1"``."""
     return f"{kind}.{part}"
 
 
@@ -69,15 +69,15 @@ class Choices:
 
 def encode(choices: Choices) -> dict:
     """The trial parameters that make ``choices`` (what ``study.enqueue_trial`` takes)."""
-    params = {name(INNER, g): v for g, v in choices.inner.items()}
-    params |= {name(WIDTH, s): v for s, v in choices.stream.items()}
-    params |= {name(DEPTH, s): v for s, v in choices.depth.items()}
-    params |= {name(SPARSITY, g): v for g, v in choices.sparsity.items()}
+    params = {param_name(INNER, g): v for g, v in choices.inner.items()}
+    params |= {param_name(WIDTH, s): v for s, v in choices.stream.items()}
+    params |= {param_name(DEPTH, s): v for s, v in choices.depth.items()}
+    params |= {param_name(SPARSITY, g): v for g, v in choices.sparsity.items()}
     if choices.pruner is not None:
         params[PRUNER] = choices.pruner
     if choices.float_precision is not None:
-        params[name(PRECISION, FLOAT)] = choices.float_precision
-    params |= {name(PRECISION, g): v for g, v in choices.precision.items()}
+        params[param_name(PRECISION, FLOAT)] = choices.float_precision
+    params |= {param_name(PRECISION, g): v for g, v in choices.precision.items()}
     return params
 
 

@@ -30,7 +30,7 @@ from edgetune.objectives.groups import OTHER, LayerGroup
 from edgetune.objectives.pipeline import TrialPlan
 from edgetune.objectives.structure import Stage
 
-from .params import DEPTH, FLOAT, INNER, PRECISION, PRUNER, WIDTH, Choices, decode, name
+from .params import DEPTH, FLOAT, INNER, PRECISION, PRUNER, WIDTH, Choices, decode, param_name
 from .spec import Spec, SpecError
 
 
@@ -150,17 +150,17 @@ class SearchSpace:
     def describe(self, groups: list[str] | None = None) -> list[dict]:
         """One row per dimension: parameter, what it is, its range; with the layer ``groups``' names, the
         precisions too."""
-        rows = [{"parameter": name(INNER, g), "dimension": "inner width", "range": w.describe()} for g, w in self.inner.items()]
-        rows += [{"parameter": name(WIDTH, s), "dimension": "stream width", "range": w.describe()} for s, w in self.stream.items()]
-        rows += [{"parameter": name(DEPTH, s), "dimension": "depth (blocks)",
+        rows = [{"parameter": param_name(INNER, g), "dimension": "inner width", "range": w.describe()} for g, w in self.inner.items()]
+        rows += [{"parameter": param_name(WIDTH, s), "dimension": "stream width", "range": w.describe()} for s, w in self.stream.items()]
+        rows += [{"parameter": param_name(DEPTH, s), "dimension": "depth (blocks)",
                   "range": f"{lo}..{hi}" if hi > lo else f"{hi} (fixed)"} for s, (lo, hi) in self.depth.items()]
         if self.stream_error:
-            rows.append({"parameter": name(WIDTH, "*"), "dimension": "stream width", "range": f"not searched: {self.stream_error}"})
+            rows.append({"parameter": param_name(WIDTH, "*"), "dimension": "stream width", "range": f"not searched: {self.stream_error}"})
         floats = [p for p in self.precisions if p != "int8"]
         if groups is not None and len(floats) > 1:
-            rows.append({"parameter": name(PRECISION, FLOAT), "dimension": "float precision", "range": ", ".join(floats)})
+            rows.append({"parameter": param_name(PRECISION, FLOAT), "dimension": "float precision", "range": ", ".join(floats)})
         if groups is not None and "int8" in self.precisions:
-            rows += [{"parameter": name(PRECISION, g), "dimension": "precision", "range": "float, int8"} for g in [*groups, OTHER]]
+            rows += [{"parameter": param_name(PRECISION, g), "dimension": "precision", "range": "float, int8"} for g in [*groups, OTHER]]
         return rows
 
 
@@ -190,7 +190,7 @@ def build_space(spec: Spec, model: nn.Module, groups: list[LayerGroup], stages: 
     searched = spec["search.stream_width"] and not stream_error
     stream = {s.name: Widths.of(s.stream_width, multiple, max_sparsity) for s in stages} if searched else {}
     depth = {s.name: (s.min_depth, len(s.blocks)) for s in stages} if spec["search.depth"] else {}
-    widths = {name(INNER, g): w for g, w in inner.items()} | {name(WIDTH, s): w for s, w in stream.items()}
+    widths = {param_name(INNER, g): w for g, w in inner.items()} | {param_name(WIDTH, s): w for s, w in stream.items()}
     collapsed = [name for name, w in widths.items() if not w.searched and Widths.of(w.full, 1, max_sparsity).searched]
     finer = next((m for m in _halvings(multiple)
                   if all(Widths.of(widths[name].full, m, max_sparsity).searched for name in collapsed)), 1)
@@ -212,18 +212,18 @@ def distributions(spec: Spec, groups: list[LayerGroup], space: SearchSpace) -> d
     """Each parameter a trial asks the sampler for, with its range, in the order it asks; a dimension with
     one value (or fixed by the spec) is not asked."""
     found: dict[str, BaseDistribution] = {}
-    found |= {name(INNER, g): IntDistribution(w.fewest, w.most) for g, w in space.inner.items() if w.searched}
-    found |= {name(WIDTH, s): IntDistribution(w.fewest, w.most) for s, w in space.stream.items() if w.searched}
-    found |= {name(DEPTH, s): IntDistribution(lo, hi) for s, (lo, hi) in space.depth.items() if hi > lo}
+    found |= {param_name(INNER, g): IntDistribution(w.fewest, w.most) for g, w in space.inner.items() if w.searched}
+    found |= {param_name(WIDTH, s): IntDistribution(w.fewest, w.most) for s, w in space.stream.items() if w.searched}
+    found |= {param_name(DEPTH, s): IntDistribution(lo, hi) for s, (lo, hi) in space.depth.items() if hi > lo}
     pruners = spec["search.pruners"]
     if len(pruners) > 1:
         found[PRUNER] = CategoricalDistribution(pruners)
     fixed = spec["search.fixed_precisions"] or {}
     floats = [p for p in space.precisions if p != "int8"]
     if len(floats) > 1 and not any(p != "int8" for p in fixed.values()):
-        found[name(PRECISION, FLOAT)] = CategoricalDistribution(floats)
+        found[param_name(PRECISION, FLOAT)] = CategoricalDistribution(floats)
     if "int8" in space.precisions:
-        found |= {name(PRECISION, n): CategoricalDistribution(["float", "int8"])
+        found |= {param_name(PRECISION, n): CategoricalDistribution(["float", "int8"])
                   for n in [g.name for g in groups] + [OTHER] if n not in fixed}
     return found
 

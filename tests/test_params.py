@@ -7,7 +7,7 @@ from optuna.distributions import IntDistribution
 from edgetune.objectives.groups import OTHER, derive_groups
 from edgetune.objectives.models import create_model
 from edgetune.objectives.structure import residual_stages
-from edgetune.searcher.params import DEPTH, FLOAT, INNER, PRECISION, PRUNER, WIDTH, Choices, decode, encode, name
+from edgetune.searcher.params import DEPTH, FLOAT, INNER, PRECISION, PRUNER, WIDTH, Choices, decode, encode, param_name
 from edgetune.searcher.recipes import enqueue_recipes, recipes
 from edgetune.searcher.space import SearchSpace, Widths, build_space, distributions, plan_of, suggest_plan
 from edgetune.searcher.spec import load_spec
@@ -34,14 +34,14 @@ def test_the_stored_spelling_is_kept():
 
 def test_a_name_it_does_not_spell_is_refused():
     with pytest.raises(ValueError, match="not an edgetune trial parameter: x, depth"):
-        decode({name(DEPTH, "layer1"): 2, "x": 0.5, "depth": 1})
+        decode({param_name(DEPTH, "layer1"): 2, "x": 0.5, "depth": 1})
 
 
 def test_a_trials_params_round_trip_and_decode_to_its_plan(resnet20):
     spec, groups, space = resnet20
     declared = distributions(spec, groups, space)
-    assert {name(kind, part) for kind in (INNER, WIDTH, DEPTH) for part in ("layer2", "layer3")} < set(declared)
-    assert {PRUNER, name(PRECISION, FLOAT), name(PRECISION, OTHER)} < set(declared)
+    assert {param_name(kind, part) for kind in (INNER, WIDTH, DEPTH) for part in ("layer2", "layer3")} < set(declared)
+    assert {PRUNER, param_name(PRECISION, FLOAT), param_name(PRECISION, OTHER)} < set(declared)
     study = optuna.create_study(directions=["minimize", "maximize"], sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=4))
     for number in range(8):
         trial = study.ask()

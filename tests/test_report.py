@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from edgetune.searcher import pareto
 from edgetune.searcher.cli import app
 from edgetune.searcher.harm import class_metrics, flagged_classes, flips
+from edgetune.searcher.params import INNER, param_name
 from edgetune.searcher.report_plots import top1_range
 
 
@@ -182,10 +183,10 @@ def test_a_plot_that_fails_in_its_process_fails_the_report(tmp_path):
 def study_with_a_front_model_far_below_the_baseline():
     """An in-memory study whose front ends in a fast model 38.6 points below the baseline (as the demo's)."""
     study = optuna.create_study(study_name="far", directions=["minimize", "maximize"])
-    distributions = {"inner.layer1": optuna.distributions.IntDistribution(1, 4)}
+    distributions = {param_name(INNER, "layer1"): optuna.distributions.IntDistribution(1, 4)}
     for number, (latency, top1) in enumerate([(0.9, 99.0), (0.6, 98.5), (0.4, 97.0), (0.2, 60.3), (0.8, 90.0)]):
         study.add_trial(optuna.trial.create_trial(
-            params={"inner.layer1": number % 4 + 1}, distributions=distributions, values=[latency, top1],
+            params={param_name(INNER, "layer1"): number % 4 + 1}, distributions=distributions, values=[latency, top1],
             user_attrs={"latency_ms": latency, "top1": top1, "params": 1, "flops": 2, "size_bytes": 3,
                         "artifact_id": f"model-{number}"}))
     study.set_user_attr("spec", {"study.targets": ["latency", "top1"]})
