@@ -25,11 +25,12 @@ from bench.common import CIFAR, DISTILL, parser as make_parser, training_threads
 from edgetune.objectives.evaluate import topk_accuracy, torch_logits
 from edgetune.objectives.finetune import TrainSettings, train
 from edgetune.objectives.models import flops_and_params
-from edgetune.objectives.pipeline import TrialContext, TrialPlan, PhaseClock, shrink
+from edgetune.objectives.pipeline import TrialContext, PhaseClock, shrink
 from edgetune.objectives.structure import block_importance, residual_stages
+from edgetune.searcher.params import Choices, decode
 from edgetune.searcher.recipes import recipes
 from edgetune.searcher.spec import load_spec
-from edgetune.searcher.space import build_space
+from edgetune.searcher.space import build_space, plan_of
 from edgetune.searcher.study import RANKING_IMAGES, baseline_settings, data_id, derive_groups, get_baseline, group_rules, load_spec_data
 
 TASKS = {"default": {}, "cifar": CIFAR}  # the search benchmark's tasks
@@ -62,14 +63,12 @@ def main() -> None:
     base_top1 = topk_accuracy(torch_logits(baseline, data.x_val), labels)
     base_flops = flops_and_params(baseline, data.example_input(2))[0]
     rows = []
-    structures = [] if args.no_recipes else [(r.name, r.params) for r in recipes(space, groups, ["l1"])
+    structures = [] if args.no_recipes else [(r.name, decode(r.params)) for r in recipes(space, groups, ["l1"])
                                               if r.name.startswith("uniform") and "int8" not in r.name]
-    structures += [(f"inner {share:g}", {f"inner.{g}": w.kept_at(share) for g, w in space.inner.items() if w.searched})
+    structures += [(f"inner {share:g}", Choices(inner={g: w.kept_at(share) for g, w in space.inner.items() if w.searched}))
                    for share in args.inner_shares]
-    for name, p in structures:
-        plan = TrialPlan(inner={g: w.channels(p[f"inner.{g}"]) for g, w in space.inner.items() if f"inner.{g}" in p},
-                         stream={s: w.channels(p[f"width.{s}"]) for s, w in space.stream.items() if f"width.{s}" in p},
-                         depth={s: p[f"depth.{s}"] for s in space.depth if f"depth.{s}" in p}, channel_multiple=args.multiple)
+    for name, choices in structures:
+        plan = plan_of(choices, spec, groups, space)
         pruned = copy.deepcopy(baseline).eval()
         shrink(pruned, context, plan, PhaseClock(None))
         share = flops_and_params(pruned, data.example_input(2))[0] / base_flops

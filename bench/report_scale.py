@@ -31,9 +31,11 @@ def build(storage: str, n: int) -> None:
     import numpy as np
     import optuna
 
+    from edgetune.searcher.params import SPARSITY, param_name
+
     study = optuna.create_study(study_name=STUDY, storage=storage, directions=["minimize", "maximize"])
     rng = np.random.default_rng(0)
-    distributions = {f"sparsity.layer{i}": optuna.distributions.FloatDistribution(0, 0.8, step=0.05) for i in (1, 2, 3)}
+    distributions = {param_name(SPARSITY, f"layer{i}"): optuna.distributions.FloatDistribution(0, 0.8, step=0.05) for i in (1, 2, 3)}
     trials = []
     for _ in range(n):
         params = {k: float(np.round(rng.uniform(0, 0.8) / 0.05) * 0.05) for k in distributions}

@@ -61,7 +61,9 @@ import numpy as np
 import optuna
 
 from bench.common import CIFAR, DISTILL, ROOT, parser as make_parser, spec_overrides, stop_like_ctrl_c, training_threads
+from edgetune.objectives.groups import OTHER
 from edgetune.searcher import record
+from edgetune.searcher.params import Choices, encode
 from edgetune.searcher.report import hypervolume_history
 from edgetune.searcher.runner import RunEvents, run_study
 from edgetune.searcher.spec import load_spec
@@ -113,9 +115,8 @@ def uniform_points(space, groups: list[str], trials: int, sparsity_max: float, s
     rounded to the search's multiples, in a seeded order; one precision for every layer."""
     points = []
     for ratio in np.random.default_rng(seed).permutation(np.linspace(0.0, sparsity_max, trials)):
-        params = {f"inner.{g}": w.kept_at(1 - ratio) for g, w in space.inner.items() if w.searched}
-        params.update({"pruner": "l1", "precision.float": "f32", **{f"precision.{g}": precision for g in [*groups, "other"]}})
-        points.append(params)
+        points.append(encode(Choices(inner={g: w.kept_at(1 - ratio) for g, w in space.inner.items() if w.searched},
+                                     pruner="l1", float_precision="f32", precision=dict.fromkeys([*groups, OTHER], precision))))
     return points
 
 

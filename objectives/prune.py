@@ -189,7 +189,7 @@ def out_channels(model: nn.Module, groups: list[LayerGroup]) -> dict[str, int]:
 
 
 def group_widths(channels: dict[str, int], groups: list[LayerGroup]) -> dict[str, int]:
-    """Per group, the output channels of its widest remaining layer (what ``inner.<group>`` sets)."""
+    """Per group, the output channels of its widest remaining layer (what a trial's inner width sets)."""
     return {g.name: max(channels[n] for n in g.layers if n in channels) for g in groups
             if any(n in channels for n in g.layers)}
 

@@ -452,7 +452,7 @@ def groups(
     searches on it, with its range on the spec's device."""
     import torch
 
-    from edgetune.objectives.groups import OTHER, derive_groups, describe_groups
+    from edgetune.objectives.groups import derive_groups, describe_groups
     from edgetune.objectives.models import create_model
     from edgetune.objectives.structure import residual_stages, stream_pruning_error
 
@@ -478,15 +478,9 @@ def groups(
     dims = Table(title=f"search dimensions on {info.name} (widths in multiples of {multiple}, from the {source})")
     for column in ("parameter", "dimension", "range"):
         dims.add_column(column, overflow="fold")
-    for row in space.describe():
+    for row in space.describe([g.name for g in found]):
         dims.add_row(row["parameter"], row["dimension"], row["range"])
     dims.caption = space.collapse_note()
-    floats = [p for p in precisions if p != "int8"]
-    if len(floats) > 1:
-        dims.add_row("precision.float", "float precision", ", ".join(floats))
-    if "int8" in precisions:
-        for name in [g.name for g in found] + [OTHER]:
-            dims.add_row(f"precision.{name}", "precision", "float, int8")
     console.print(dims)
 
 

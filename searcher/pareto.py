@@ -17,6 +17,7 @@ from rich import box
 from rich.table import Table
 
 from . import bulk, record
+from .params import PRUNER, SPARSITY, of_kind
 from .spec import target_unit
 
 
@@ -139,15 +140,15 @@ def settings_short(row_params: dict, attrs: dict, groups: list[str] | None = Non
     not the float one: ``d 3/5/9 s 16/32/48 i 8/16/40 l1 i8/f32/f32/i8``, and the recipe a
     seeded trial ran (``(recipe uniform-1/3)``). Trials of studies before
     depth and widths were searched show each group's sparsity instead (``l1 .35/.75/.80``)."""
-    groups = groups or list(attrs.get("inner_width") or {}) or [
-        k.split(".", 1)[1] for k in sorted(row_params) if k.startswith("sparsity.")]
-    pruner = str(row_params.get("pruner", attrs.get("pruner", "")))
+    sparsity = of_kind(row_params, SPARSITY)
+    groups = groups or list(attrs.get("inner_width") or {}) or sorted(sparsity)
+    pruner = str(row_params.get(PRUNER, attrs.get("pruner", "")))
     parts = [f"{label} " + "/".join(str(v) for v in attrs[key].values())
              for label, key in (("d", "depth"), ("s", "stream_width"), ("i", "inner_width")) if attrs.get(key)]
     if parts:
         parts.append(pruner)
     else:  # a study from before widths were searched
-        parts = [pruner, "/".join(f"{row_params.get(f'sparsity.{g}', 0.0):.2f}".lstrip("0") for g in groups)]
+        parts = [pruner, "/".join(f"{sparsity.get(g, 0.0):.2f}".lstrip("0") for g in groups)]
     plan = attrs.get("precision_plan") or {}
     text = " ".join(p for p in parts if p)
     if any(p == "int8" for p in plan.values()) or len(set(plan.values())) > 1 or "bf16" in plan.values():

@@ -22,6 +22,7 @@ import optuna
 
 from edgetune.objectives.groups import OTHER, LayerGroup
 
+from .params import Choices, encode
 from .space import SearchSpace
 from .spec import RECIPES
 
@@ -35,38 +36,34 @@ class Recipe:
 
 
 def _precisions(space: SearchSpace, groups: list[LayerGroup], int8: bool) -> dict:
-    params = {f"precision.{name}": "int8" if int8 else "float" for name in [g.name for g in groups] + [OTHER]}
     floats = [p for p in space.precisions if p != "int8"]
-    if len(floats) > 1:
-        params["precision.float"] = "f32"
-    return params
+    float_precision = "f32" if "f32" in floats else floats[0]  # the baseline's, where the device allows it
+    return {"float_precision": float_precision if len(floats) > 1 else None,
+            "precision": {name: "int8" if int8 else "float" for name in [g.name for g in groups] + [OTHER]}}
 
 
-def _uniform(space: SearchSpace, share: float) -> dict:
-    params = {f"inner.{g}": w.kept_at(share) for g, w in space.inner.items() if w.searched}
-    params.update({f"width.{s}": w.kept_at(share) for s, w in space.stream.items() if w.searched})
-    params.update({f"depth.{s}": max(lo, round(hi * share)) for s, (lo, hi) in space.depth.items() if hi > lo})
-    return params
+def _structure(space: SearchSpace, share: float | None) -> dict:
+    """Every searched dimension kept at ``share`` (None: kept whole)."""
+    return {"inner": {g: w.most if share is None else w.kept_at(share) for g, w in space.inner.items() if w.searched},
+            "stream": {s: w.most if share is None else w.kept_at(share) for s, w in space.stream.items() if w.searched},
+            "depth": {s: hi if share is None else max(lo, round(hi * share)) for s, (lo, hi) in space.depth.items() if hi > lo}}
 
 
 def recipes(space: SearchSpace, groups: list[LayerGroup], pruners: list[str]) -> list[Recipe]:
     """The recipes this space offers, in the order they are run."""
     has_int8 = "int8" in space.precisions
-    pruner = {"pruner": "l1" if "l1" in pruners else pruners[0]} if len(pruners) > 1 else {}
+    pruner = ("l1" if "l1" in pruners else pruners[0]) if len(pruners) > 1 else None
     found = {}
     if has_int8:
-        full = {**{f"inner.{g}": w.most for g, w in space.inner.items() if w.searched},
-                **{f"width.{s}": w.most for s, w in space.stream.items() if w.searched},
-                **{f"depth.{s}": hi for s, (lo, hi) in space.depth.items() if hi > lo}}
-        found["int8"] = {**full, **pruner, **_precisions(space, groups, True)}
+        found["int8"] = Choices(**_structure(space, None), pruner=pruner, **_precisions(space, groups, True))
     for label, share in SHARES:
-        structure = _uniform(space, share)
-        if not structure:
+        structure = _structure(space, share)
+        if not any(structure.values()):
             continue
-        found[f"uniform-{label}"] = {**structure, **pruner, **_precisions(space, groups, False)}
+        found[f"uniform-{label}"] = Choices(**structure, pruner=pruner, **_precisions(space, groups, False))
         if has_int8:
-            found[f"uniform-{label}+int8"] = {**structure, **pruner, **_precisions(space, groups, True)}
-    return [Recipe(name, found[name]) for name in RECIPES if name in found]
+            found[f"uniform-{label}+int8"] = Choices(**structure, pruner=pruner, **_precisions(space, groups, True))
+    return [Recipe(name, encode(found[name])) for name in RECIPES if name in found]
 
 
 def enqueue_recipes(study: optuna.Study, space: SearchSpace, groups: list[LayerGroup], pruners: list[str],

@@ -26,6 +26,7 @@ import numpy as np
 import optuna
 
 from . import bulk, pareto, record
+from .params import STRUCTURAL, kind_of, structural
 from .report_plots import PlotInputs, Plotter
 from .spec import target_direction, target_unit
 
@@ -213,7 +214,7 @@ def _without_sklearn():
 def correlations(data: ReportData) -> dict[str, dict[str, float]]:
     """Spearman correlation of each structural parameter (blocks, widths; sparsity in older studies)
     with each objective."""
-    params = sorted({p for t in data.trials for p in t.params if p.startswith(STRUCTURAL)})
+    params = sorted({p for t in data.trials for p in t.params if structural(p)})
     result: dict[str, dict[str, float]] = {}
     for param in params:
         x = np.array([t.params.get(param, np.nan) for t in data.trials], dtype=float)
@@ -242,9 +243,6 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     dense[order] = np.cumsum(starts)
     bounds = np.r_[np.flatnonzero(starts), len(values)]
     return 0.5 * (bounds[dense] + bounds[dense - 1] + 1)
-
-
-STRUCTURAL = ("depth.", "width.", "inner.", "sparsity.")  # parameters that change the network's shape
 
 
 def phase_seconds(data: ReportData) -> dict[str, float]:
@@ -367,9 +365,7 @@ def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = Non
             lines.append("")
         corr = correlations(data)
         if corr:
-            meaning = {"depth.": "depth: blocks kept per stage", "width.": "width: residual-stream multiples kept",
-                       "inner.": "inner: inner-width multiples kept", "sparsity.": "sparsity: share of a width removed"}
-            shown = [text for prefix, text in meaning.items() if any(p.startswith(prefix) for p in corr)]
+            shown = [f"{kind}: {text}" for kind, text in STRUCTURAL.items() if any(kind_of(p) == kind for p in corr)]
             lines += ["## Structure against each objective (Spearman ρ)", "",
                       "; ".join(shown).capitalize() + ".", "",
                       "| parameter | " + " | ".join(data.targets) + " |", "|---|" + "---|" * len(data.targets)]

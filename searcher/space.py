@@ -1,17 +1,19 @@
 """Spec + layer groups + residual stages + device capabilities -> ``trial.suggest_*`` -> a TrialPlan.
 
-Structure: for each layer group, ``inner.<group>`` is how many whole multiples of the study's
+The parameters are named by :mod:`searcher.params`; this module gives each its range.
+
+Structure: for each layer group, the inner width is how many whole multiples of the study's
 channel multiple (the device's channel granularity, or ``search.channel_multiple``) its widest
-layer keeps; for each residual stage, ``width.<stage>`` is the same for the stage's residual
-stream and ``depth.<stage>`` the number of blocks kept. Counting multiples, not a sparsity,
+layer keeps; for each residual stage, the stream width is the same for the stage's residual
+stream and the depth the number of blocks kept. Counting multiples, not a sparsity,
 means two parameter values never give the same model, and every width is one the hardware runs
 efficiently (the last multiple may be partial: the full width). Every dimension can be switched
 off in the spec; one with a single choice is recorded, not searched.
 
 Precision: the device runs one float precision per model (OpenVINO's inference precision hint)
-and int8 per layer (NNCF). So a trial picks ``precision.float`` among the float precisions
-allowed, and for each group (and ``other``: stem and head) ``precision.<group>`` in
-{"float", "int8"}. The searcher never proposes a precision the device cannot run.
+and int8 per layer (NNCF). So a trial picks one float precision among those allowed, and for
+each group (and ``other``: stem and head) "float" or "int8". The searcher never proposes a
+precision the device cannot run.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from torch import nn
 
 from edgetune.devices import DeviceInfo
@@ -27,6 +30,7 @@ from edgetune.objectives.groups import OTHER, LayerGroup
 from edgetune.objectives.pipeline import TrialPlan
 from edgetune.objectives.structure import Stage
 
+from .params import DEPTH, FLOAT, INNER, PRECISION, PRUNER, WIDTH, Choices, decode, param_name
 from .spec import Spec, SpecError
 
 
@@ -143,14 +147,20 @@ class SearchSpace:
                 f"{', '.join(self.collapsed)} one value{rest}; set search.channel_multiple = {self.finer_multiple} "
                 f"to search finer widths anyway{cost}")
 
-    def describe(self) -> list[dict]:
-        """One row per searched dimension: parameter, what it is, its range."""
-        rows = [{"parameter": f"inner.{g}", "dimension": "inner width", "range": w.describe()} for g, w in self.inner.items()]
-        rows += [{"parameter": f"width.{s}", "dimension": "stream width", "range": w.describe()} for s, w in self.stream.items()]
-        rows += [{"parameter": f"depth.{s}", "dimension": "depth (blocks)",
+    def describe(self, groups: list[str] | None = None) -> list[dict]:
+        """One row per dimension: parameter, what it is, its range; with the layer ``groups``' names, the
+        precisions too."""
+        rows = [{"parameter": param_name(INNER, g), "dimension": "inner width", "range": w.describe()} for g, w in self.inner.items()]
+        rows += [{"parameter": param_name(WIDTH, s), "dimension": "stream width", "range": w.describe()} for s, w in self.stream.items()]
+        rows += [{"parameter": param_name(DEPTH, s), "dimension": "depth (blocks)",
                   "range": f"{lo}..{hi}" if hi > lo else f"{hi} (fixed)"} for s, (lo, hi) in self.depth.items()]
         if self.stream_error:
-            rows.append({"parameter": "width.*", "dimension": "stream width", "range": f"not searched: {self.stream_error}"})
+            rows.append({"parameter": param_name(WIDTH, "*"), "dimension": "stream width", "range": f"not searched: {self.stream_error}"})
+        floats = [p for p in self.precisions if p != "int8"]
+        if groups is not None and len(floats) > 1:
+            rows.append({"parameter": param_name(PRECISION, FLOAT), "dimension": "float precision", "range": ", ".join(floats)})
+        if groups is not None and "int8" in self.precisions:
+            rows += [{"parameter": param_name(PRECISION, g), "dimension": "precision", "range": "float, int8"} for g in [*groups, OTHER]]
         return rows
 
 
@@ -180,7 +190,7 @@ def build_space(spec: Spec, model: nn.Module, groups: list[LayerGroup], stages: 
     searched = spec["search.stream_width"] and not stream_error
     stream = {s.name: Widths.of(s.stream_width, multiple, max_sparsity) for s in stages} if searched else {}
     depth = {s.name: (s.min_depth, len(s.blocks)) for s in stages} if spec["search.depth"] else {}
-    widths = {f"inner.{g}": w for g, w in inner.items()} | {f"width.{s}": w for s, w in stream.items()}
+    widths = {param_name(INNER, g): w for g, w in inner.items()} | {param_name(WIDTH, s): w for s, w in stream.items()}
     collapsed = [name for name, w in widths.items() if not w.searched and Widths.of(w.full, 1, max_sparsity).searched]
     finer = next((m for m in _halvings(multiple)
                   if all(Widths.of(widths[name].full, m, max_sparsity).searched for name in collapsed)), 1)
@@ -198,20 +208,31 @@ def _halvings(multiple: int) -> list[int]:
     return found
 
 
-def searched_parameters(spec: Spec, groups: list[LayerGroup], space: SearchSpace) -> list[str]:
-    """The parameters with more than one value: what :func:`suggest_plan` asks the sampler for, less the
-    pruner where no width is searched (a pruner only chooses channels)."""
+def distributions(spec: Spec, groups: list[LayerGroup], space: SearchSpace) -> dict[str, BaseDistribution]:
+    """Each parameter a trial asks the sampler for, with its range, in the order it asks; a dimension with
+    one value (or fixed by the spec) is not asked."""
+    found: dict[str, BaseDistribution] = {}
+    found |= {param_name(INNER, g): IntDistribution(w.fewest, w.most) for g, w in space.inner.items() if w.searched}
+    found |= {param_name(WIDTH, s): IntDistribution(w.fewest, w.most) for s, w in space.stream.items() if w.searched}
+    found |= {param_name(DEPTH, s): IntDistribution(lo, hi) for s, (lo, hi) in space.depth.items() if hi > lo}
+    pruners = spec["search.pruners"]
+    if len(pruners) > 1:
+        found[PRUNER] = CategoricalDistribution(pruners)
     fixed = spec["search.fixed_precisions"] or {}
-    names = [f"inner.{g}" for g, w in space.inner.items() if w.searched]
-    names += [f"width.{s}" for s, w in space.stream.items() if w.searched]
-    if names and len(spec["search.pruners"]) > 1:
-        names.append("pruner")
-    names += [f"depth.{s}" for s, (lo, hi) in space.depth.items() if hi > lo]
-    if len([p for p in space.precisions if p != "int8"]) > 1 and not any(p != "int8" for p in fixed.values()):
-        names.append("precision.float")
+    floats = [p for p in space.precisions if p != "int8"]
+    if len(floats) > 1 and not any(p != "int8" for p in fixed.values()):
+        found[param_name(PRECISION, FLOAT)] = CategoricalDistribution(floats)
     if "int8" in space.precisions:
-        names += [f"precision.{n}" for n in [g.name for g in groups] + [OTHER] if n not in fixed]
-    return names
+        found |= {param_name(PRECISION, n): CategoricalDistribution(["float", "int8"])
+                  for n in [g.name for g in groups] + [OTHER] if n not in fixed}
+    return found
+
+
+def searched_parameters(spec: Spec, groups: list[LayerGroup], space: SearchSpace) -> list[str]:
+    """The parameters with more than one value: :func:`distributions`, less the pruner where no width is
+    searched (a pruner only chooses channels)."""
+    widths = any(w.searched for w in [*space.inner.values(), *space.stream.values()])
+    return [n for n in distributions(spec, groups, space) if n != PRUNER or widths]
 
 
 def check_searchable(spec: Spec, groups: list[LayerGroup], space: SearchSpace) -> None:
@@ -231,39 +252,31 @@ def check_searchable(spec: Spec, groups: list[LayerGroup], space: SearchSpace) -
 
 def suggest_plan(trial: optuna.Trial, spec: Spec, groups: list[LayerGroup], space: SearchSpace) -> TrialPlan:
     """Ask the sampler for this trial's settings; fixed choices are recorded, not searched."""
-    inner = {g: w.channels(trial.suggest_int(f"inner.{g}", w.fewest, w.most)) for g, w in space.inner.items() if w.searched}
-    stream = {s: w.channels(trial.suggest_int(f"width.{s}", w.fewest, w.most)) for s, w in space.stream.items() if w.searched}
-    depth = {s: trial.suggest_int(f"depth.{s}", lo, hi) for s, (lo, hi) in space.depth.items() if hi > lo}
-    precisions = space.precisions
-    pruners = spec["search.pruners"]
-    pruner = trial.suggest_categorical("pruner", pruners) if len(pruners) > 1 else pruners[0]
+    asked = {n: trial.suggest_int(n, d.low, d.high) if isinstance(d, IntDistribution)
+             else trial.suggest_categorical(n, d.choices) for n, d in distributions(spec, groups, space).items()}
+    return plan_of(decode(asked), spec, groups, space, trial.number)
+
+
+def plan_of(choices: Choices, spec: Spec, groups: list[LayerGroup], space: SearchSpace, number: int = 0) -> TrialPlan:
+    """The plan ``choices`` make in this space (widths in channels); what they leave out is as the spec fixes
+    it or as in the baseline. ``number``: the trial's, which seeds its fine-tune."""
+    inner = {g: w.channels(choices.inner[g]) for g, w in space.inner.items() if g in choices.inner}
+    stream = {s: w.channels(choices.stream[s]) for s, w in space.stream.items() if s in choices.stream}
+    depth = {s: choices.depth[s] for s in space.depth if s in choices.depth}
     fixed = spec["search.fixed_precisions"] or {}
-    floats = [p for p in precisions if p != "int8"]
     fixed_float = next((p for p in fixed.values() if p != "int8"), None)
-    if fixed_float:
-        float_precision = fixed_float
-    elif len(floats) > 1:
-        float_precision = trial.suggest_categorical("precision.float", floats)
-    else:
-        float_precision = floats[0]
-    int8_groups = set()
-    for name in [g.name for g in groups] + [OTHER]:
-        if name in fixed:
-            choice = "int8" if fixed[name] == "int8" else "float"
-        elif "int8" in precisions:
-            choice = trial.suggest_categorical(f"precision.{name}", ["float", "int8"])
-        else:
-            choice = "float"
-        if choice == "int8":
-            int8_groups.add(name)
+    float_precision = fixed_float or choices.float_precision or [p for p in space.precisions if p != "int8"][0]
+    int8_groups = {n for n in [g.name for g in groups] + [OTHER]
+                   if (fixed[n] == "int8" if n in fixed else choices.precision.get(n) == "int8")}
     finetune = TrainSettings(
         epochs=spec["finetune.epochs"],
         lr=spec["finetune.lr"],
         batch_size=spec["finetune.batch_size"],
-        seed=spec["study.seed"] + trial.number,
+        seed=spec["study.seed"] + number,
         distill=spec["finetune.distill"],
         temperature=spec["finetune.temperature"],
     )
-    return TrialPlan(inner=inner, stream=stream, depth=depth, channel_multiple=space.multiple, pruner=pruner,
-                     float_precision=float_precision, int8_groups=frozenset(int8_groups),
-                     quantization=space.quantization, finetune=finetune, max_epochs=spec["finetune.max_epochs"])
+    return TrialPlan(inner=inner, stream=stream, depth=depth, channel_multiple=space.multiple,
+                     pruner=choices.pruner or spec["search.pruners"][0], float_precision=float_precision,
+                     int8_groups=frozenset(int8_groups), quantization=space.quantization, finetune=finetune,
+                     max_epochs=spec["finetune.max_epochs"])

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from conftest import copy_of_study
 from edgetune.searcher.cli import app
+from edgetune.searcher.params import INNER, WIDTH, param_name
 
 pytestmark = pytest.mark.slow  # needs the tiny study
 
@@ -249,7 +250,7 @@ def test_a_space_the_granularity_left_one_point_stops_before_the_study_exists(st
                                 catch_exceptions=False, env={"EDGETUNE_STORAGE": None})
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2 and lines == [
-        f"error: nothing to search: widths in multiples of {block} (from the device openvino:CPU) leave inner.0 one value, "
+        f"error: nothing to search: widths in multiples of {block} (from the device openvino:CPU) leave {param_name(INNER, '0')} one value, "
         "and nothing else has two (precisions: f32); set search.channel_multiple = 4 to search finer widths anyway "
         f"(a width between two multiples of {block} runs about as fast as the next one up)"], result.output
     assert "narrow" not in optuna.get_all_study_names(f"sqlite:///{stored}/tiny.db")  # nothing created, nothing trained
@@ -268,8 +269,8 @@ def test_a_dimension_the_granularity_collapsed_is_named_before_the_first_trial(t
     header = " ".join(result.output.split("trial ")[0].split())  # rich wraps it at the console's width
     block = known_host.channel_block
     assert f"widths in multiples of {block} (device openvino:CPU)" in header
-    note = ("widths in multiples of 16 (from the device openvino:CPU) leave inner.layer1, width.layer1 one value; "
-            "set search.channel_multiple = 8 to search finer widths anyway")
+    note = (f"widths in multiples of 16 (from the device openvino:CPU) leave {param_name(INNER, 'layer1')}, {param_name(WIDTH, 'layer1')} "
+            "one value; set search.channel_multiple = 8 to search finer widths anyway")
     assert (note in header) == (block == 16), header
     study = optuna.load_study(study_name="collapsed", storage=f"sqlite:///{folder}/tiny.db")
     assert study.user_attrs["channel_multiple"] == block and len(study.trials) == 1

@@ -8,6 +8,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from bench import miss_reruns, search_efficiency
+from edgetune.searcher.params import INNER, param_name
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,8 @@ def test_rerun_points_leave_out_a_repeat_of_the_recorded_draw(reruns):
 
 
 def test_a_twin_sweep_fine_tunes_every_point_with_another_seed(bench):
-    a, b, c = {"inner.x": 8}, {"inner.x": 6}, {"inner.x": 4}
+    x = param_name(INNER, "x")
+    a, b, c = {x: 8}, {x: 6}, {x: 4}
     points = [a, a, b, c, b]  # rounding makes sweep points equal; none may keep its trial number
     twin = bench.twin_order(points)
     assert sorted(map(str, twin)) == sorted(map(str, points))  # the same points

@@ -11,7 +11,10 @@ from optuna.trial import TrialState
 from sqlalchemy import create_engine
 
 from edgetune.searcher import bulk, pareto, report
+from edgetune.searcher.params import DEPTH, PRECISION, PRUNER, SPARSITY, param_name
 from tests.postgres import PostgresServer
+
+SPARSE, DEPTH1, PRECISION1 = (param_name(kind, "layer1") for kind in (SPARSITY, DEPTH, PRECISION))
 
 ATTRS = {"latency_ms": 1.25, "top1": 97.5, "params": 123_456_789_012, "seconds": {"fine_tune": 20.0, "measure": 2.5},
          "channels": {"layer1.0.conv1": 16, "layer1.0.conv2": 8}, "pruner": "l1", "seeded": None,
@@ -29,32 +32,32 @@ def _build(storage) -> optuna.Study:
     study.set_user_attr("baseline_top1", 98.0)
     for i in range(6):  # complete, with constraints (some violated) and attributes written in no particular order
         trial = study.ask()
-        trial.suggest_float("sparsity.layer1", 0.0, 0.8, step=0.05)
-        trial.suggest_int("depth.layer1", 1, 3)
+        trial.suggest_float(SPARSE, 0.0, 0.8, step=0.05)
+        trial.suggest_int(DEPTH1, 1, 3)
         trial.suggest_float("lr", 1e-4, 1e-1, log=True)
-        trial.suggest_categorical("pruner", ["l1", "l2", "fpgm"])
-        trial.suggest_categorical("precision.layer1", ["f32", "int8", None])
+        trial.suggest_categorical(PRUNER, ["l1", "l2", "fpgm"])
+        trial.suggest_categorical(PRECISION1, ["f32", "int8", None])
         for key in sorted(ATTRS, key=lambda k: k[::-1]):  # not in key order
             trial.set_user_attr(key, ATTRS[key] if key != "latency_ms" else 1.0 + i / 10)
         trial.set_constraint("top1_drop", i - 3.5)
         trial.set_constraint("latency", -1.0)
         study.tell(trial, [1.0 + i / 10, 90.0 + i])
     failed = study.ask()
-    failed.suggest_int("depth.layer1", 1, 3)
+    failed.suggest_int(DEPTH1, 1, 3)
     failed.set_user_attr("failure", "RuntimeError: boom")
     study.tell(failed, state=TrialState.FAIL)
     pruned = study.ask()
-    pruned.suggest_float("sparsity.layer1", 0.0, 0.8, step=0.05)
+    pruned.suggest_float(SPARSE, 0.0, 0.8, step=0.05)
     pruned.set_user_attr("finetune_skipped", "latency")
     study.tell(pruned, state=TrialState.PRUNED)
     infinite = study.ask()  # values stored as INF_POS / INF_NEG
     infinite.set_user_attr("latency_ms", 0.5)
     study.tell(infinite, [float("inf"), float("-inf")])
     study.ask()  # running
-    study.enqueue_trial({"depth.layer1": 2})  # waiting
+    study.enqueue_trial({DEPTH1: 2})  # waiting
     # a trial with constraints in the old format (one list; Optuna 3) and one added whole
-    study.add_trial(optuna.trial.create_trial(values=[0.9, 99.0], params={"depth.layer1": 2},
-                                              distributions={"depth.layer1": IntDistribution(1, 3)},
+    study.add_trial(optuna.trial.create_trial(values=[0.9, 99.0], params={DEPTH1: 2},
+                                              distributions={DEPTH1: IntDistribution(1, 3)},
                                               user_attrs={"latency_ms": 0.9, "top1": 99.0},
                                               system_attrs={"constraints": [0.5, -1.0]}))
     return study

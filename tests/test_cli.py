@@ -4,8 +4,10 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from edgetune.objectives.groups import OTHER
 from edgetune.searcher import cli
 from edgetune.searcher.cli import app
+from edgetune.searcher.params import DEPTH, FLOAT, INNER, PRECISION, WIDTH, kind_of, param_name
 from edgetune.searcher.spec import load_spec
 from edgetune.searcher.study import make_sampler
 
@@ -31,7 +33,7 @@ def test_groups_with_an_override():
     assert result.exit_code == 0, result.output
     groups_table = result.output.split("search dimensions")[0]
     assert "early" in groups_table and "layer2" not in groups_table
-    assert "inner.early" in result.output
+    assert param_name(INNER, "early") in result.output
 
 
 def rows(output: str) -> list[tuple[str, ...]]:
@@ -49,13 +51,13 @@ def test_groups_lists_every_search_dimension_with_its_range(known_host):
     result = runner.invoke(app, ["groups", "--model", "resnet20", "--set", "search.channel_multiple=8"])
     assert result.exit_code == 0, result.output
     found = rows(result.output)
-    for row in [("inner.layer3", "inner width", "16..64 step 8"), ("width.layer1", "stream width", "8..16 step 8"),
-                ("depth.layer2", "depth (blocks)", "1..3"), ("precision.other", "precision", "float, int8")]:
+    for row in [(param_name(INNER, "layer3"), "inner width", "16..64 step 8"), (param_name(WIDTH, "layer1"), "stream width", "8..16 step 8"),
+                (param_name(DEPTH, "layer2"), "depth (blocks)", "1..3"), (param_name(PRECISION, OTHER), "precision", "float, int8")]:
         assert row in found, row
-    assert (("precision.float", "float precision", "f32, bf16") in found) == known_host.bf16
+    assert ((param_name(PRECISION, FLOAT), "float precision", "f32, bf16") in found) == known_host.bf16
     assert "search dimensions on openvino:CPU (widths in multiples of 8, from the spec)" in words(result.output)
     off = runner.invoke(app, ["groups", "--model", "resnet20", "--set", "search.depth=false"])
-    assert not [row for row in rows(off.output) if row[0].startswith("depth.")]
+    assert not [row for row in rows(off.output) if kind_of(row[0]) == DEPTH]
 
 
 def test_groups_counts_widths_in_the_devices_granularity(known_host):
@@ -63,11 +65,11 @@ def test_groups_counts_widths_in_the_devices_granularity(known_host):
     assert result.exit_code == 0, result.output
     block, found = known_host.channel_block, rows(result.output)
     assert f"(widths in multiples of {block}, from the device openvino:CPU)" in words(result.output)
-    assert ("inner.layer3", "inner width", f"16..64 step {block}") in found
+    assert (param_name(INNER, "layer3"), "inner width", f"16..64 step {block}") in found
     # ResNet-20's 16-channel stage has one width at a granularity of 16: the table says how to search it anyway
-    collapsed = ("inner.layer1", "inner width", "16 (fixed)") in found
-    assert collapsed == (block == 16) == ("leave inner.layer1, width.layer1 one value; set search.channel_multiple = 8 "
-                                          "to search finer widths anyway" in words(result.output))
+    collapsed = (param_name(INNER, "layer1"), "inner width", "16 (fixed)") in found
+    assert collapsed == (block == 16) == (f"leave {param_name(INNER, 'layer1')}, {param_name(WIDTH, 'layer1')} one value; "
+                                          "set search.channel_multiple = 8 to search finer widths anyway" in words(result.output))
 
 
 def test_devices_lists_openvino_cpu_with_its_facts(known_host, monkeypatch):

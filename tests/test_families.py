@@ -10,6 +10,7 @@ from edgetune.objectives import depgraph, prune
 from edgetune.objectives.data import DataSplits
 from edgetune.objectives.groups import derive_groups
 from edgetune.objectives.models import count_params, create_model
+from edgetune.searcher.params import WIDTH, param_name
 
 X = torch.rand(2, 3, 32, 32)  # the digits data: 32x32 RGB (objectives/data.py)
 FAMILIES = ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf", "shufflenet_v2_x1_0"]
@@ -162,6 +163,6 @@ def test_a_model_whose_streams_cannot_be_pruned_searches_no_stream_width():
     assert stages and error and "\n" not in error
     space = build_space(spec, shuffle, derive_groups(shuffle), stages, ["f32"], 8, "spec", error)
     assert not space.stream and space.inner and space.stream_error == error
-    assert any(row["parameter"] == "width.*" and error in row["range"] for row in space.describe())
+    assert any(row["parameter"] == param_name(WIDTH, "*") and error in row["range"] for row in space.describe())
     resnet = create_model("resnet20", 10).eval()
     assert stream_pruning_error(resnet, residual_stages(resnet), X, 8) is None

@@ -2,6 +2,7 @@
 import optuna
 
 from edgetune.searcher.pareto import front, front_table, settings_short
+from edgetune.searcher.params import PRUNER, SPARSITY, param_name
 
 
 def _study(points, baseline=(2.0, 98.0)):
@@ -35,7 +36,7 @@ def test_settings_show_depth_and_widths_as_realized():
     assert settings_short({}, attrs) == "d 3/5 s 16/24 i 8/16 l1 i8/f32/f32"
     assert settings_short({}, {**attrs, "seeded": "uniform-1/3"}).endswith("(recipe uniform-1/3)")
     old = {"pruner": "l2", "precision_plan": {"layer1": "f32", "other": "f32"}}
-    assert settings_short({"sparsity.layer1": 0.35, "pruner": "l2"}, old, ["layer1"]) == "l2 .35"
+    assert settings_short({param_name(SPARSITY, "layer1"): 0.35, PRUNER: "l2"}, old, ["layer1"]) == "l2 .35"
 
 
 def test_the_table_shows_the_baseline_row():

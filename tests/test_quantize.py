@@ -12,6 +12,7 @@ from edgetune.objectives.models import create_model
 from edgetune.objectives.pipeline import int8_modules
 from edgetune.objectives.qdq import with_learned_int8
 from edgetune.objectives.quantize import qat_finetune
+from edgetune.searcher.params import FLOAT, PRECISION, kind_of, param_name
 from edgetune.searcher.space import (SearchSpace, allowed_precisions, check_fixed_precisions, quantization_route,
                                      suggest_plan)
 from edgetune.searcher.spec import SpecError, load_spec
@@ -40,22 +41,22 @@ def test_the_devices_precision_list_shapes_the_search_space():
     spec = load_spec(overrides={"study.targets": ["latency"]})
     study, plans = _space(spec, allowed_precisions(spec, _info("f32", "bf16", "int8")))
     distributions = study.trials[0].distributions
-    assert distributions["precision.float"].choices == ("f32", "bf16")
-    assert distributions["precision.layer1"].choices == ("float", "int8")
-    assert distributions["precision.other"].choices == ("float", "int8")
+    assert distributions[param_name(PRECISION, FLOAT)].choices == ("f32", "bf16")
+    assert distributions[param_name(PRECISION, "layer1")].choices == ("float", "int8")
+    assert distributions[param_name(PRECISION, OTHER)].choices == ("float", "int8")
     assert {p.float_precision for p in plans} == {"f32", "bf16"}
     assert any(p.int8_groups for p in plans) and any(not p.int8_groups for p in plans)
 
     study, plans = _space(spec, allowed_precisions(spec, _info("f32")))
-    assert not any(k.startswith("precision.") for k in study.trials[0].distributions)
+    assert not any(kind_of(k) == PRECISION for k in study.trials[0].distributions)
     assert all(p.float_precision == "f32" and not p.int8_groups for p in plans)
 
 
 def test_the_spec_narrows_or_fixes_precisions():
     spec = load_spec(overrides={"search.precisions": ["f32", "int8"], "search.fixed_precisions": {"other": "f32"}})
     study, plans = _space(spec, allowed_precisions(spec, _info("f32", "bf16", "int8")))
-    assert "precision.float" not in study.trials[0].distributions
-    assert "precision.other" not in study.trials[0].distributions
+    assert param_name(PRECISION, FLOAT) not in study.trials[0].distributions
+    assert param_name(PRECISION, OTHER) not in study.trials[0].distributions
     assert all(OTHER not in p.int8_groups and p.float_precision == "f32" for p in plans)
 
 

@@ -2,6 +2,7 @@
 import optuna
 
 from edgetune.objectives.groups import LayerGroup
+from edgetune.searcher.params import decode
 from edgetune.searcher.recipes import enqueue_recipes, recipes
 from edgetune.searcher.space import SearchSpace, Widths, suggest_plan
 from edgetune.searcher.spec import load_spec
@@ -12,14 +13,14 @@ SPACE = SearchSpace(["f32", "int8"], 8, "spec", inner={"layer1": Widths(16, 8, 1
 
 
 def test_recipes_are_int8_and_uniform_shares_of_every_dimension():
-    found = {r.name: r.params for r in recipes(SPACE, GROUPS, ["l1", "fpgm"])}
+    found = {r.name: decode(r.params) for r in recipes(SPACE, GROUPS, ["l1", "fpgm"])}
     # int8 first: on an int8 device the float shares were dominated by their int8 twins
     assert list(found) == ["int8", "uniform-2/3+int8", "uniform-1/3+int8", "uniform-2/3", "uniform-1/3"]
-    assert found["int8"]["depth.layer1"] == 9 and found["int8"]["inner.layer2"] == 4
-    assert set(v for k, v in found["int8"].items() if k.startswith("precision.")) == {"int8"}
+    assert found["int8"].depth["layer1"] == 9 and found["int8"].inner["layer2"] == 4
+    assert found["int8"].precision == {"layer1": "int8", "layer2": "int8", "other": "int8"}
     third = found["uniform-1/3"]
-    assert (third["depth.layer1"], third["width.layer2"], third["inner.layer2"]) == (3, 2, 2)
-    assert third["pruner"] == "l1" and third["precision.other"] == "float"
+    assert (third.depth["layer1"], third.stream["layer2"], third.inner["layer2"]) == (3, 2, 2)
+    assert third.pruner == "l1" and third.precision["other"] == "float"
     assert "int8" not in [r.name for r in recipes(SearchSpace(["f32"], 8, "spec", inner=SPACE.inner), GROUPS, ["l1"])]
 
 

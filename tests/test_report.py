@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from edgetune.searcher import pareto
 from edgetune.searcher.cli import app
 from edgetune.searcher.harm import class_metrics, flagged_classes, flips
+from edgetune.searcher.params import INNER, SPARSITY, param_name
 from edgetune.searcher.report_plots import top1_range
 
 
@@ -60,7 +61,7 @@ def test_report_on_a_stored_study_of_ten_thousand_trials(tmp_path):
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "big.log")))
     study = optuna.create_study(study_name="big", storage=storage, directions=["minimize", "maximize"])
     rng = np.random.default_rng(0)
-    distributions = {f"sparsity.layer{i}": optuna.distributions.FloatDistribution(0, 0.8, step=0.05) for i in (1, 2, 3)}
+    distributions = {param_name(SPARSITY, f"layer{i}"): optuna.distributions.FloatDistribution(0, 0.8, step=0.05) for i in (1, 2, 3)}
     trials = []
     for _ in range(10_000):
         params = {k: float(np.round(rng.uniform(0, 0.8) / 0.05) * 0.05) for k in distributions}
@@ -111,6 +112,7 @@ REPORT_IN_A_FRESH_PROCESS = """
 import sys
 from pathlib import Path
 import numpy as np, optuna
+from edgetune.searcher.params import SPARSITY, param_name
 from edgetune.searcher.report import write_report
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 study = optuna.create_study(directions=["minimize", "maximize"])
@@ -119,7 +121,8 @@ for _ in range(30):
     x = float(rng.uniform(0, 0.8))
     latency, top1 = 2.0 - x, 99 - 5 * x ** 3 + float(rng.normal(0, 0.1))
     study.add_trial(optuna.trial.create_trial(
-        params={"sparsity.layer1": x}, distributions={"sparsity.layer1": optuna.distributions.FloatDistribution(0, 0.8)},
+        params={param_name(SPARSITY, "layer1"): x},
+        distributions={param_name(SPARSITY, "layer1"): optuna.distributions.FloatDistribution(0, 0.8)},
         values=[latency, top1], user_attrs={"latency_ms": latency, "top1": top1, "params": 1, "flops": 2, "size_bytes": 3}))
 study.set_user_attr("spec", {"study.targets": ["latency", "top1"]})
 files = write_report(study, Path(sys.argv[1]))
@@ -137,7 +140,7 @@ def test_report_draws_its_plots_and_ranks_parameters_without_scikit_learn(tmp_pa
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["['front.html',", "'front.png',", "'hypervolume.png',", "'report.md']", "False"]
     report = (tmp_path / "report.md").read_text()
-    assert "## Parameter importances (PED-ANOVA)" in report and "| sparsity.layer1 | 1.00 | 1.00 |" in report
+    assert "## Parameter importances (PED-ANOVA)" in report and f"| {param_name(SPARSITY, 'layer1')} | 1.00 | 1.00 |" in report
     assert (tmp_path / "front.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -182,10 +185,10 @@ def test_a_plot_that_fails_in_its_process_fails_the_report(tmp_path):
 def study_with_a_front_model_far_below_the_baseline():
     """An in-memory study whose front ends in a fast model 38.6 points below the baseline (as the demo's)."""
     study = optuna.create_study(study_name="far", directions=["minimize", "maximize"])
-    distributions = {"inner.layer1": optuna.distributions.IntDistribution(1, 4)}
+    distributions = {param_name(INNER, "layer1"): optuna.distributions.IntDistribution(1, 4)}
     for number, (latency, top1) in enumerate([(0.9, 99.0), (0.6, 98.5), (0.4, 97.0), (0.2, 60.3), (0.8, 90.0)]):
         study.add_trial(optuna.trial.create_trial(
-            params={"inner.layer1": number % 4 + 1}, distributions=distributions, values=[latency, top1],
+            params={param_name(INNER, "layer1"): number % 4 + 1}, distributions=distributions, values=[latency, top1],
             user_attrs={"latency_ms": latency, "top1": top1, "params": 1, "flops": 2, "size_bytes": 3,
                         "artifact_id": f"model-{number}"}))
     study.set_user_attr("spec", {"study.targets": ["latency", "top1"]})

@@ -8,8 +8,9 @@ from edgetune.devices import create_device
 from edgetune.devices.protocol import LatencyProtocol
 from edgetune.objectives import structure
 from edgetune.objectives.model_files import load_pruned, write_model_files
-from edgetune.objectives.groups import derive_groups
+from edgetune.objectives.groups import OTHER, derive_groups
 from edgetune.objectives.models import count_params, create_model
+from edgetune.searcher.params import FLOAT, INNER, PRECISION, WIDTH, param_name
 
 X = torch.rand(2, 3, 32, 32)
 
@@ -152,14 +153,15 @@ def test_the_space_names_what_the_devices_granularity_collapsed(known_host):
     assert (multiple, source) == (known_host.channel_block, "device openvino:CPU")
     space = build_space(spec, model, groups, stages, precisions, multiple, source)
     searched = searched_parameters(spec, groups, space)
-    assert ("precision.float" in searched) == known_host.bf16 and "precision.layer1" in searched
+    assert (param_name(PRECISION, FLOAT) in searched) == known_host.bf16 and param_name(PRECISION, "layer1") in searched
     if multiple == 16:  # the 16-channel stage: one width; at 8, two
-        assert space.collapsed == ("inner.layer1", "width.layer1") and space.finer_multiple == 8
-        assert "inner.layer1" not in searched and "inner.layer2" in searched
+        collapsed = (param_name(INNER, "layer1"), param_name(WIDTH, "layer1"))
+        assert space.collapsed == collapsed and space.finer_multiple == 8
+        assert param_name(INNER, "layer1") not in searched and param_name(INNER, "layer2") in searched
         assert space.collapse_note().startswith("widths in multiples of 16 (from the device openvino:CPU) leave "
-                                                "inner.layer1, width.layer1 one value; set search.channel_multiple = 8 ")
+                                                f"{', '.join(collapsed)} one value; set search.channel_multiple = 8 ")
     else:
-        assert space.collapsed == () and space.collapse_note() == "" and "inner.layer1" in searched
+        assert space.collapsed == () and space.collapse_note() == "" and param_name(INNER, "layer1") in searched
 
 
 def test_a_space_of_one_point_is_refused_with_the_reason():
@@ -177,12 +179,12 @@ def test_a_space_of_one_point_is_refused_with_the_reason():
                                         r"precision \(precisions: f32\); every trial would be the same model"):
         check_searchable(spec, groups, space)
     off = {"search.depth": False, "search.stream_width": False, "search.inner_width": False}
-    every_group = {g: "int8" for g in ["layer1", "layer2", "layer3", "other"]}
+    every_group = {g: "int8" for g in ["layer1", "layer2", "layer3", OTHER]}
     fixed = load_spec(overrides={**off, "search.precisions": ["f32", "int8"], "search.fixed_precisions": every_group})
     assert searched_parameters(fixed, groups, build_space(fixed, model, groups, stages, ["f32", "int8"], 8)) == []
     free = load_spec(overrides={**off, "search.precisions": ["f32", "int8"]})
     assert searched_parameters(free, groups, build_space(free, model, groups, stages, ["f32", "int8"], 8)) == [
-        "precision.layer1", "precision.layer2", "precision.layer3", "precision.other"]
+        param_name(PRECISION, g) for g in ["layer1", "layer2", "layer3", OTHER]]
     # a model of 16-channel layers at a granularity of 16: one width each, and 8 would search them
     narrow = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                            nn.Flatten(), nn.Linear(16, 10))
