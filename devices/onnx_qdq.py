@@ -62,8 +62,7 @@ class _Graph:
         """The DequantizeLinear producing ``name`` from a QuantizeLinear of an activation (not a weight)."""
         dq = self.dequantized(name)
         q = dq is not None and self.producer.get(dq.input[0])
-        return dq if q and q.op_type == "QuantizeLinear" and self.constant(q.input[0]) is None \
-            and q.input[0] not in self.initializers else None
+        return dq if q and q.op_type == "QuantizeLinear" and self.constant(q.input[0]) is None else None
 
     def quantized_downstream(self, name: str) -> bool:
         """Only QuantizeLinear ops read ``name``, directly or through one ReLU (ONNX Runtime fuses a ReLU
