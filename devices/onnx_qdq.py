@@ -152,9 +152,9 @@ def observed_ranges(model, names: list[str], calibration: np.ndarray, input_name
 
 
 def quantize_outputs(graph, ranges: dict[str, tuple[float, float]]) -> None:
-    """A QuantizeLinear/DequantizeLinear pair on each tensor of ``ranges`` (not graph outputs): symmetric int8
-    at the scale of its largest magnitude, uint8 with that grid where it was never below zero, as
-    objectives/qdq.py quantizes inputs."""
+    """A QuantizeLinear/DequantizeLinear pair on each tensor of ``ranges``, read by its consumers (a graph
+    output keeps the float value): symmetric int8 at the scale of its largest magnitude, uint8 (over
+    twice the range, zero point 0) where it was never below zero."""
     from onnx import helper, numpy_helper
 
     g = _Graph(graph)
