@@ -119,6 +119,8 @@ def quantize_gemm_biases(graph) -> int:
                                   numpy_helper.from_array(scale, f"{base}/scale")])
         dq = helper.make_node("DequantizeLinear", [f"{base}/quantized", f"{base}/scale"], [f"{base}/dequantized"],
                               name=f"{base}/DequantizeLinear", **({"axis": 0} if scale.ndim else {}))
+        if node.input[2] in g.initializers and len(g.consumers[node.input[2]]) == 1:  # else ONNX Runtime warns on load
+            graph.initializer.remove(g.initializers[node.input[2]])
         node.input[2] = f"{base}/dequantized"
         inserts.append((node, [dq]))
     _insert_before(graph, inserts)

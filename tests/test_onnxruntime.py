@@ -55,6 +55,7 @@ def test_qat_scales_run_every_layer_in_int8_once_the_graph_is_completed(digits):
     # images the device gives conv2 and the shortcut an output scale and the classifier an int32 bias
     # (devices/onnx_qdq.py): every layer of the plan then runs in int8, the rest stays f32.
     device = create_device("onnxruntime:CPU", threads=1, protocol=FAST)
+    torch.manual_seed(0)  # the logits' distances below are of these weights
     model = create_model("resnet20", 10).eval()
     layers = _layers(model, "layer2") + ["fc"]
     qdq = with_learned_int8(model, {layer: {"input": 0.05, "weight": 0.01, "unsigned": True} for layer in layers})
@@ -71,10 +72,10 @@ def test_qat_scales_run_every_layer_in_int8_once_the_graph_is_completed(digits):
         assert complete.precision_of(["layer1", "layer3", "conv1"]) == {"f32": 14}
         assert complete.precision_used == {"f32": 14, "int8": 8}  # the graph that runs (ORT_ENABLE_ALL) agrees
         # QAT's scales are kept: the logits are PyTorch's fake-quantized ones to a fraction of what quantizing
-        # moves them from f32 (0.33 here; 0.04-0.05 measured on the deployments)
-        assert np.abs(model(images).detach().numpy() - reference).max() > 0.2
+        # moves them from f32
+        moved = np.abs(model(images).detach().numpy() - reference).max()
         for deployment in (partial, complete):
-            assert np.abs(deployment.predict(images.numpy()) - reference).max() < 0.1
+            assert np.abs(deployment.predict(images.numpy()) - reference).max() < moved / 3
     finally:
         partial.close()
         complete.close()
