@@ -266,6 +266,9 @@ class Device(abc.ABC):
 
     #: deploys a model's own int8 quantize/dequantize ops (``PrecisionPlan.int8_scales = "model"``)
     runs_model_int8_scales: bool = False
+    #: with a model's own int8 ops, still calibrates the scales of the outputs they leave float (it needs the
+    #: plan's calibration images then)
+    calibrates_model_int8_outputs: bool = False
 
     @abc.abstractmethod
     def info(self) -> DeviceInfo:

@@ -3,7 +3,8 @@
 The model is the ONNX export with module paths in node names (devices/onnx_export.py), run by an
 ``InferenceSession`` on the CPU execution provider with every graph optimisation on
 (``ORT_ENABLE_ALL``). int8 comes either from the model's own QuantizeLinear/DequantizeLinear ops (the
-scales QAT learned, objectives/qdq.py) or from ONNX Runtime's static quantisation
+scales QAT learned, objectives/qdq.py; completed by devices/onnx_qdq.py where ONNX Runtime needs an
+output scale QAT does not have) or from ONNX Runtime's static quantisation
 (``onnxruntime.quantization.quantize_static``, QDQ format, calibrated on the plan's images) of the
 nodes under the plan's int8 modules.
 
@@ -30,6 +31,7 @@ from . import memory_probe
 from .base import (Device, DeviceError, DeviceInfo, DeviceUnavailable, FileDeployment, PrecisionPlan, count_layers_under,
                    cpu_name)
 from .host import channel_block
+from .onnx_qdq import complete_for_onnxruntime
 from .protocol import LatencyProtocol
 
 #: Compute node types of an optimised graph by the precision they run in (ONNX and com.microsoft domains).
@@ -177,6 +179,7 @@ class OnnxRuntimeDevice(Device):
     """``onnxruntime:CPU``: ONNX Runtime's CPU execution provider, f32 and int8, synchronous inference."""
 
     runs_model_int8_scales = True  # QuantizeLinear/DequantizeLinear pairs are ONNX Runtime's own int8 format
+    calibrates_model_int8_outputs = True  # where QAT's scales leave a convolution's output float (onnx_qdq.py)
 
     def __init__(self, target: str = "CPU", threads: int = 0, protocol: LatencyProtocol = LatencyProtocol(), batch: int = 1):
         ort = _ort()
@@ -234,6 +237,9 @@ class OnnxRuntimeDevice(Device):
                     quantize_static_int8(onnx_path, path, int8_prefixes, plan.calibration)
                 except Exception as error:  # noqa: BLE001 - the quantiser cannot take every graph
                     raise DeviceError(f"ONNX Runtime static quantization failed: {type(error).__name__}: {error}") from error
+            elif int8_prefixes:  # the graph's own Q/DQ ops, completed where ONNX Runtime needs an output scale
+                _session(onnx_path, 1)
+                complete_for_onnxruntime(onnx_path, path, plan.calibration, INPUT)
             else:
                 shutil.copyfile(onnx_path, path)
             return OnnxRuntimeDeployment(path, self, tuple(input_shape), scopes or {})

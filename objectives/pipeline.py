@@ -297,7 +297,8 @@ def fine_tune_and_measure(model: nn.Module, ctx: TrialContext, plan: TrialPlan, 
     on_device, device_plan_used = model, device_plan
     if scales and plan.quantization == "qat-qdq":  # the scales QAT trained with, deployed as they are
         on_device = with_learned_int8(model, scales)
-        device_plan_used = replace(device_plan, int8_scales="model", calibration=None)
+        device_plan_used = replace(device_plan, int8_scales="model",
+                                   calibration=device_plan.calibration if ctx.device.calibrates_model_int8_outputs else None)
     measured = deploy_and_measure(on_device, ctx, device_plan_used, clock, counted=model)
     attributes = measured.attributes
     channels = pruning.out_channels(model, ctx.groups)

@@ -49,21 +49,36 @@ def test_f32_runs_as_pytorch_computes_it_at_its_fastest_thread_count(digits, tmp
     pinned.close()
 
 
-def test_qat_scales_run_in_int8_where_onnxruntime_fuses_them(digits):
-    # A convolution runs in int8 (QLinearConv) where its output is quantized again: in a residual block,
-    # conv1 (its ReLU output is conv2's quantized input); conv2 and the shortcut feed the float Add.
+def test_qat_scales_run_every_layer_in_int8_once_the_graph_is_completed(digits):
+    # QAT's Q/DQ graph quantizes inputs and weights: alone, ONNX Runtime fuses a convolution into int8
+    # (QLinearConv) only where its output is quantized again, a residual block's conv1. With calibration
+    # images the device gives conv2 and the shortcut an output scale and the classifier an int32 bias
+    # (devices/onnx_qdq.py): every layer of the plan then runs in int8, the rest stays f32.
     device = create_device("onnxruntime:CPU", threads=1, protocol=FAST)
+    torch.manual_seed(0)  # the logits' distances below are of these weights
     model = create_model("resnet20", 10).eval()
-    scales = {layer: {"input": 0.05, "weight": 0.01, "unsigned": True} for layer in _layers(model, "layer2")}
-    plan = PrecisionPlan("f32", ("layer2",), int8_scales="model")
-    deployment = device.deploy(with_learned_int8(model, scales), digits.example_input(2), plan)
+    layers = _layers(model, "layer2") + ["fc"]
+    qdq = with_learned_int8(model, {layer: {"input": 0.05, "weight": 0.01, "unsigned": True} for layer in layers})
+    images = digits.x_val[:40]
+    reference = qdq(images).detach().numpy()
+    partial = device.deploy(qdq, digits.example_input(2), PrecisionPlan("f32", ("layer2", "fc"), int8_scales="model"))
+    complete = device.deploy(qdq, digits.example_input(2), PrecisionPlan(
+        "f32", ("layer2", "fc"), digits.calibration_subset(64).numpy(), int8_scales="model"))
     try:
-        assert deployment.precision_of(["layer2.0.conv1", "layer2.1.conv1", "layer2.2.conv1"]) == {"int8": 3}
-        assert deployment.precision_of(["layer2.0.conv2"]) == {"f32": 1}
-        assert deployment.precision_of(["layer1", "layer3", "conv1", "fc"]) == {"f32": 15}
-        assert deployment.precision_used == {"f32": 19, "int8": 3}  # the graph that runs (ORT_ENABLE_ALL) agrees
+        assert partial.precision_of(["layer2.0.conv1", "layer2.1.conv1", "layer2.2.conv1"]) == {"int8": 3}
+        assert partial.precision_of(["layer2.0.conv2", "layer2.0.downsample"]) == {"f32": 2}
+        assert partial.precision_of(["fc"]) == {"int8": 1}  # its bias made int32 needs no calibration
+        assert complete.precision_of(["layer2", "fc"]) == {"int8": 8}
+        assert complete.precision_of(["layer1", "layer3", "conv1"]) == {"f32": 14}
+        assert complete.precision_used == {"f32": 14, "int8": 8}  # the graph that runs (ORT_ENABLE_ALL) agrees
+        # QAT's scales are kept: the logits are PyTorch's fake-quantized ones to a fraction of what quantizing
+        # moves them from f32
+        moved = np.abs(model(images).detach().numpy() - reference).max()
+        for deployment in (partial, complete):
+            assert np.abs(deployment.predict(images.numpy()) - reference).max() < moved / 3
     finally:
-        deployment.close()
+        partial.close()
+        complete.close()
 
 
 def test_static_quantization_turns_exactly_the_plans_modules_int8(digits):
@@ -154,13 +169,12 @@ def test_a_study_on_onnxruntime_exports_a_front_that_plain_onnxruntime_scores_as
         assert a["device"]["name"] == "onnxruntime:CPU" and a["top1"] > 50
         for group, precision in a["precision_plan"].items():  # read back from the optimised graph
             used = a["precision_used_by_group"][group]
-            # With QAT's Q/DQ graph ONNX Runtime runs a layer in int8 only where its output is quantized again
-            # (README): a block's conv1, not its conv2 or shortcut, and neither the stem (its ReLU output also
-            # feeds the float Add) nor the classifier (the logits), so "other" stays f32 on that route.
-            qdq_float = a["quantization"] == "qat-qdq" and group == "other"
-            assert ("int8" in used) == (precision == "int8" and not qdq_float), (group, a["precision_used_by_group"])
+            assert ("int8" in used) == (precision == "int8"), (group, a["precision_used_by_group"])
+            if precision == "int8":  # every layer of an int8 group, QAT's Q/DQ graph completed (devices/onnx_qdq.py)
+                assert set(used) == {"int8"}, (group, a["precision_used_by_group"])
     seeded = next(t for t in complete if t.user_attrs.get("seeded") == "int8")  # the int8 recipe: QAT's scales
-    assert seeded.user_attrs["quantization"] == "qat-qdq" and seeded.user_attrs["calibration_size"] == 0
+    # calibration images give the outputs QAT never quantized (a block's conv2, its shortcut) their scales
+    assert seeded.user_attrs["quantization"] == "qat-qdq" and seeded.user_attrs["calibration_size"] > 0
 
     out = tmp_path / "exports"
     result = CliRunner().invoke(app, ["export", "tiny", "--storage", f"sqlite:///{tmp_path}/tiny.db", "--pareto",
