@@ -232,6 +232,17 @@ class StreamedSplits(Splits):
     def y_val(self) -> torch.Tensor:
         return self.val.labels
 
+    def calibration_subset(self, size: int, seed: int = 0) -> torch.Tensor:
+        """As in memory, decoded once per process: every trial that quantizes asks for the same images."""
+        key = (size, seed)
+        if key not in self._calibration:
+            self._calibration[key] = super().calibration_subset(size, seed)
+        return self._calibration[key].clone()
+
+    @cached_property
+    def _calibration(self) -> dict:
+        return {}
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return (3, self.image_size, self.image_size)
@@ -367,9 +378,32 @@ def _read_folders(train, val):
 
 def _streamed(train, val, size: int, workers: int) -> StreamedSplits:
     """Both folders streamed, normalised by the training images' per-channel mean and standard deviation
-    (one pass over them here, as the in-memory path computes them over its tensors)."""
+    (one pass over them, as the in-memory path computes them over its tensors)."""
     from torchvision import transforms
 
+    mean, std = _folder_statistics(train, size, workers)
+    normalise = transforms.Normalize(mean.tolist(), std.tolist())
+    for folder in (train, val):
+        folder.transform = transforms.Compose([folder.transform, normalise])
+    return StreamedSplits("imagefolder", FolderSamples(train, workers), FolderSamples(val, workers), train.classes,
+                          tuple(mean.tolist()), tuple(std.tolist()), size)
+
+
+def _folder_statistics(train, size: int, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation of the training images at ``size``; kept in the cache
+    folder under the folder's listing (paths, sizes, modification times), so that every worker of a
+    study and every later run on unchanged files skips the decoding pass."""
+    import hashlib
+    import json
+
+    from .baseline import cache_dir  # the baselines' cache folder (baseline imports this module)
+
+    listing = hashlib.sha256(json.dumps([size] + [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns)
+                                                  for p, _ in train.samples]).encode()).hexdigest()[:16]
+    path = cache_dir() / "data-statistics" / f"{listing}.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        return torch.tensor(saved["mean"]), torch.tensor(saved["std"])
     total, squares, pixels = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
     for images, _, _ in FolderSamples(train, workers).batches(None, 256):
         images = images.double()
@@ -379,11 +413,12 @@ def _streamed(train, val, size: int, workers: int) -> StreamedSplits:
     mean = total / pixels
     std = ((squares - pixels * mean.square()) / max(1, pixels - 1)).clamp_min(0).sqrt().float().clamp_min(1e-6)
     mean = mean.float()
-    normalise = transforms.Normalize(mean.tolist(), std.tolist())
-    for folder in (train, val):
-        folder.transform = transforms.Compose([folder.transform, normalise])
-    return StreamedSplits("imagefolder", FolderSamples(train, workers), FolderSamples(val, workers), train.classes,
-                          tuple(mean.tolist()), tuple(std.tolist()), size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(json.dumps({"folder": str(Path(train.root).resolve()), "size": size,
+                                   "mean": mean.tolist(), "std": std.tolist()}))
+    partial.replace(path)  # atomic: workers computing it at once write the same numbers
+    return mean, std
 
 
 def _rgb_loader(path: str):

@@ -138,3 +138,28 @@ def test_a_trial_runs_on_a_streamed_folder_and_evaluates_as_in_memory(folder):
     outcome = pipeline.run_trial(ctx, plan)
     assert outcome.attributes["fine_tune_epochs"] == 1 and outcome.attributes["calibration_size"] == 8  # from the folder
     assert len(outcome.predictions) == len(streamed.val)
+
+
+def test_the_statistics_pass_is_kept_per_listing_of_the_files(tmp_path):
+    """Every worker of a study loads the folder: the mean and deviation are computed once per listing."""
+    import shutil
+
+    from PIL import Image
+
+    from edgetune.objectives.baseline import cache_dir
+
+    for split in ("train", "val"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / split / "cat" / f"{i}.png")
+    kept = lambda: set((cache_dir() / "data-statistics").glob("*.json"))  # noqa: E731
+    before = kept()
+    first = load_data("imagefolder", str(tmp_path), image_size=8, in_memory=False, workers=0)
+    assert len(kept() - before) == 1
+    again = load_data("imagefolder", str(tmp_path), image_size=8, in_memory=False, workers=0)
+    assert again.mean == first.mean and len(kept() - before) == 1
+    shutil.copy(tmp_path / "train" / "cat" / "2.png", tmp_path / "train" / "cat" / "3.png")  # another listing
+    changed = load_data("imagefolder", str(tmp_path), image_size=8, in_memory=False, workers=0)
+    assert len(kept() - before) == 2 and changed.mean[0] > first.mean[0]
+    held = load_data("imagefolder", str(tmp_path), image_size=8)
+    assert np.allclose(changed.mean, held.mean, atol=1e-6) and np.allclose(changed.std, held.std, atol=1e-6)
