@@ -163,3 +163,19 @@ def test_the_statistics_pass_is_kept_per_listing_of_the_files(tmp_path):
     assert len(kept() - before) == 2 and changed.mean[0] > first.mean[0]
     held = load_data("imagefolder", str(tmp_path), image_size=8)
     assert np.allclose(changed.mean, held.mean, atol=1e-6) and np.allclose(changed.std, held.std, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this host")
+def test_a_streamed_folder_feeds_the_gpu_from_pinned_memory(folder):
+    from edgetune.objectives.accelerator import resolve
+
+    on = resolve("cuda", "off")
+    streamed = load_data("imagefolder", str(folder), image_size=16, in_memory=False, workers=2)
+    placed = streamed.train.placed(on)
+    images, labels, index = next(placed.batches(torch.arange(len(placed)), 8, on))
+    assert images.device.type == labels.device.type == index.device.type == "cuda"
+    assert placed._loader(8)[1].pin_memory
+    model = _model()
+    losses = train(model, placed, None, TrainSettings(3, 0.05, batch_size=8), on=on)
+    assert next(model.parameters()).device.type == "cuda" and losses[-1] < losses[0]
