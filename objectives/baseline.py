@@ -20,7 +20,7 @@ from filelock import FileLock
 from torch import nn
 
 from .accelerator import CPU, Accelerator
-from .data import DataSplits
+from .data import Splits
 from .errors import first_line
 from .finetune import TrainSettings, train
 from .models import create_model, source_sha256
@@ -34,7 +34,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EDGETUNE_CACHE", Path.home() / ".cache" / "edgetune"))
 
 
-def cache_key(model_name: str, data: DataSplits, data_id: dict, settings: TrainSettings, on: Accelerator = CPU) -> str:
+def cache_key(model_name: str, data: Splits, data_id: dict, settings: TrainSettings, on: Accelerator = CPU) -> str:
     train = {k: v for k, v in settings.__dict__.items() if k not in ("distill", "temperature")}  # a baseline never distills
     payload = {"model": model_name, "data": data_id, "classes": data.num_classes,
                "shape": list(data.image_shape), "train": train}
@@ -68,7 +68,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
-def get_baseline(model_name: str, data: DataSplits, data_id: dict, settings: TrainSettings,
+def get_baseline(model_name: str, data: Splits, data_id: dict, settings: TrainSettings,
                  checkpoint: str | None = None,
                  on_epoch: Callable[[int, float], None] | None = None,
                  on: Accelerator = CPU) -> tuple[nn.Module, str]:
@@ -88,7 +88,7 @@ def get_baseline(model_name: str, data: DataSplits, data_id: dict, settings: Tra
             return load_checkpoint(model, path).eval(), "cache"
         torch.manual_seed(settings.seed)
         model = create_model(model_name, data.num_classes)  # initialised on the CPU: the same on every device
-        train(model, data.x_train, data.y_train, settings, on_epoch, on=on)
+        train(model, data.train, None, settings, on_epoch, on=on)
         model.cpu()
         partial = path.with_suffix(".tmp")
         torch.save(model.state_dict(), partial)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .accelerator import CPU, Accelerator
+from .data import Samples, as_samples
 
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
@@ -16,12 +17,12 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
 
 
 @torch.no_grad()
-def torch_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256, on: Accelerator = CPU) -> np.ndarray:
-    """f32 logits of every image, computed on ``on``'s device (where the model is)."""
+def torch_logits(model: nn.Module, images: torch.Tensor | Samples, batch_size: int = 256, on: Accelerator = CPU) -> np.ndarray:
+    """f32 logits of every image (a tensor or a split, in its order), computed on ``on``'s device (where
+    the model is)."""
     model.eval()
     with on.repeatable():
-        return torch.cat([model(images[i : i + batch_size].to(on.device))
-                          for i in range(0, len(images), batch_size)]).float().cpu().numpy()
+        return torch.cat([model(x) for x, _, _ in as_samples(images).batches(None, batch_size, on)]).float().cpu().numpy()
 
 
 def collapsed(top1: float, num_classes: int, margin: float = 1.5) -> bool:

@@ -22,7 +22,7 @@ from edgetune.devices.protocol import exclusive, thread_table
 from . import prune as pruning
 from . import structure
 from .accelerator import CPU, Accelerator
-from .data import DataSplits
+from .data import Samples, Splits
 from .evaluate import collapsed, per_class_accuracy, topk_accuracy, torch_logits
 from .finetune import TrainSettings, logits_of, train
 from .groups import OTHER, LayerGroup, compute_layers, other_layers
@@ -91,7 +91,7 @@ class OtherDevice:
 @dataclass
 class TrialContext:
     baseline: nn.Module
-    data: DataSplits
+    data: Splits
     groups: list[LayerGroup]
     device: Device
     collapse_margin: float = 1.5
@@ -111,21 +111,21 @@ class TrialContext:
         return flops_and_params(self.baseline, self.data.example_input(2))[0]
 
     @functools.cached_property
-    def train_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training images and labels where batches are drawn from (on the GPU when they fit),
-        placed once per worker, not once per trial."""
-        return self.train_on.place(self.data.x_train), self.train_on.place(self.data.y_train)
+    def train_set(self) -> Samples:
+        """The training split where batches are drawn from (tensors on the GPU when they fit; a streamed
+        folder's loader, its workers kept), placed once per worker, not once per trial."""
+        return self.data.train.placed(self.train_on)
 
     @functools.cached_property
-    def val_images(self) -> torch.Tensor:
-        return self.train_on.place(self.data.x_val)
+    def val_images(self) -> Samples:
+        return self.data.val.placed(self.train_on)
 
     @functools.cached_property
     def teacher_logits(self) -> torch.Tensor:
         """The baseline's logits on the training images, computed on the training device and kept there:
         what a distilled fine-tune learns from."""
         teacher = copy.deepcopy(self.baseline).to(self.train_on.device)
-        return self.train_on.place(logits_of(teacher, self.train_set[0], on=self.train_on))
+        return self.train_on.place(logits_of(teacher, self.train_set, on=self.train_on))
 
 
 @dataclass
@@ -286,9 +286,9 @@ def fine_tune_and_measure(model: nn.Module, ctx: TrialContext, plan: TrialPlan, 
         model.to(on.device)
         try:
             if qat:
-                _, scales = qat_finetune(model, compute_layers(model, quantized), *ctx.train_set, settings, teacher, on)
+                _, scales = qat_finetune(model, compute_layers(model, quantized), ctx.train_set, None, settings, teacher, on)
             else:
-                train(model, *ctx.train_set, settings, teacher_logits=teacher, on=on)
+                train(model, ctx.train_set, None, settings, teacher_logits=teacher, on=on)
             check = topk_accuracy(torch_logits(model, ctx.val_images, on=on), ctx.data.y_val.numpy())
         finally:
             model.cpu()  # deployment, counting and the artifact start from the CPU, wherever it trained
@@ -348,7 +348,7 @@ def deploy_and_measure(model: nn.Module, ctx: TrialContext, plan: PrecisionPlan 
     with clock.phase("deploy"):
         deployment = ctx.device.deploy(model, example, plan)
     with clock.phase("evaluate"):
-        logits = deployment.predict(ctx.data.x_val.numpy())
+        logits = np.concatenate([deployment.predict(images) for images in ctx.data.val_arrays()])
         labels = ctx.data.y_val.numpy()
         top1, top5 = topk_accuracy(logits, labels, 1), topk_accuracy(logits, labels, 5)
         class_top1 = per_class_accuracy(logits.argmax(axis=1), labels, ctx.data.num_classes)

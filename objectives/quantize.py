@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .accelerator import CPU, Accelerator
+from .data import Samples, as_samples
 from .finetune import TrainSettings, batch_loss, run_epochs, sgd
 from .qdq import learned_scales
 
@@ -22,12 +23,13 @@ def qat_config(layers: list[str]) -> list[dict]:
              "quant_scheme": "symmetric", "granularity": "default"}]
 
 
-def qat_finetune(model: nn.Module, layers: list[str], images: torch.Tensor, labels: torch.Tensor,
+def qat_finetune(model: nn.Module, layers: list[str], images: torch.Tensor | Samples, labels: torch.Tensor | None,
                  settings: TrainSettings, teacher_logits: torch.Tensor | None = None, on: Accelerator = CPU
                  ) -> tuple[list[float], dict[str, dict[str, float]]]:
     """Fine-tune ``model`` in place with NNI QAT on ``layers``, on ``on``'s device (the model is left
     there) but without autocast: the observed ranges and int8 scales stay f32, as the device's int8
-    will use them. Returns the loss of each epoch and the int8 scales it trained with
+    will use them. ``images``: a tensor with its ``labels``, or a split (:class:`Samples`, labels None).
+    Returns the loss of each epoch and the int8 scales it trained with
     (:func:`objectives.qdq.learned_scales`; empty when nothing trained).
 
     NNI's quantizer keeps its ranges and scales on the device of the tensors it observes (those of
@@ -41,20 +43,18 @@ def qat_finetune(model: nn.Module, layers: list[str], images: torch.Tensor, labe
     losses: list[float] = []
     on = Accelerator(on.device)  # f32: no autocast
     model.to(on.device)  # before the optimizer and NNI's wrappers
-    images, labels = on.place(images), on.place(labels)
+    samples = as_samples(images, labels).placed(on)
     teacher_logits = None if teacher_logits is None else on.place(teacher_logits)
 
     def training_step(batch, model, *args, **kwargs):
-        (index,) = batch
-        return batch_loss(model, images, labels, index, settings, teacher_logits, on)
+        return batch_loss(model, *batch, settings, teacher_logits, on)
 
     def training_func(model, optimizers, training_step, lr_schedulers=None, max_steps=None, max_epochs=None,
                       *args, **kwargs):
         optimizer = optimizers[0] if isinstance(optimizers, (list, tuple)) else optimizers
         epochs = replace(settings, epochs=max_epochs or settings.epochs)
-        # NNI wraps the model and the step; the batch is the indices into the fixed tensors
-        losses.extend(run_epochs(model, optimizer, len(images), epochs, lambda index: training_step((index,), model),
-                                 on=on))
+        # NNI wraps the model and the step; the batch is (images, labels, index) from the split
+        losses.extend(run_epochs(model, optimizer, samples, epochs, lambda *batch: training_step(batch, model), on=on))
 
     optimizer = sgd(model.parameters(), settings, nni.trace(torch.optim.SGD))
     evaluator = TorchEvaluator(training_func, optimizer, training_step)

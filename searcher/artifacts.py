@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from edgetune.objectives.data import DataSplits
+from edgetune.objectives.data import Splits
 from edgetune.objectives.model_files import write_model_files
 from edgetune.objectives.pipeline import TrialOutcome
 
@@ -35,7 +35,7 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def pack_outcome(outcome: TrialOutcome, spec: Spec, data: DataSplits, name: str, into: Path) -> Path:
+def pack_outcome(outcome: TrialOutcome, spec: Spec, data: Splits, name: str, into: Path) -> Path:
     """Zip the outcome's files into ``into/<name>.zip`` (no storage is touched)."""
     folder = into / name
     outcome.deployment.save(folder / "deployed")
@@ -57,7 +57,7 @@ def upload(study_or_trial, archive: Path, artifacts_dir: str) -> dict[str, str]:
     return {"artifact_id": artifact_id, "artifact_sha256": sha256(archive)}
 
 
-def store_outcome(study_or_trial, outcome: TrialOutcome, spec: Spec, data: DataSplits, name: str) -> dict[str, str]:
+def store_outcome(study_or_trial, outcome: TrialOutcome, spec: Spec, data: Splits, name: str) -> dict[str, str]:
     with tempfile.TemporaryDirectory() as tmp:
         return upload(study_or_trial, pack_outcome(outcome, spec, data, name, Path(tmp)), spec["study.artifacts"])
 

@@ -99,7 +99,9 @@ def class_harm_section(data, artifacts_dir: str, splits, out: Path) -> tuple[lis
                          f"{prec[c]:.1f} | {prec[c] - base_prec[c]:+.1f} |")
         lines.append("")
         if len(worse):
-            path = plot_flips(splits.x_val.numpy(), worse, labels, base_pred, trial_pred, splits.mean, splits.std,
+            shown = worse[:MAX_THUMBNAILS]  # only these are decoded: a streamed set is not in memory
+            path = plot_flips(splits.val.take(shown).numpy(), np.arange(len(shown)), labels[shown], base_pred[shown],
+                              trial_pred[shown], splits.mean, splits.std,
                               f"trial {row.number}: right → wrong (true: baseline→trial)", out / f"flips-trial-{row.number}.png")
             files.append(path)
             lines += [f"![flips of trial {row.number}]({path.name})", ""]

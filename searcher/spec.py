@@ -127,6 +127,10 @@ KEYS: dict[str, Key] = {
     "data.download": Key(bool, "true or false"),
     "data.calibration_size": Key(int, "an integer >= 1 (training images for int8 calibration)", lambda v: v >= 1),
     "data.val_fraction": Key((int, float), "a number in (0, 0.5]", lambda v: 0 < v <= 0.5),
+    "data.in_memory": Key((bool, str), 'true, false or "auto" (image folders: hold the decoded images in memory, or '
+                       'stream them from disk; auto: in memory up to 2 GiB)', lambda v: v in (True, False, "auto")),
+    "data.workers": Key((int, str), '"auto" or an integer >= 0 (loader processes of a streamed image folder; 0: none)',
+                        lambda v: v == "auto" or (isinstance(v, int) and v >= 0)),
     "baseline.epochs": Key(int, "an integer >= 0", lambda v: v >= 0),
     "baseline.lr": Key((int, float), "a number > 0", lambda v: v > 0),
     "baseline.batch_size": Key(int, "an integer >= 2", lambda v: v >= 2),
@@ -336,6 +340,9 @@ def load_spec(path: str | Path | None = None, overrides: dict[str, Any] | None =
     if values["study.grace_period"] <= values["study.heartbeat_interval"]:
         raise SpecError(f"spec key 'study.grace_period': must be longer than study.heartbeat_interval "
                         f"({values['study.heartbeat_interval']} s), got {values['study.grace_period']}")
+    if values["data.in_memory"] is False and values["data.name"] != "imagefolder":
+        raise SpecError(f"spec key 'data.in_memory': only an image folder streams; {values['data.name']!r} is always "
+                        'held in memory (set it to "auto" or true)')
     if values["data.name"] == "imagefolder" and "data.dir" not in values:
         raise SpecError("spec key 'data.dir' is missing: data set 'imagefolder' needs a directory with train/ and val/")
     return Spec(values, source)

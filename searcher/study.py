@@ -16,7 +16,7 @@ from edgetune.devices import create_device
 from edgetune.devices.protocol import LatencyProtocol
 from edgetune.objectives.accelerator import Accelerator, AcceleratorError, resolve
 from edgetune.objectives.baseline import get_baseline
-from edgetune.objectives.data import DataSplits, load_data
+from edgetune.objectives.data import Splits, load_data
 from edgetune.objectives.evaluate import collapsed
 from edgetune.objectives.model_files import load_pruned
 from edgetune.objectives.finetune import TrainSettings
@@ -91,9 +91,9 @@ def data_id(spec: Spec) -> dict:
     return {k: spec[k] for k in ("data.name", "data.dir", "data.image_size", "data.val_fraction")}
 
 
-def load_spec_data(spec: Spec) -> DataSplits:
+def load_spec_data(spec: Spec) -> Splits:
     return load_data(spec["data.name"], spec["data.dir"], spec["data.image_size"], spec["data.download"],
-                     spec["data.val_fraction"], seed=0)
+                     spec["data.val_fraction"], seed=0, in_memory=spec["data.in_memory"], workers=spec["data.workers"])
 
 
 def baseline_settings(spec: Spec) -> TrainSettings:
@@ -137,7 +137,7 @@ class Prepared:
         return self.space.precisions
 
 
-def _baseline_model(spec: Spec, study: optuna.Study, data: DataSplits, on_status: Callable[[str], None],
+def _baseline_model(spec: Spec, study: optuna.Study, data: Splits, on_status: Callable[[str], None],
                     on: Accelerator):
     """The study's own baseline when it has one (stored once, shared by every worker on every host),
     else the local cache or a training run."""
@@ -165,7 +165,7 @@ class _Checked:
     precisions: list[str]
     storage: optuna.storages.BaseStorage
     locks: StudyLocks
-    data: DataSplits
+    data: Splits
     groups: list[LayerGroup]
     checkpoint: tuple | None  # (model, "checkpoint") when the spec names one
     model: object  # the checkpoint's model, else the spec's model untrained: its widths are the baseline's
@@ -213,7 +213,8 @@ def _structure_facts(spec: Spec, study: optuna.Study, checked: _Checked, model, 
     attrs = study.user_attrs
     if "block_importance" not in attrs:
         on_status("baseline: ranking its blocks")
-        images, labels = checked.data.x_val[:RANKING_IMAGES], checked.data.y_val[:RANKING_IMAGES]
+        count = min(RANKING_IMAGES, len(checked.data.val))
+        images, labels = checked.data.val.take(range(count)), checked.data.y_val[:count]
         record.write_stages(study, stages, block_importance(model, stages, images, labels, on=checked.train_on))
     if "channel_multiple" not in attrs:
         record.write_channel_multiple(study, *channel_multiple(spec, checked.device.info(), checked.precisions))

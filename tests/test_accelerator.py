@@ -197,7 +197,7 @@ def test_a_trial_fine_tunes_on_the_device_and_deploys_from_the_cpu(digits, devic
     fast = LatencyProtocol(warmup_runs=2, warmup_seconds=0.0, min_runs=5, max_seconds=0.2)
     ctx = pipeline.TrialContext(baseline, small, derive_groups(baseline), create_device("cpu", threads=1, protocol=fast),
                                 collapse_margin=0.0, train_on=resolve(device, "auto"))
-    assert ctx.teacher_logits.device.type == device and ctx.train_set[0].device.type == device
+    assert ctx.teacher_logits.device.type == device and ctx.train_set.images.device.type == device
     settings = TrainSettings(1, 0.01, batch_size=64, distill=0.5)
     plan = pipeline.TrialPlan(finetune=settings)
     model = copy.deepcopy(baseline)

@@ -157,6 +157,12 @@ CASES = [
      "error: data directory {dir}/empty-images has no val/ folder (imagefolder needs train/ and val/)"),
     (["start", "--spec", S, "--study-name", "other", "--data", "imagefolder", "--data-dir", "{dir}/corrupt-images"],
      "error: image {dir}/corrupt-images/train/cat/broken.jpg cannot be read: not an image file Pillow can read"),
+    (["start", "--spec", S, "--study-name", "other", "--data", "imagefolder", "--data-dir", "{dir}/corrupt-images",
+      "--set", "data.in_memory=false", "--set", "data.workers=2"],  # streamed: read by a loader's worker process
+     "error: image {dir}/corrupt-images/train/cat/broken.jpg cannot be read: not an image file Pillow can read"),
+    (["start", "--spec", S, "--study-name", "other", "--set", "data.in_memory=false"],
+     "error: spec key 'data.in_memory': only an image folder streams; 'digits' is always held in memory "
+     '(set it to "auto" or true)'),
     # checkpoints
     (["start", "--spec", S, "--study-name", "other", "--checkpoint", "{dir}/exploit.pt"],
      "error: checkpoint {dir}/exploit.pt cannot be loaded safely (weights only): "),

@@ -23,11 +23,11 @@ def test_distillation_mixes_the_teacher_into_the_loss():
     images, labels = _data()
     model = _model()
     index = torch.arange(16)
-    plain = batch_loss(model, images, labels, index, TrainSettings(1, 0.1))
+    plain = batch_loss(model, images[index], labels[index], index, TrainSettings(1, 0.1))
     assert plain.item() == pytest.approx(F.cross_entropy(model(images[index]), labels[index]).item())
     # a teacher that agrees with the student adds no distillation loss: only (1 - w) x CE is left
     same = logits_of(model, images)
-    mixed = batch_loss(model, images, labels, index, TrainSettings(1, 0.1, distill=0.9), same)
+    mixed = batch_loss(model, images[index], labels[index], index, TrainSettings(1, 0.1, distill=0.9), same)
     assert mixed.item() == pytest.approx(0.1 * plain.item(), rel=1e-4)
 
 
