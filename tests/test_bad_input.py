@@ -157,9 +157,6 @@ CASES = [
      "error: data directory {dir}/empty-images has no val/ folder (imagefolder needs train/ and val/)"),
     (["start", "--spec", S, "--study-name", "other", "--data", "imagefolder", "--data-dir", "{dir}/corrupt-images"],
      "error: image {dir}/corrupt-images/train/cat/broken.jpg cannot be read: not an image file Pillow can read"),
-    (["start", "--spec", S, "--study-name", "other", "--data", "imagefolder", "--data-dir", "{dir}/corrupt-images",
-      "--set", "data.in_memory=false", "--set", "data.workers=2"],  # streamed: read by a loader's worker process
-     "error: image {dir}/corrupt-images/train/cat/broken.jpg cannot be read: not an image file Pillow can read"),
     (["start", "--spec", S, "--study-name", "other", "--set", "data.in_memory=false"],
      "error: spec key 'data.in_memory': only an image folder streams; 'digits' is always held in memory "
      '(set it to "auto" or true)'),
@@ -293,6 +290,22 @@ def test_the_installed_command_prints_only_the_line(tmp_path, args, message):
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == message
     assert "Traceback" not in result.stdout
+
+
+def test_an_image_a_loader_worker_cannot_read_is_one_line(stored):
+    """Streamed: the image is read in a DataLoader worker process. Run as its own process, as a user runs
+    it: in this test process, after the tiny study, a worker's failure once left the heap corrupt and
+    pytest crashed in a later garbage collection (not reproduced in a fresh process; see the notes)."""
+    args = ["start", "--spec", str(stored / "tiny.toml"), "--study-name", "other", "--data", "imagefolder",
+            "--data-dir", str(stored / "corrupt-images"), "--set", "data.in_memory=false", "--set", "data.workers=2"]
+    before = _snapshot(stored)
+    env = {k: v for k, v in os.environ.items() if k not in ("EDGETUNE_AGENT_TOKEN", "EDGETUNE_STORAGE")}
+    result = subprocess.run([sys.executable, "-m", "edgetune.searcher.cli", *args], capture_output=True, text=True,
+                            cwd=stored, timeout=300, env={**env, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (f"error: image {stored}/corrupt-images/train/cat/broken.jpg cannot be read: "
+                                     "not an image file Pillow can read")
+    assert _snapshot(stored) == before
 
 
 @pytest.mark.slow
