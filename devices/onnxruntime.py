@@ -212,17 +212,9 @@ class OnnxRuntimeDevice(Device):
         )
 
     def deploy(self, model, example_input, plan: PrecisionPlan = PrecisionPlan()) -> OnnxRuntimeDeployment:
-        from .onnx_export import export_onnx, onnx_scope  # torch: only where a model is exported, not on an agent
+        from .onnx_export import export_and_deploy  # torch: only where a model is exported, not on an agent
 
-        self.check_plan(plan)
-        workdir = Path(tempfile.mkdtemp(prefix="export-", dir=self._workdir))
-        try:
-            onnx_path = export_onnx(model, example_input, workdir / "model.onnx")
-            scopes = {name: onnx_scope(model, name) for name, _ in model.named_modules() if name}
-            return self.deploy_onnx(onnx_path, tuple(example_input.shape[1:]), plan,
-                                    [scopes[m] for m in plan.int8_modules], scopes)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+        return export_and_deploy(self, model, example_input, plan, self._workdir)
 
     def deploy_onnx(self, onnx_path: Path, input_shape: tuple[int, ...], plan: PrecisionPlan,
                     int8_prefixes: list[str], scopes: dict[str, str] | None = None) -> OnnxRuntimeDeployment:

@@ -27,7 +27,7 @@ from . import memory_probe
 from .base import Deployment, Device, DeviceInfo, DeviceUnavailable, PrecisionPlan, count_layers_under
 from .energy import EnergyCounter, host_cpu_counter
 from .host import channel_block, pinned_note, runs_bf16
-from .onnx_export import export_onnx, onnx_scope
+from .onnx_export import export_and_deploy
 from .protocol import LatencyProtocol
 
 #: Layer types counted when reading back what really runs.
@@ -297,15 +297,7 @@ class OpenVINODevice(Device):
         return channel_block() if kind == "CPU" else 16
 
     def deploy(self, model, example_input, plan: PrecisionPlan = PrecisionPlan()) -> OpenVINODeployment:
-        self.check_plan(plan)
-        workdir = Path(tempfile.mkdtemp(prefix="deploy-", dir=self._workdir))
-        onnx_path = export_onnx(model, example_input, workdir / "model.onnx")
-        scopes = {name: onnx_scope(model, name) for name, m in model.named_modules() if name}
-        prefixes = [scopes[m] for m in plan.int8_modules]
-        try:
-            return self.deploy_onnx(onnx_path, tuple(example_input.shape[1:]), plan, prefixes, scopes)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+        return export_and_deploy(self, model, example_input, plan, self._workdir)
 
     def deploy_onnx(self, onnx_path: Path, input_shape: tuple[int, ...], plan: PrecisionPlan,
                     int8_prefixes: list[str], scopes: dict[str, str] | None = None) -> OpenVINODeployment:
