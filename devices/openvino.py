@@ -206,18 +206,30 @@ def _tensor(x: np.ndarray):
 CALIBRATION_BATCH = 32
 
 
+@contextlib.contextmanager
+def _logger_level(name: str, level: int):
+    """The logger at ``level`` for the block only: a library call leaves the process's logging as it was."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 def quantize_int8(ov_model, int8_prefixes: list[str], calibration: np.ndarray):
     """NNCF post-training int8 of the nodes under ``int8_prefixes``; everything else stays float."""
     import nncf
 
-    logging.getLogger("nncf").setLevel(logging.ERROR)
     keep_float = "(?!" + "|".join(re.escape(p) for p in int8_prefixes) + ").*"
     # Statistics on batches of 32, not single images: 0.75x the time at the same Top-1
     # (bench/int8_calibration.py), where the model's batch axis is dynamic (ours always is).
     calibration = calibration.astype(np.float32)
     step = CALIBRATION_BATCH if ov_model.input(0).get_partial_shape()[0].is_dynamic else 1
     batches = [calibration[i:i + step] for i in range(0, len(calibration), step)]
-    with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws its own progress bars
+    # NNCF draws its own progress bars, and its import sets its logger to INFO: both quiet for this call only
+    with contextlib.redirect_stdout(io.StringIO()), _logger_level("nncf", logging.ERROR):
         return nncf.quantize(ov_model, nncf.Dataset(batches), subset_size=len(batches),
                              preset=nncf.QuantizationPreset.PERFORMANCE,
                              ignored_scope=nncf.IgnoredScope(patterns=[keep_float], validate=False))
