@@ -6,7 +6,6 @@ an NNCF ignored scope (OpenVINO adapter), the int8 prefixes sent to a device age
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from pathlib import Path
 
 import torch
@@ -86,13 +85,3 @@ def module_scopes(model: nn.Module) -> dict[str, str]:
     """Every named module's path -> its node-name prefix (:func:`onnx_scope`), for ``precision_of``."""
     return {name: onnx_scope(model, name) for name, _ in model.named_modules() if name}
 
-
-def export_and_deploy(device, model: nn.Module, example_input: torch.Tensor, plan, scratch: Path):
-    """``deploy`` for a device that loads ONNX files (``device.deploy_onnx``): the plan checked, the model
-    exported into a folder under ``scratch`` (removed after), its int8 modules sent as node-name prefixes."""
-    device.check_plan(plan)
-    with tempfile.TemporaryDirectory(prefix="export-", dir=scratch, ignore_cleanup_errors=True) as workdir:
-        onnx_path = export_onnx(model, example_input, Path(workdir) / "model.onnx")
-        scopes = module_scopes(model)
-        return device.deploy_onnx(onnx_path, tuple(example_input.shape[1:]), plan,
-                                  [scopes[m] for m in plan.int8_modules], scopes)
