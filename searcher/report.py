@@ -38,7 +38,7 @@ SAMPLE = 1000
 @dataclass
 class ReportData:
     study: optuna.Study
-    trials: list[bulk.TrialRecord]  # complete ones, by number, with the user attributes of report_user_attrs
+    trials: list[bulk.StoredTrial]  # complete ones, by number, with the user attributes of report_user_attrs
     targets: list[str]
     baseline: dict
     front: list[pareto.FrontRow]
