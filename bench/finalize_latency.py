@@ -26,7 +26,6 @@ def main() -> None:
     import optuna
 
     from edgetune.searcher import record
-    from edgetune.searcher.finalize import FINALIZED_FROM
     from edgetune.searcher.storage import load_study
 
     parser = make_parser(__doc__)
@@ -40,8 +39,8 @@ def main() -> None:
     study = load_study(args.storage, args.study)
     store = record.artifacts_dir(study, args.artifacts)
     trials = {t.number: t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE}
-    pairs = [(trials[t.user_attrs[FINALIZED_FROM]], t) for t in trials.values()
-             if FINALIZED_FROM in t.user_attrs and t.user_attrs[FINALIZED_FROM] in trials]
+    pairs = [(trials[t.user_attrs["finalized_from"]], t) for t in trials.values()
+             if t.user_attrs.get("finalized_from") in trials]
     if not pairs:
         raise SystemExit(f"study {study.study_name}: no finalized trial with a complete original (run tune finalize)")
     device = create_device("openvino:CPU")

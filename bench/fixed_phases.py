@@ -26,9 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetune.objectives.trial_record import PHASES
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES = 64
-ORDER = ("prune", "speedup", "screen", "fine_tune", "deploy", "evaluate", "measure", "memory", "store")
+
+
+def _in_order(phases) -> list[str]:
+    """In the order trials run them (trial_record.PHASES); one REF recorded that this tree does not, last."""
+    return sorted(phases, key=lambda p: PHASES.index(p) if p in PHASES else len(PHASES))
 
 
 def run_trials(trials: int, overrides: list[str], profile: str | None) -> dict[str, list[float]]:
@@ -105,7 +111,7 @@ def against(ref: str, rounds: int, trials: int, overrides: list[str]) -> None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
     old, new = found[ref], found["this tree"]
     print(f"| phase | {ref} mean s | this tree mean s | ratio | spread of the round means (this tree) |\n|---|---|---|---|---|")
-    for phase in sorted(set(old) | set(new), key=ORDER.index):
+    for phase in _in_order(set(old) | set(new)):
         a, b = (float(np.mean(d.get(phase, [0.0]))) for d in (old, new))
         rounds_b = [float(np.mean(chunk)) for chunk in np.array_split(new.get(phase, [0.0]), rounds)]
         print(f"| {phase} | {a:.3f} | {b:.3f} | {b / a if a else float('nan'):.2f} | {min(rounds_b):.3f}-{max(rounds_b):.3f} |")
@@ -130,7 +136,7 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(seconds))
     print("| phase | mean s | trials |\n|---|---|---|")
-    for phase in sorted(seconds, key=ORDER.index):
+    for phase in _in_order(seconds):
         print(f"| {phase} | {np.mean(seconds[phase]):.3f} | {len(seconds[phase])} |")
 
 

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import abc
 import collections
+import contextlib
 import platform
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
@@ -297,3 +299,39 @@ class Device(abc.ABC):
                                   "use search.quantization = \"qat\" or \"ptq\"")
         elif plan.int8_modules and plan.calibration is None:
             raise DeviceError("an int8 plan needs calibration images")
+
+
+class OnnxDevice(Device):
+    """A device whose runtime loads ONNX files (OpenVINO, ONNX Runtime): :meth:`deploy` exports the model
+    with module paths in node names (devices/onnx_export.py) and hands the file to :meth:`deploy_onnx`,
+    which the device agent calls with a file it received. ``_workdir``: the device's scratch folder."""
+
+    _workdir: Path
+
+    def deploy(self, model: torch.nn.Module, example_input: torch.Tensor, plan: PrecisionPlan = PrecisionPlan()) -> Deployment:
+        from .onnx_export import export_onnx, module_scopes  # torch: only where a model is exported, not on an agent
+
+        self.check_plan(plan)
+        with tempfile.TemporaryDirectory(prefix="export-", dir=self._workdir, ignore_cleanup_errors=True) as tmp:
+            onnx_path = export_onnx(model, example_input, Path(tmp) / "model.onnx")
+            scopes = module_scopes(model)
+            return self.deploy_onnx(onnx_path, tuple(example_input.shape[1:]), plan,
+                                    [scopes[m] for m in plan.int8_modules], scopes)
+
+    @abc.abstractmethod
+    def deploy_onnx(self, onnx_path: Path, input_shape: tuple[int, ...], plan: PrecisionPlan,
+                    int8_prefixes: list[str], scopes: dict[str, str] | None = None) -> Deployment:
+        """Deploy an ONNX file; ``int8_prefixes``: node-name prefixes to quantize (the rest stays float);
+        ``scopes``: module path -> node-name prefix, for ``precision_of`` (none from an agent's client)."""
+
+    @contextlib.contextmanager
+    def _deploy_folder(self, plan: PrecisionPlan, int8_prefixes: list[str]):
+        """A new folder for one deployment, the plan checked with its int8 prefixes; removed if the block
+        fails (else the deployment made in it owns it)."""
+        self.check_plan(replace(plan, int8_modules=tuple(int8_prefixes)))
+        workdir = Path(tempfile.mkdtemp(prefix="deploy-", dir=self._workdir))
+        try:
+            yield workdir
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise

@@ -79,3 +79,8 @@ def onnx_scope(model: nn.Module, module_path: str) -> str:
         names.append(".".join(parts[anchor : i + 1]))
         module = getattr(module, part) if not part.isdigit() else module[int(part)]
     return "/" + "/".join(names) + "/"
+
+
+def module_scopes(model: nn.Module) -> dict[str, str]:
+    """Every named module's path -> its node-name prefix (:func:`onnx_scope`), for ``precision_of``."""
+    return {name: onnx_scope(model, name) for name, _ in model.named_modules() if name}

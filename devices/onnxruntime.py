@@ -22,14 +22,13 @@ import collections
 import os
 import shutil
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from . import memory_probe
-from .base import (Device, DeviceError, DeviceInfo, DeviceUnavailable, FileDeployment, PrecisionPlan, count_layers_under,
-                   cpu_name)
+from .base import (DeviceError, DeviceInfo, DeviceUnavailable, FileDeployment, OnnxDevice, PrecisionPlan,
+                   count_layers_under, cpu_name)
 from .host import channel_block
 from .onnx_qdq import complete_for_onnxruntime
 from .protocol import LatencyProtocol
@@ -175,7 +174,7 @@ def quantize_static_int8(source: Path, target: Path, int8_prefixes: list[str], c
     return target
 
 
-class OnnxRuntimeDevice(Device):
+class OnnxRuntimeDevice(OnnxDevice):
     """``onnxruntime:CPU``: ONNX Runtime's CPU execution provider, f32 and int8, synchronous inference."""
 
     runs_model_int8_scales = True  # QuantizeLinear/DequantizeLinear pairs are ONNX Runtime's own int8 format
@@ -211,26 +210,10 @@ class OnnxRuntimeDevice(Device):
             measures_memory=memory_probe.supported(),
         )
 
-    def deploy(self, model, example_input, plan: PrecisionPlan = PrecisionPlan()) -> OnnxRuntimeDeployment:
-        from .onnx_export import export_onnx, onnx_scope  # torch: only where a model is exported, not on an agent
-
-        self.check_plan(plan)
-        workdir = Path(tempfile.mkdtemp(prefix="export-", dir=self._workdir))
-        try:
-            onnx_path = export_onnx(model, example_input, workdir / "model.onnx")
-            scopes = {name: onnx_scope(model, name) for name, _ in model.named_modules() if name}
-            return self.deploy_onnx(onnx_path, tuple(example_input.shape[1:]), plan,
-                                    [scopes[m] for m in plan.int8_modules], scopes)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-
     def deploy_onnx(self, onnx_path: Path, input_shape: tuple[int, ...], plan: PrecisionPlan,
                     int8_prefixes: list[str], scopes: dict[str, str] | None = None) -> OnnxRuntimeDeployment:
-        """Deploy an ONNX file; ``int8_prefixes``: node-name prefixes to quantize (the rest stays float)."""
-        self.check_plan(replace(plan, int8_modules=tuple(int8_prefixes)))
-        workdir = Path(tempfile.mkdtemp(prefix="deploy-", dir=self._workdir))
-        path = workdir / "model.onnx"
-        try:
+        with self._deploy_folder(plan, int8_prefixes) as workdir:
+            path = workdir / "model.onnx"
             if int8_prefixes and plan.int8_scales == "calibrate":  # else the graph's own Q/DQ ops make it int8
                 _session(onnx_path, 1)  # a model it cannot load is one line, not the quantiser's traceback
                 try:
@@ -243,6 +226,3 @@ class OnnxRuntimeDevice(Device):
             else:
                 shutil.copyfile(onnx_path, path)
             return OnnxRuntimeDeployment(path, self, tuple(input_shape), scopes or {})
-        except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise

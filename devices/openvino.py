@@ -18,16 +18,14 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from . import memory_probe
-from .base import Deployment, Device, DeviceInfo, DeviceUnavailable, PrecisionPlan, count_layers_under
+from .base import Deployment, DeviceInfo, DeviceUnavailable, OnnxDevice, PrecisionPlan, count_layers_under
 from .energy import EnergyCounter, host_cpu_counter
 from .host import channel_block, pinned_note, runs_bf16
-from .onnx_export import export_onnx, onnx_scope
 from .protocol import LatencyProtocol
 
 #: Layer types counted when reading back what really runs.
@@ -206,24 +204,36 @@ def _tensor(x: np.ndarray):
 CALIBRATION_BATCH = 32
 
 
+@contextlib.contextmanager
+def _logger_level(name: str, level: int):
+    """The logger at ``level`` for the block only: a library call leaves the process's logging as it was."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 def quantize_int8(ov_model, int8_prefixes: list[str], calibration: np.ndarray):
     """NNCF post-training int8 of the nodes under ``int8_prefixes``; everything else stays float."""
     import nncf
 
-    logging.getLogger("nncf").setLevel(logging.ERROR)
     keep_float = "(?!" + "|".join(re.escape(p) for p in int8_prefixes) + ").*"
     # Statistics on batches of 32, not single images: 0.75x the time at the same Top-1
     # (bench/int8_calibration.py), where the model's batch axis is dynamic (ours always is).
     calibration = calibration.astype(np.float32)
     step = CALIBRATION_BATCH if ov_model.input(0).get_partial_shape()[0].is_dynamic else 1
     batches = [calibration[i:i + step] for i in range(0, len(calibration), step)]
-    with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws its own progress bars
+    # NNCF draws its own progress bars, and its import sets its logger to INFO: both quiet for this call only
+    with contextlib.redirect_stdout(io.StringIO()), _logger_level("nncf", logging.ERROR):
         return nncf.quantize(ov_model, nncf.Dataset(batches), subset_size=len(batches),
                              preset=nncf.QuantizationPreset.PERFORMANCE,
                              ignored_scope=nncf.IgnoredScope(patterns=[keep_float], validate=False))
 
 
-class OpenVINODevice(Device):
+class OpenVINODevice(OnnxDevice):
     """``openvino:CPU``, ``openvino:GPU``, ``openvino:NPU``: synchronous latency-mode inference."""
 
     runs_model_int8_scales = True  # its ONNX frontend reads QuantizeLinear/DequantizeLinear as int8
@@ -296,32 +306,19 @@ class OpenVINODevice(Device):
         # measured it at f32 and int8). Intel GPUs and NPUs work in SIMD16 lanes.
         return channel_block() if kind == "CPU" else 16
 
-    def deploy(self, model, example_input, plan: PrecisionPlan = PrecisionPlan()) -> OpenVINODeployment:
-        self.check_plan(plan)
-        workdir = Path(tempfile.mkdtemp(prefix="deploy-", dir=self._workdir))
-        onnx_path = export_onnx(model, example_input, workdir / "model.onnx")
-        scopes = {name: onnx_scope(model, name) for name, m in model.named_modules() if name}
-        prefixes = [scopes[m] for m in plan.int8_modules]
-        try:
-            return self.deploy_onnx(onnx_path, tuple(example_input.shape[1:]), plan, prefixes, scopes)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-
     def deploy_onnx(self, onnx_path: Path, input_shape: tuple[int, ...], plan: PrecisionPlan,
                     int8_prefixes: list[str], scopes: dict[str, str] | None = None) -> OpenVINODeployment:
-        """Deploy an ONNX file; ``int8_prefixes`` are node-name prefixes to quantize (the rest stays float)."""
         import openvino as ov
 
-        self.check_plan(replace(plan, int8_modules=tuple(int8_prefixes)))
-        workdir = Path(tempfile.mkdtemp(prefix="deploy-", dir=self._workdir))
-        if plan.int8_scales == "model":
-            # The converter, unlike read_model, stores the weights' own Q/DQ as int8 constants (OpenVINO's
-            # CompressQuantizeWeights): the file a quarter of f32's, as NNCF's; the graph and names the same.
-            ov_model = ov.convert_model(str(onnx_path))
-        else:
-            ov_model = self.core.read_model(str(onnx_path))
-        if int8_prefixes and plan.int8_scales == "calibrate":  # else the graph's own Q/DQ ops make it int8
-            ov_model = quantize_int8(ov_model, int8_prefixes, plan.calibration)
-        xml = workdir / "model.xml"
-        ov.save_model(ov_model, str(xml), compress_to_fp16=False)  # f32 weights stay f32 on disk
-        return OpenVINODeployment(xml, self, tuple(input_shape), plan.float_precision, scopes or {})
+        with self._deploy_folder(plan, int8_prefixes) as workdir:
+            if plan.int8_scales == "model":
+                # The converter, unlike read_model, stores the weights' own Q/DQ as int8 constants (OpenVINO's
+                # CompressQuantizeWeights): the file a quarter of f32's, as NNCF's; the graph and names the same.
+                ov_model = ov.convert_model(str(onnx_path))
+            else:
+                ov_model = self.core.read_model(str(onnx_path))
+            if int8_prefixes and plan.int8_scales == "calibrate":  # else the graph's own Q/DQ ops make it int8
+                ov_model = quantize_int8(ov_model, int8_prefixes, plan.calibration)
+            xml = workdir / "model.xml"
+            ov.save_model(ov_model, str(xml), compress_to_fp16=False)  # f32 weights stay f32 on disk
+            return OpenVINODeployment(xml, self, tuple(input_shape), plan.float_precision, scopes or {})

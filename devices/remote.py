@@ -150,10 +150,10 @@ class RemoteDevice(Device):
         return self._info
 
     def deploy(self, model, example_input, plan: PrecisionPlan = PrecisionPlan()) -> RemoteDeployment:
-        from .onnx_export import export_onnx, onnx_scope  # torch: not on an agent's board, which imports this module
+        from .onnx_export import export_onnx, module_scopes  # torch: not on an agent's board, which imports this module
 
         self.check_plan(plan)
-        scopes = {name: onnx_scope(model, name) for name, _ in model.named_modules() if name}
+        scopes = module_scopes(model)
         calibration = self._client.array(plan.calibration) if plan.int8_modules else None
         with tempfile.TemporaryDirectory() as tmp:
             data = export_onnx(model, example_input, Path(tmp) / "model.onnx").read_bytes()

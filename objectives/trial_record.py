@@ -5,7 +5,8 @@ The record is built in steps: :mod:`objectives.pipeline` measures the deployed m
 trial realized; :mod:`searcher.trial` adds the store's time, the artifact and the failure of a trial
 that did not complete; the worker adds ``worker``. The study's baseline is recorded under the same
 names (the measurement's fields, ``artifact_id``, ``artifact_sha256``, the further devices' ones),
-prefixed ``baseline_`` (:mod:`searcher.record`; the study's own ``baseline_source`` shares the prefix).
+prefixed ``baseline_`` (:mod:`searcher.record`; the study's own ``baseline_source`` shares the prefix but is
+not part of the record: ``record.baseline`` leaves it out, ``record.baseline_source`` reads it).
 
 ``total=False``: a record in the making type-checks, a key outside the contract does not. ``Always[T]``
 marks the fields every complete trial has (:data:`ALWAYS`); the comment says when the others are there.

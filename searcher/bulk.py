@@ -93,7 +93,7 @@ def stored_study(engine: Engine, name: str) -> StoredStudy:
 
 
 @dataclass
-class TrialRecord:
+class StoredTrial:
     """The fields of a ``FrozenTrial`` the report and the front read, under the same names."""
 
     number: int
@@ -136,7 +136,7 @@ def _rdb_source(study) -> tuple[Engine, int] | None:
     return (storage.engine, storage.get_study_id_from_name(study.study_name)) if storage is not None else None
 
 
-def read_trials(study: optuna.Study, user_attrs: Collection[str] | None = None) -> list[TrialRecord]:
+def read_trials(study: optuna.Study, user_attrs: Collection[str] | None = None) -> list[StoredTrial]:
     """Every trial of the study, by number: number, state, values, parameters (with their
     distributions), constraints, and the user attributes named in ``user_attrs`` (all of them when
     None; a storage read through ``study.get_trials()`` keeps all of them anyway, ``all_user_attrs``
@@ -149,13 +149,13 @@ def read_trials(study: optuna.Study, user_attrs: Collection[str] | None = None) 
         return _read_rdb(*source, user_attrs)
 
 
-def _read_rdb(engine: Engine, study_id: int, user_attrs: Collection[str] | None) -> list[TrialRecord]:
+def _read_rdb(engine: Engine, study_id: int, user_attrs: Collection[str] | None) -> list[StoredTrial]:
     of_study = select(_trials.c.trial_id).where(_trials.c.study_id == study_id).scalar_subquery()
     with engine.connect() as connection:
         def rows(query):  # fetchall: row by row through SQLAlchemy costs twice as much
             return connection.execute(query).fetchall()
 
-        records = {trial_id: TrialRecord(number, TrialState[state], None, trial_id=trial_id,
+        records = {trial_id: StoredTrial(number, TrialState[state], None, trial_id=trial_id,
                                          all_user_attrs=user_attrs is None)
                    for trial_id, number, state in rows(select(_trials.c.trial_id, _trials.c.number, _trials.c.state)
                                                        .where(_trials.c.study_id == study_id))}
@@ -201,7 +201,7 @@ def _read_rdb(engine: Engine, study_id: int, user_attrs: Collection[str] | None)
 def with_all_user_attrs(study: optuna.Study, trials: Iterable) -> list:
     """The same trials, each with every user attribute (one query per 900 of those read with only some)."""
     trials = list(trials)
-    partial = {t.trial_id: t for t in trials if isinstance(t, TrialRecord) and not t.all_user_attrs}
+    partial = {t.trial_id: t for t in trials if isinstance(t, StoredTrial) and not t.all_user_attrs}
     if not partial:
         return trials
     with gc_paused(), _rdb_source(study)[0].connect() as connection:
@@ -211,7 +211,7 @@ def with_all_user_attrs(study: optuna.Study, trials: Iterable) -> list:
         attrs = _user_attrs_by_trial(found)
         full = {trial_id: replace(t, user_attrs=attrs.get(trial_id, {}), all_user_attrs=True)
                 for trial_id, t in partial.items()}
-    return [full.get(t.trial_id, t) if isinstance(t, TrialRecord) else t for t in trials]
+    return [full.get(t.trial_id, t) if isinstance(t, StoredTrial) else t for t in trials]
 
 
 _USER_ATTR_COLUMNS = (_user_attrs.c.trial_id, _user_attrs.c.key, _user_attrs.c.value_json)
@@ -246,7 +246,7 @@ def _chunks(items: list) -> Iterator[list]:
         yield items[start:start + CHUNK]
 
 
-def _from_frozen(trial: FrozenTrial) -> TrialRecord:
+def _from_frozen(trial: FrozenTrial) -> StoredTrial:
     # already in memory: every user attribute is kept (filtering them would save nothing)
-    return TrialRecord(trial.number, trial.state, trial.values, trial.params, trial.distributions, trial.user_attrs,
+    return StoredTrial(trial.number, trial.state, trial.values, trial.params, trial.distributions, trial.user_attrs,
                        trial.constraints, trial_id(trial))

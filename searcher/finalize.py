@@ -21,6 +21,7 @@ from edgetune.objectives.errors import first_line
 from edgetune.objectives.model_files import load_pruned
 from edgetune.objectives.finetune import TrainSettings
 from edgetune.objectives.pipeline import TrialPlan, PhaseClock, device_plan_for, fine_tune_and_measure
+from edgetune.objectives.trial_record import TrialRecord
 
 from .artifacts import fetch
 from .pareto import front
@@ -28,7 +29,7 @@ from .trial import Objective, TrialResult
 from .spec import SpecError
 from .study import Prepared
 
-FINALIZED_FROM = "finalized_from"
+INTERRUPTED = "interrupted: finalize was stopped"
 
 
 def originals(study: optuna.Study, numbers: list[int] | None, every: list[FrozenTrial] | None = None) -> list[FrozenTrial]:
@@ -47,11 +48,12 @@ def originals(study: optuna.Study, numbers: list[int] | None, every: list[Frozen
             chosen.append(trial)
     else:
         chosen = [trials[row.number] for row in front(study, every)]
-    return [t for t in chosen if FINALIZED_FROM not in t.user_attrs]
+    return [t for t in chosen if "finalized_from" not in t.user_attrs]
 
 
 def already_finalized(every: list[FrozenTrial]) -> set[int]:
-    return {t.user_attrs[FINALIZED_FROM] for t in every if t.state == TrialState.COMPLETE and FINALIZED_FROM in t.user_attrs}
+    return {t.user_attrs["finalized_from"] for t in every
+            if t.state == TrialState.COMPLETE and "finalized_from" in t.user_attrs}
 
 
 def _plan_of(original: FrozenTrial, epochs: int, spec, quantization: str) -> TrialPlan:
@@ -84,7 +86,7 @@ def finalize(prepared: Prepared, spec, epochs: int, numbers: list[int] | None = 
             on_done(count)
             continue
         plan = _plan_of(original, epochs, spec, prepared.space.quantization)
-        study.enqueue_trial(original.params, user_attrs={FINALIZED_FROM: original.number})
+        study.enqueue_trial(original.params, user_attrs=TrialRecord(finalized_from=original.number))
         trial = study.ask()
         objective.plan(trial)  # records the original's parameters (enqueued) with their distributions
         try:
@@ -100,11 +102,11 @@ def finalize(prepared: Prepared, spec, epochs: int, numbers: list[int] | None = 
                 outcome.attributes["seeded"] = original.user_attrs["seeded"]
             result = objective.result_of(trial, outcome, objective.latency_limit_ms())
         except KeyboardInterrupt:
-            trial.set_user_attr("failure", "interrupted: finalize was stopped")
+            objective.record(trial, TrialResult(TrialState.FAIL, attributes=TrialRecord(failure=INTERRUPTED)))
             study.tell(trial, state=TrialState.FAIL)
             raise
         except Exception as error:  # noqa: BLE001 - recorded on the trial; the next one goes on
-            result = TrialResult(TrialState.FAIL, attributes={"failure": first_line(error, typed=True)})
+            result = TrialResult(TrialState.FAIL, attributes=TrialRecord(failure=first_line(error, typed=True)))
         objective.record(trial, result)
         study.tell(trial, result.values if result.state == TrialState.COMPLETE else None, state=result.state)
         objective.discard(result)

@@ -32,7 +32,7 @@ def front(study: optuna.Study, trials: list | None = None) -> list[FrontRow]:
     """The feasible non-dominated complete trials, sorted by the first target; identical points are all
     kept (as Optuna's ``best_trials``), and a point the baseline dominates is left off.
 
-    ``trials``: the study's trials, already read (``FrozenTrial`` or :class:`searcher.bulk.TrialRecord`,
+    ``trials``: the study's trials, already read (``FrozenTrial`` or :class:`searcher.bulk.StoredTrial`,
     with at least the attributes of :func:`front_user_attrs`); by default read in bulk. The rows carry
     every user attribute of their trials."""
     import moocore

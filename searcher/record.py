@@ -17,11 +17,18 @@ if TYPE_CHECKING:
     from edgetune.objectives.groups import LayerGroup
 
 BASELINE = "baseline_"
+#: where the baseline came from: the study's own attribute, which shares the baseline record's prefix
+BASELINE_SOURCE = "baseline_source"
 
 
 def baseline(study: optuna.Study) -> dict:
     """The baseline's record, under the names a trial uses (``latency_ms``, ``top1``, ...)."""
-    return {k[len(BASELINE):]: v for k, v in study.user_attrs.items() if k.startswith(BASELINE)}
+    return {k[len(BASELINE):]: v for k, v in study.user_attrs.items() if k.startswith(BASELINE) and k != BASELINE_SOURCE}
+
+
+def baseline_source(study: optuna.Study) -> str | None:
+    """Where the baseline came from (a checkpoint, a cached or fresh training run, the study's artifact)."""
+    return study.user_attrs.get(BASELINE_SOURCE)
 
 
 def has_baseline(study: optuna.Study) -> bool:
@@ -39,7 +46,7 @@ def write_bootstrap(study: optuna.Study, groups: list[LayerGroup], described: li
     """The layer groups (with their parameter and FLOP shares), where the baseline came from, the data set."""
     study.set_user_attr("groups", [g.to_dict() for g in groups])
     study.set_user_attr("groups_described", [{k: v for k, v in d.items() if k != "layers"} for d in described])
-    study.set_user_attr("baseline_source", source)
+    study.set_user_attr(BASELINE_SOURCE, source)
     study.set_user_attr("data", {"name": data.name, "classes": data.classes, "mean": list(data.mean),
                                  "std": list(data.std), "input_shape": list(data.image_shape)})
 

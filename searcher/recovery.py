@@ -19,11 +19,15 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from edgetune.objectives.trial_record import TrialRecord
+
 from . import optuna_internals as internals
 from .retry import STORAGE_ERRORS, Retry
 from .storage import StorageError
 
 INTERRUPTED = "interrupted: the worker was stopped (Ctrl-C or SIGTERM) during the trial"
+#: what an interrupted trial records, written in this order: ``interrupted`` alone keeps it off the budget
+INTERRUPTED_RECORD = TrialRecord(interrupted=True, failure=INTERRUPTED)
 #: how long a stopping worker tries to fail its trial; after that the trial is left to the heartbeat checks
 INTERRUPT_PATIENCE_S = 5.0
 
@@ -82,8 +86,8 @@ def fail_interrupted(study: optuna.Study, trial_id: int, number: int, retry: Ret
 
     def fail():
         before = storage.get_trial(trial_id)
-        storage.set_trial_user_attr(trial_id, "interrupted", True)  # first: alone, it keeps the trial off the budget
-        storage.set_trial_user_attr(trial_id, "failure", INTERRUPTED)
+        for key, value in INTERRUPTED_RECORD.items():
+            storage.set_trial_user_attr(trial_id, key, value)
         study.tell(number, state=TrialState.FAIL)
         _requeue_if_enqueued(study, before)
 
@@ -103,7 +107,7 @@ def _requeue_if_enqueued(study: optuna.Study, trial: FrozenTrial) -> None:
     its parameters and attributes: the sampler, which gets a sampled trial's slot back, would not run it."""
     fixed = internals.enqueued_params(trial)
     if fixed:
-        attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("interrupted", "failure")}
+        attrs = {k: v for k, v in trial.user_attrs.items() if k not in INTERRUPTED_RECORD}
         study.enqueue_trial(fixed, user_attrs=attrs)
 
 

@@ -38,7 +38,7 @@ SAMPLE = 1000
 @dataclass
 class ReportData:
     study: optuna.Study
-    trials: list[bulk.TrialRecord]  # complete ones, by number, with the user attributes of report_user_attrs
+    trials: list[bulk.StoredTrial]  # complete ones, by number, with the user attributes of report_user_attrs
     targets: list[str]
     baseline: dict
     front: list[pareto.FrontRow]
@@ -262,7 +262,7 @@ def measured_markdown(data: ReportData) -> list[str]:
     spec, info, device = record.spec_values(data.study), record.data_info(data.study), data.baseline.get("device") or {}
     lines = []
     if spec.get("model.name"):
-        source = data.study.user_attrs.get("baseline_source")
+        source = record.baseline_source(data.study)
         params = data.baseline.get("params")
         lines.append(f"- Model: {spec['model.name']}" + (f", {params:,} parameters" if params else "")
                      + (f" (baseline: {source})" if source else ""))

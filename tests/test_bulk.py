@@ -77,7 +77,7 @@ def _check_same_as_optuna(study: optuna.Study, by_sql: bool = True) -> None:
         # the user attributes in Optuna's order too (the interactive plot shows them in it): key order on
         # SQLite; on PostgreSQL Optuna's order follows the query plan (see bulk._user_attrs_by_trial)
         assert [list(r.user_attrs) for r in every] == [list(t.user_attrs) for t in expected]
-    assert all(isinstance(r, bulk.TrialRecord) and r.all_user_attrs for r in every)
+    assert all(isinstance(r, bulk.StoredTrial) and r.all_user_attrs for r in every)
     some = bulk.read_trials(study, {"latency_ms", "top1", "seconds", "no such attribute"})
     for record, trial in zip(some, expected):
         wanted = {k: v for k, v in trial.user_attrs.items() if k in ("latency_ms", "top1", "seconds")}
@@ -211,7 +211,7 @@ def test_hypervolume_history_is_the_one_by_one_computation(targets):
     for number in range(1500):
         attrs = {"latency_ms": float(rng.uniform(0.5, 2.5)), "top1": float(99 - rng.exponential(3)),
                  "size_bytes": float(rng.integers(1000, 9000))}
-        trials.append(bulk.TrialRecord(number, TrialState.COMPLETE, None, user_attrs=attrs))
+        trials.append(bulk.StoredTrial(number, TrialState.COMPLETE, None, user_attrs=attrs))
     baseline = {"latency_ms": 2.0, "top1": 98.0, "size_bytes": 8000}
     data = report.ReportData(None, trials, targets, baseline, [], {})
     history = report.hypervolume_history(data)

@@ -30,6 +30,7 @@ def test_export_round_trip_outside_edgetune(tiny_study, tmp_path, digits):
     assert manifest["metrics"]["top1"] == trial.user_attrs["top1"] and manifest["params"] == trial.params
     assert {"deployed/model.xml", "deployed/model.bin", "model.onnx", "weights.safetensors"} <= set(manifest["files"])
     assert manifest["libraries"]["openvino"] and manifest["device"]["name"] == "openvino:CPU"
+    assert manifest["baseline"]["source"] == study.user_attrs["baseline_source"]  # where the baseline came from
     assert verify(folder) == []
 
     images, labels = digits.x_val.numpy(), digits.y_val.numpy()

@@ -62,3 +62,37 @@ def test_importing_every_module_leaves_logging_and_warnings_as_they_were():
     assert found["loggers"] == {}, "importing edgetune changed these loggers (before, after)"
     assert found["new_warning_filters"] == [] and found["warning_filters_kept"]
     assert found["disable"][0] == found["disable"][1]
+
+
+def test_an_int8_deploy_quiets_nncf_for_its_call_only(capfd):
+    """NNCF's import sets its logger to INFO on stdout; the OpenVINO adapter quiets it while it quantizes
+    and leaves the level as the caller had it."""
+    import logging
+
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from edgetune.devices import PrecisionPlan, create_device
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2, self.fc = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean((2, 3)))
+
+    import nncf  # noqa: F401 - its import sets the level this test then replaces
+
+    logging.getLogger("nncf").setLevel(logging.DEBUG)  # a library user who wants to hear NNCF elsewhere
+    calibration = np.random.default_rng(0).standard_normal((8, 3, 12, 12)).astype(np.float32)
+    deployment = create_device("openvino:CPU").deploy(Tiny().eval(), torch.zeros(1, 3, 12, 12),
+                                                      PrecisionPlan("f32", ("conv2",), calibration))
+    try:
+        assert deployment.precision_of(["conv2"]) == {"int8": 1}
+        assert logging.getLogger("nncf").level == logging.DEBUG
+        assert "nncf" not in capfd.readouterr().out
+    finally:
+        deployment.close()
+        logging.getLogger("nncf").setLevel(logging.INFO)

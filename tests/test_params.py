@@ -1,5 +1,7 @@
 """searcher.params spells the trial parameters: a trial's params decode to its plan and encode back
 unchanged, and the recipes ask only for what the space declares."""
+from pathlib import Path
+
 import optuna
 import pytest
 from optuna.distributions import IntDistribution
@@ -80,3 +82,8 @@ def test_a_recipe_takes_a_float_precision_the_device_allows():
     assert names and all(decode(r.params).float_precision == "bf16" for r in recipes(space, groups, ["l1"]))
     plan = suggest_plan(study.ask(), load_spec(), groups, space)
     assert plan.float_precision == "bf16"
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/ARCHITECTURE.md"])
+def test_the_docs_point_to_the_one_definition(doc):
+    assert "searcher/params.py)" in (Path(__file__).resolve().parents[1] / doc).read_text()

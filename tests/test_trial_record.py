@@ -31,3 +31,17 @@ def test_every_target_is_a_field_of_every_complete_trial():
     """A trial's objective values are read from its record (searcher.trial.Objective.result_of)."""
     assert {target_unit(t) for t in TARGETS} <= ALWAYS
     assert not unknown_keys({target_unit("latency@jetson"): 1.0})
+
+
+def test_the_baseline_record_leaves_the_studys_own_baseline_source_out():
+    """``baseline_source`` shares the baseline record's prefix: read as part of the record, it would be a
+    ``source`` field no trial has."""
+    import optuna
+
+    from edgetune.searcher import record
+
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    study.set_user_attr("baseline_source", "checkpoint base.pt")
+    record.write_baseline(study, {"latency_ms": 1.5, "top1": 71.0, "artifact_id": "a1"})
+    assert record.baseline(study) == {"latency_ms": 1.5, "top1": 71.0, "artifact_id": "a1"}
+    assert record.baseline_source(study) == "checkpoint base.pt"
