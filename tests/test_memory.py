@@ -88,7 +88,8 @@ def test_a_forked_probe_measures_what_a_fresh_process_does(kind):
         deployment.close()
     assert (forked["process"], fresh["process"], fresh["fallback"]) == ("forked", "fresh", "asked for")
     assert forked["rss_before_bytes"] == pytest.approx(fresh["rss_before_bytes"], rel=0.03), (forked, fresh)
-    assert forked["memory_bytes"] == pytest.approx(fresh["memory_bytes"], rel=0.15), (forked, fresh)
+    # torch's figure spreads by up to 10% between fresh probes of one model (ONNX Runtime's is bimodal, 12%)
+    assert forked["memory_bytes"] == pytest.approx(fresh["memory_bytes"], rel=0.2), (forked, fresh)
 
 
 @pytest.fixture
