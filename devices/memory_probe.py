@@ -156,9 +156,11 @@ def _measure(model: str, shape: list[int], config: dict, threads: int, runs: int
     else:
         found = _torchscript(model, shape, threads, runs)
     # memory_bytes: the figure; settled_bytes: what is still resident once the runs are done (below
-    # the peak only where memory went back to the system), for benchmarks that compare the two.
+    # the peak only where memory went back to the system), for benchmarks that compare the two, and
+    # settled_file_bytes its file-backed part (code, mapped weights); rss_before_bytes: where it starts.
     return {"memory_bytes": found["peak"] - found["before"], "settled_bytes": found["after"] - found["before"],
-            "rss_before_bytes": found["before"], "settled_file_bytes": found["file"], "seconds": round(time.perf_counter() - start, 3)}
+            "settled_file_bytes": found["file"], "rss_before_bytes": found["before"],
+            "seconds": round(time.perf_counter() - start, 3)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -270,7 +272,8 @@ def _fork_one(request: dict) -> dict:
     try:
         return json.loads(b"".join(chunks))
     except ValueError:
-        return {"crashed": f"the forked probe ended without a result ({'signal ' + str(-status) if status < 0 else 'exit status ' + str(status)})"}
+        ended = f"signal {-status}" if status < 0 else f"exit status {status}"
+        return {"crashed": f"a forked probe ended without a result ({ended})"}
 
 
 def _serve(runtime: str) -> None:
@@ -286,7 +289,11 @@ def _serve(runtime: str) -> None:
         importlib.import_module(name)
     replies.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
-        replies.write(json.dumps(_fork_one(json.loads(line))) + "\n")
+        try:
+            reply = _fork_one(json.loads(line))
+        except Exception as error:  # noqa: BLE001 - e.g. no /proc/self/pagemap, or no memory to fork
+            reply = {"crashed": f"it could not fork a probe: {_last_line(error)}"}
+        replies.write(json.dumps(reply) + "\n")
 
 
 class _ServerFailed(Exception):
@@ -310,10 +317,10 @@ class _Server:
         while b"\n" not in self._buffer:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([self.process.stdout], [], [], left)[0]:
-                raise _ServerFailed(f"no answer within {timeout:.0f} s")
+                raise _ServerFailed(f"it gave no answer within {timeout:.0f} s")
             chunk = os.read(self.process.stdout.fileno(), 1 << 16)
             if not chunk:
-                raise _ServerFailed(f"it ended (exit status {self.process.wait()})")
+                raise _ServerFailed(f"it ended, exit status {self.process.wait()}")
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
         return json.loads(line)
@@ -328,7 +335,7 @@ class _Server:
                 while data:
                     data = data[self.process.stdin.write(data):]
             except OSError as error:
-                raise _ServerFailed(f"it stopped reading ({error})") from None
+                raise _ServerFailed(f"it stopped reading: {error}") from None
             return self._line(timeout + 30)  # the server enforces ``timeout`` on its child itself
 
     def stop(self) -> None:
@@ -392,7 +399,8 @@ def _retire(runtime: str, why: str) -> None:
     if server:
         server.process.kill()
         server.stop()
-    logging.getLogger(__name__).warning("memory probe: %s fork server retired (%s); probing in fresh processes", runtime, why)
+    logging.getLogger(__name__).warning("memory probe: the %s fork server is retired, probing in fresh processes: %s",
+                                        runtime, why)
 
 
 def probe(model: Path, shape: tuple[int, ...], config: dict | None = None, threads: int = 0, runs: int = RUNS,
@@ -408,11 +416,11 @@ def probe_all(model: Path, shape: tuple[int, ...], config: dict | None = None, t
 
     The child is forked from a server process that has imported the runtime and done nothing else, so it
     starts where a fresh probe stands after that import; it then warms up, resets its peak and measures
-    exactly as a fresh one. The server is never this process (whose torch or OpenVINO thread pools a fork
-    would copy half of): it is started here, once per runtime, on the first probe, and ends when this
-    process does (its stdin closes). The idle threads the runtime's import leaves in it (numpy's OpenBLAS
-    pool, which stops itself across a fork; an idle Python executor of OpenVINO's; an idle ONNX Runtime
-    thread) are the same a forkserver preloading the runtime would have. Should the server fail (not
+    exactly as a fresh one. The server is never this process (a fork of which would copy one thread of
+    torch's or OpenVINO's running pools): it is started here, once per runtime, on the first probe, and
+    ends when this process does (its stdin closes). The idle threads the runtime's import leaves in it
+    (numpy's OpenBLAS pool, which OpenBLAS stops at a fork and restarts on use; an idle Python executor of
+    OpenVINO's; an idle ONNX Runtime thread) are those a forkserver preloading the runtime would have. Should the server fail (not
     start, not answer, or a forked child die without a result) it is retired for this process with one
     warning giving the reason, and the probe runs in a fresh process."""
     from .base import DeviceError

@@ -121,7 +121,7 @@ def test_one_server_per_runtime_forks_every_probe_and_a_dead_one_falls_back_once
     assert fallen["fallback"] == after["fallback"] == own_servers._retired["openvino"]
     assert fallen["fallback"].startswith(("it ended", "it stopped reading")), fallen["fallback"]
     warnings = [r.getMessage() for r in caplog.records]
-    assert warnings == [f"memory probe: openvino fork server retired ({fallen['fallback']}); probing in fresh processes"]
+    assert warnings == [f"memory probe: the openvino fork server is retired, probing in fresh processes: {fallen['fallback']}"]
     assert "openvino" not in own_servers._servers
 
 
