@@ -79,7 +79,8 @@ def deployed_file(kind: str, width: int = 256):
 def test_a_forked_probe_measures_what_a_fresh_process_does(kind):
     """The figure stays the fresh process's: the forked child starts with the same resident memory as a
     fresh probe after its import (the server's library pages mapped again; without that a TorchScript
-    probe read 30% high), and measures the same model within the figure's own spread."""
+    probe read 30% high), and measures the same model within the figure's own spread. This process has
+    run torch (its pools are up): the server is a fresh interpreter, never a fork of this one."""
     deployment, path, config = deployed_file(kind)  # 4.7 MB of weights
     try:
         forked = probe_all(path, (1, 3, 32, 32), config, threads=1)
