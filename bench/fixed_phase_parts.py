@@ -6,6 +6,10 @@ Deployment (OpenVINO: export, conversion, two compilations; plain PyTorch: trace
 and performance counters alone, the memory probe's child process beside the import of its runtime
 in a bare child, the artifact's ONNX export and its zip deflated against stored: each repeated in
 one process, so each pair is side by side under the same load.
+
+The memory probe both ways, on the same file in turn: a fresh process (before: it imports the
+runtime) and a child forked from the runtime's fork server (after; the first one also waits for the
+server's own import), each with its figure, so that the two can be compared as well as timed.
 """
 from __future__ import annotations
 
@@ -37,6 +41,15 @@ def child(code: str) -> None:
     subprocess.run([sys.executable, "-P", "-c", code], check=True)
 
 
+def probe_both(label: str, path: Path, config: dict | None = None, threads: int = 0) -> None:
+    """The probe fresh (before) and forked (after), side by side: seconds and figure of each."""
+    for way, fresh in (("fresh process", True), ("forked from its server", False)):
+        start = time.perf_counter()
+        found = memory_probe.probe_all(path, (1, 3, 32, 32), config, threads, fresh=fresh)
+        print(f"memory probe, {label}, {way}: {time.perf_counter() - start:.3f} s, memory_bytes {found['memory_bytes']}"
+              f" (RSS before {found['rss_before_bytes']}, {found['process']})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=2)
@@ -48,6 +61,7 @@ def main() -> None:
     model.load_state_dict(torch.load(checkpoints[0], weights_only=True))
     example, folder = torch.randn(2, 3, 32, 32), Path(tempfile.mkdtemp())
     openvino, cpu = create_device("openvino:CPU"), create_device("cpu", threads=1)
+    onnx = create_device("onnxruntime:CPU", threads=1).deploy(model, example)
     deployed = timed("openvino deploy (first)", lambda: openvino.deploy(model, example))
     deployed.save(folder / "deployed")
     timed("model files: ONNX export + safetensors (first)", lambda: write_model_files(model, "resnet56", 10, example, folder))
@@ -66,13 +80,15 @@ def main() -> None:
         timed("openvino compile, static batch", deployed._compile)
         timed("openvino compile, dynamic batch (evaluation)", lambda: deployed._compile(static=False))
         timed("openvino device_time_ms (compile + 50 counted runs)", deployed.device_time_ms)
-        timed("memory probe, OpenVINO IR", lambda: memory_probe.probe(deployed._xml, (1, 3, 32, 32), deployed._config))
+        probe_both("OpenVINO IR", deployed._xml, deployed._config)
         timed("  a child importing numpy and openvino", lambda: child("import numpy, openvino"))
         timed("  a bare child", lambda: child("pass"))
         traced = timed("cpu deploy (trace)", lambda: cpu.deploy(model, example))
-        timed("memory probe, TorchScript", lambda: memory_probe.probe(traced._path, (1, 3, 32, 32), threads=1))
+        probe_both("TorchScript", traced._path, threads=1)
         timed("  a child importing torch", lambda: child("import torch"))
         traced.close()
+        probe_both("ONNX Runtime", onnx._path, threads=1)
+    onnx.close()
 
 
 if __name__ == "__main__":
