@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import traceback
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
@@ -141,6 +142,11 @@ class FolderSamples(Samples):
                 yield (images.to(on.device, non_blocking=True), labels.to(on.device, non_blocking=True),
                        index[k * batch_size : (k + 1) * batch_size].to(on.device))
         except DataError as error:  # raised in a worker: the loader wraps it in the worker's traceback
+            # End the failed pass's workers now: its iterator is kept by the loader (persistent) and by the
+            # frames of the error's traceback (a cycle), and ended at some later garbage collection it
+            # closed descriptors that were by then another's (the process crashed later, in a test run).
+            self._loaders.pop(batch_size, None)
+            traceback.clear_frames(error.__traceback__)
             raise DataError(_worker_message(error)) from None
 
     def take(self, index):
