@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,3 +47,17 @@ def stop_like_ctrl_c() -> None:
     """As ``tune start``: SIGTERM stops the benchmark like Ctrl-C, failing the running trial cleanly for a resume."""
     signal.signal(signal.SIGTERM, stop_on_sigterm)
 
+
+def cached_resnet56_digits():
+    """The cached ResNet-56 digits baseline (eval mode), or exit with the command that makes it."""
+    import torch
+
+    from edgetune.objectives.baseline import cache_dir
+    from edgetune.objectives.models import create_model
+
+    checkpoints = sorted(cache_dir().glob("baselines/resnet56-digits-*.pt"))
+    if not checkpoints:
+        sys.exit("no cached ResNet-56 digits baseline: run `tune start --trials 1` first")
+    model = create_model("resnet56", 10).eval()
+    model.load_state_dict(torch.load(checkpoints[0], weights_only=True))
+    return model

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import torch
 
+from bench.common import cached_resnet56_digits
 from edgetune.devices import memory_probe
 from edgetune.devices.registry import create_device
-from edgetune.objectives.baseline import cache_dir
 from edgetune.objectives.model_files import write_model_files
-from edgetune.objectives.models import create_model
 
 
 def timed(label: str, work) -> object:
@@ -54,11 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    checkpoints = sorted(cache_dir().glob("baselines/resnet56-digits-*.pt"))
-    if not checkpoints:
-        sys.exit("no cached ResNet-56 digits baseline: run `tune start --trials 1` first")
-    model = create_model("resnet56", 10).eval()
-    model.load_state_dict(torch.load(checkpoints[0], weights_only=True))
+    model = cached_resnet56_digits()
     example, folder = torch.randn(2, 3, 32, 32), Path(tempfile.mkdtemp())
     openvino, cpu = create_device("openvino:CPU"), create_device("cpu", threads=1)
     onnx = create_device("onnxruntime:CPU", threads=1).deploy(model, example)

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 
 import torch
 
+from bench.common import cached_resnet56_digits
 from edgetune.devices import create_device, memory_probe
-from edgetune.objectives.baseline import cache_dir
-from edgetune.objectives.models import create_model
 
 
 def main() -> None:
@@ -25,11 +23,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, openvino:CPU or onnxruntime:CPU")
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
-    checkpoints = sorted(cache_dir().glob("baselines/resnet56-digits-*.pt"))
-    if not checkpoints:
-        sys.exit("no cached ResNet-56 digits baseline: run `tune start --trials 1` first")
-    model = create_model("resnet56", 10).eval()
-    model.load_state_dict(torch.load(checkpoints[0], weights_only=True))
+    model = cached_resnet56_digits()
     deployment = create_device(args.device, threads=1).deploy(model, torch.randn(2, 3, 32, 32))
     path, config = getattr(deployment, "_xml", None) or deployment._path, getattr(deployment, "_config", None)
     found: dict[bool, list[float]] = {True: [], False: []}
