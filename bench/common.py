@@ -52,7 +52,7 @@ def cached_resnet56_digits():
     """The cached ResNet-56 digits baseline (eval mode), or exit with the command that makes it."""
     import torch
 
-    from edgetune.objectives.baseline import cache_dir
+    from edgetune.objectives.cache import cache_dir
     from edgetune.objectives.models import create_model
 
     checkpoints = sorted(cache_dir().glob("baselines/resnet56-digits-*.pt"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Callable
@@ -20,6 +19,7 @@ from filelock import FileLock
 from torch import nn
 
 from .accelerator import CPU, Accelerator
+from .cache import cache_dir
 from .data import Splits
 from .errors import first_line
 from .finetune import TrainSettings, train
@@ -28,10 +28,6 @@ from .models import create_model, source_sha256
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded safely or does not fit the model."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("EDGETUNE_CACHE", Path.home() / ".cache" / "edgetune"))
 
 
 def cache_key(model_name: str, data: Splits, data_id: dict, settings: TrainSettings, on: Accelerator = CPU) -> str:

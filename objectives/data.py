@@ -24,6 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from .accelerator import CPU, Accelerator
+from .cache import cache_dir
 from .choices import DATASETS
 from .errors import first_line
 
@@ -401,8 +402,6 @@ def _folder_statistics(train, size: int, workers: int) -> tuple[torch.Tensor, to
     study and every later run on unchanged files skips the decoding pass."""
     import hashlib
     import json
-
-    from .baseline import cache_dir  # the baselines' cache folder (baseline imports this module)
 
     listing = hashlib.sha256(json.dumps([size] + [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns)
                                                   for p, _ in train.samples]).encode()).hexdigest()[:16]

@@ -180,7 +180,7 @@ def test_the_statistics_pass_is_kept_per_listing_of_the_files(tmp_path):
 
     from PIL import Image
 
-    from edgetune.objectives.baseline import cache_dir
+    from edgetune.objectives.cache import cache_dir
 
     for split in ("train", "val"):
         (tmp_path / split / "cat").mkdir(parents=True)
