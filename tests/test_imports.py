@@ -33,14 +33,14 @@ def _is_type_checking(test: ast.expr) -> bool:
 
 
 def _runtime_imports(body: list[ast.stmt]):
+    """Every import that runs, at import time or in a function: a deferred import that closes a cycle
+    still ties the two modules together (only ``if TYPE_CHECKING:`` blocks are left out)."""
     for node in body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
         elif isinstance(node, ast.If) and _is_type_checking(node.test):
             yield from _runtime_imports(node.orelse)
-        else:  # if/try/with/class bodies run at import time
+        else:  # if/try/with/class/function bodies
             for field in ("body", "orelse", "finalbody", "handlers"):
                 yield from _runtime_imports(getattr(node, field, []))
 
