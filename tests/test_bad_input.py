@@ -279,14 +279,19 @@ def test_a_dimension_the_granularity_collapsed_is_named_before_the_first_trial(t
     assert study.user_attrs["channel_multiple"] == block and len(study.trials) == 1
 
 
+def _tune(args, cwd):
+    """``tune ARGS`` as its own process with no storage or agent token from the environment."""
+    env = {k: v for k, v in os.environ.items() if k not in ("EDGETUNE_AGENT_TOKEN", "EDGETUNE_STORAGE")}
+    return subprocess.run([sys.executable, "-m", "edgetune.searcher.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300, env={**env, "PYTHONPATH": str(Path(__file__).parents[1])})
+
+
 @pytest.mark.parametrize("args, message", [
     (["start", "--set", "finetune.epochs=-1"], "error: spec key 'finetune.epochs': must be an integer >= 0, got -1"),
     (["device-agent"], "error: set $EDGETUNE_AGENT_TOKEN to the token clients must present"),
 ])
 def test_the_installed_command_prints_only_the_line(tmp_path, args, message):
-    env = {k: v for k, v in os.environ.items() if k not in ("EDGETUNE_AGENT_TOKEN", "EDGETUNE_STORAGE")}
-    result = subprocess.run([sys.executable, "-m", "edgetune.searcher.cli", *args], capture_output=True, text=True, cwd=tmp_path,
-                            timeout=300, env={**env, "PYTHONPATH": str(Path(__file__).parents[1])})
+    result = _tune(args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == message
     assert "Traceback" not in result.stdout
@@ -299,9 +304,7 @@ def test_an_image_a_loader_worker_cannot_read_is_one_line(stored):
     args = ["start", "--spec", str(stored / "tiny.toml"), "--study-name", "other", "--data", "imagefolder",
             "--data-dir", str(stored / "corrupt-images"), "--set", "data.in_memory=false", "--set", "data.workers=2"]
     before = _snapshot(stored)
-    env = {k: v for k, v in os.environ.items() if k not in ("EDGETUNE_AGENT_TOKEN", "EDGETUNE_STORAGE")}
-    result = subprocess.run([sys.executable, "-m", "edgetune.searcher.cli", *args], capture_output=True, text=True,
-                            cwd=stored, timeout=300, env={**env, "PYTHONPATH": str(Path(__file__).parents[1])})
+    result = _tune(args, cwd=stored)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == (f"error: image {stored}/corrupt-images/train/cat/broken.jpg cannot be read: "
                                      "not an image file Pillow can read")
