@@ -53,9 +53,9 @@ def batch_one_shape(model) -> list[int]:
 def benchmark_app_on(xml: Path, seconds: float, threads: int = 0) -> float:
     """benchmark_app's median latency (ms) of one IR as a user would run it; a dynamic input becomes batch 1
     (the shape edgetune times); ``threads``: its ``-nthreads`` (0: the latency hint's choice)."""
-    import openvino as ov
+    from edgetune.devices.openvino_core import openvino_core
 
-    shape = batch_one_shape(ov.Core().read_model(xml))
+    shape = batch_one_shape(openvino_core().read_model(xml))
     tool = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
     # benchmark_app takes -nthreads only without a hint: then one stream and those threads, as the latency hint
     # with INFERENCE_NUM_THREADS compiles edgetune's deployment

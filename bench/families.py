@@ -15,11 +15,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import openvino as ov
 import torch
 
 from bench.common import parser as make_parser
 from edgetune.devices import create_device
+from edgetune.devices.openvino_core import openvino_core
 from edgetune.objectives import prune
 from edgetune.objectives.groups import derive_groups
 from edgetune.objectives.models import count_params, create_model, flops_and_params
@@ -32,7 +32,7 @@ def ir_conv_channels(deployment) -> int:
     """Output channels of every convolution in the deployed IR (as saved for export)."""
     with tempfile.TemporaryDirectory() as tmp:
         xml = next(p for p in deployment.save(Path(tmp)) if p.suffix == ".xml")
-        model = ov.Core().read_model(xml)
+        model = openvino_core().read_model(xml)
         return sum(op.get_output_partial_shape(0)[1].get_length() for op in model.get_ops()
                    if op.get_type_name() in ("Convolution", "GroupConvolution"))
 

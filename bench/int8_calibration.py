@@ -43,12 +43,12 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    import openvino as ov
+    from edgetune.devices.openvino_core import openvino_core
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
     spec, data, model, groups, source = pruned_model(args.model, args.sparsity)
     calibration = data.calibration_subset(spec["data.calibration_size"]).numpy().astype(np.float32)
-    core = ov.Core()
+    core = openvino_core()
     seconds = {name: [] for name in VARIANTS}
     top1 = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,6 +26,7 @@ from . import memory_probe
 from .base import Deployment, DeviceInfo, DeviceUnavailable, OnnxDevice, PrecisionPlan, count_layers_under
 from .energy import EnergyCounter, host_cpu_counter
 from .host import channel_block, pinned_note, runs_bf16
+from .openvino_core import openvino_core
 from .protocol import LatencyProtocol
 
 #: Layer types counted when reading back what really runs.
@@ -239,9 +240,7 @@ class OpenVINODevice(OnnxDevice):
     runs_model_int8_scales = True  # its ONNX frontend reads QuantizeLinear/DequantizeLinear as int8
 
     def __init__(self, target: str = "CPU", threads: int = 0, protocol: LatencyProtocol = LatencyProtocol(), batch: int = 1):
-        import openvino as ov
-
-        self.core = ov.Core()
+        self.core = openvino_core()
         available = list(self.core.available_devices)
         if target == "VPU":
             # The MYRIAD plugin (Neural Compute Stick 2) left OpenVINO in 2023.0; Intel's NPU succeeds it.

@@ -55,9 +55,9 @@ def available_devices() -> list[str]:
     except Exception:  # a broken CUDA install: just not available
         pass
     try:
-        import openvino as ov
+        from .openvino_core import openvino_core
 
-        names += [f"openvino:{d}" for d in ov.Core().available_devices]
+        names += [f"openvino:{d}" for d in openvino_core().available_devices]
     except Exception:  # openvino missing or broken: just not available
         pass
     try:

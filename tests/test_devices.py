@@ -1,4 +1,6 @@
 import math
+import subprocess
+import sys
 from dataclasses import replace
 import time
 
@@ -44,6 +46,34 @@ def test_openvino_cpu_measures_a_tiny_model_at_pinned_f32():
         assert deployment.size_bytes > 4 * sum(p.numel() for p in model.parameters()) * 0.9  # f32 on disk
     finally:
         deployment.close()
+
+
+_RELEASED_OUT_OF_ORDER = """
+import gc, os, signal, torch
+from torch import nn
+from edgetune.devices import create_device
+
+def deployed():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    return create_device("openvino:CPU").deploy(model, torch.zeros(1, 3, 8, 8))
+
+first, second = deployed(), deployed()
+first.close(); del first; gc.collect()  # first in, first out
+second.close(); del second; gc.collect()
+handled = []
+signal.signal(signal.SIGUSR1, lambda *_: handled.append(True))
+os.kill(os.getpid(), signal.SIGUSR1)  # delivered on the main thread's alternate signal stack, as Ctrl-C is
+print("handled" if handled else "missed")
+"""
+
+
+def test_openvino_deployments_released_in_any_order_leave_signals_working():
+    """Each OpenVINO Core's CPU plugin swaps the thread's alternate signal stack and unmaps its own when
+    released; with a Core per device, two released first-in-first-out left the main thread on an unmapped
+    stack and this process died with SIGSEGV at the next Python signal handler (devices/openvino_core.py)."""
+    result = subprocess.run([sys.executable, "-c", _RELEASED_OUT_OF_ORDER], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
+    assert result.stdout.strip() == "handled"
 
 
 def test_unsupported_precision_is_refused():
