@@ -49,15 +49,16 @@ def test_openvino_cpu_measures_a_tiny_model_at_pinned_f32():
 
 
 _RELEASED_OUT_OF_ORDER = """
-import gc, os, signal, torch
+import gc, os, signal, numpy, torch
 from torch import nn
-from edgetune.devices import create_device
+from edgetune.devices import PrecisionPlan, create_device
 
-def deployed():
+def deployed(plan=PrecisionPlan()):
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
-    return create_device("openvino:CPU").deploy(model, torch.zeros(1, 3, 8, 8))
+    return create_device("openvino:CPU").deploy(model, torch.zeros(1, 3, 8, 8), plan)
 
-first, second = deployed(), deployed()
+calibration = numpy.random.default_rng(0).random((8, 3, 8, 8), numpy.float32)
+first, second = deployed(), deployed(PrecisionPlan(int8_modules=("0",), calibration=calibration))  # NNCF: Cores of its own
 first.close(); del first; gc.collect()  # first in, first out
 second.close(); del second; gc.collect()
 handled = []
