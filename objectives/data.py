@@ -144,8 +144,8 @@ class FolderSamples(Samples):
                        index[k * batch_size : (k + 1) * batch_size].to(on.device))
         except DataError as error:  # raised in a worker: the loader wraps it in the worker's traceback
             # End the failed pass's workers now: its iterator is kept by the loader (persistent) and by the
-            # frames of the error's traceback (a cycle), and ended at some later garbage collection it
-            # closed descriptors that were by then another's (the process crashed later, in a test run).
+            # frames of the error's traceback (a cycle); ended at some later garbage collection, in whatever
+            # process had been forked since, it closed descriptors that were by then another's.
             self._loaders.pop(batch_size, None)
             traceback.clear_frames(error.__traceback__)
             raise DataError(_worker_message(error)) from None

@@ -1,13 +1,5 @@
 """Image folders streamed from disk (a DataLoader with workers) against the same folder in memory."""
-import concurrent.futures
-import functools
-import importlib
-import multiprocessing
-import subprocess
-import sys
-
 import numpy as np
-
 import pytest
 import torch
 from torch import nn
@@ -18,22 +10,6 @@ from edgetune.objectives.evaluate import topk_accuracy, torch_logits
 from edgetune.objectives.finetune import TrainSettings, logits_of, train
 
 CLASSES = ("circle", "square", "stripe")
-
-
-def in_a_fresh_process(test):
-    """Run ``test`` in a spawned interpreter. In pytest's own process, after the studies of earlier test
-    files, forking a DataLoader's workers left the heap corrupt and crashed the run later, in a garbage
-    collection (make test, 2026-12-04; root cause not found, see the session notes). A fresh process is
-    also where a user's study forks them."""
-    @functools.wraps(test)
-    def run(*args, **kwargs):
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            pool.submit(_call, test.__module__, test.__name__, args, kwargs).result()
-    return run
-
-
-def _call(module: str, name: str, args, kwargs):
-    getattr(importlib.import_module(module), name).__wrapped__(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +48,6 @@ def test_a_streamed_folder_is_the_same_data_as_in_memory(folder):
     assert np.allclose(np.concatenate(list(streamed.val_arrays(batch_size=5))), held.x_val.numpy(), atol=1e-5)
 
 
-@in_a_fresh_process
 def test_evaluation_through_the_loader_equals_evaluation_in_memory(folder):
     held = load_data("imagefolder", str(folder), image_size=16)
     streamed = load_data("imagefolder", str(folder), image_size=16, in_memory=False, workers=2)
@@ -85,7 +60,6 @@ def test_evaluation_through_the_loader_equals_evaluation_in_memory(folder):
     assert topk_accuracy(from_disk, labels) == topk_accuracy(in_memory, labels) > 100 / 3  # it learned something
 
 
-@in_a_fresh_process
 def test_a_seed_fine_tunes_on_the_same_batches_streamed_with_two_workers(folder):
     """Same seed, same batches in the same order: the losses match the in-memory run's (the inputs differ
     only by the rounding of the normalisation), the teacher's logits are looked up by index."""
@@ -125,17 +99,10 @@ def test_bad_folders_stay_one_line_when_streamed(tmp_path):
         (tmp_path / "corrupt" / split / "cat").mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(tmp_path / "corrupt" / split / "cat" / "ok.png")
     (tmp_path / "corrupt" / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    # Decoded in a worker process, reported as the worker said it. In a process of its own: in pytest's,
-    # after other tests, a loader worker's failure left the heap corrupt and a later garbage collection
-    # crashed the run (not reproduced in a fresh process; see objectives/data.py FolderSamples.batches).
-    script = ("import sys\nfrom edgetune.objectives.data import DataError, load_data\n"
-              "try:\n    load_data('imagefolder', sys.argv[1], in_memory=False, workers=2)\n"
-              "except DataError as error:\n    print(error)\n")
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "corrupt")], capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == (f"image {tmp_path}/corrupt/train/cat/broken.jpg cannot be read: "
-                                   "not an image file Pillow can read")
+    with pytest.raises(DataError) as raised:  # decoded in a worker process, reported as the worker said it
+        load_data("imagefolder", str(tmp_path / "corrupt"), in_memory=False, workers=2)
+    assert str(raised.value) == (f"image {tmp_path}/corrupt/train/cat/broken.jpg cannot be read: "
+                                 "not an image file Pillow can read")
 
 
 def _context(data):
@@ -155,7 +122,6 @@ def _context(data):
 
 
 @pytest.mark.slow
-@in_a_fresh_process
 def test_a_trial_runs_on_a_streamed_folder_and_evaluates_as_in_memory(folder):
     """The pipeline's steps on a streamed folder: the deployed baseline's Top-1 equals the in-memory one's,
     and a pruned, distilled, int8 trial fine-tunes through the loader's two workers."""
@@ -201,7 +167,6 @@ def test_the_statistics_pass_is_kept_per_listing_of_the_files(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this host")
-@in_a_fresh_process
 def test_a_streamed_folder_feeds_the_gpu_from_pinned_memory(folder):
     from edgetune.objectives.accelerator import resolve
 
