@@ -63,9 +63,11 @@ class Reference:
     @classmethod
     def of(cls, deployment: Deployment, baseline: dict, device: str | None = None) -> "Reference":
         """From the study's baseline record (``device``: a further device's name, whose fields it reads)."""
-        by_threads = baseline.get(at("latency_by_threads", device) if device else "latency_by_threads")
-        return cls(deployment, baseline[at("latency_ms", device) if device else "latency_ms"],
-                   thread_table(by_threads) if by_threads else {})
+        def name(field_: str) -> str:
+            return at(field_, device) if device else field_
+
+        by_threads = baseline.get(name("latency_by_threads"))
+        return cls(deployment, baseline[name("latency_ms")], thread_table(by_threads) if by_threads else {})
 
     def latency_at(self, threads: int | None) -> float:
         return self.by_threads[threads][0] if threads in self.by_threads else self.latency_ms
@@ -409,10 +411,17 @@ def measure_on(other: OtherDevice, model: nn.Module, ctx: TrialContext, plan: Pr
             stats, latency_ms = timed(deployment, other.device, other.reference)
     finally:
         deployment.close()
-    name = other.name
-    return {at("latency_ms", name): latency_ms,
-            at("latency_ci95_rel", name): stats.ci95_rel, at("latency_raw_ms", name): stats.median_ms,
-            at("inference_precision", name): deployment.inference_precision}
+    return further_device_fields(other.name, stats, latency_ms, deployment)
+
+
+def further_device_fields(name: str, stats: LatencyStats, latency_ms: float, deployment: Deployment) -> dict:
+    """A further device's record fields (``latency_ms@<name>``, ...); ``latency_ms``: paired and drift-corrected
+    for a trial, the plain median for the baseline."""
+    fields = {at("latency_ms", name): latency_ms, at("latency_ci95_rel", name): stats.ci95_rel,
+              at("latency_raw_ms", name): stats.median_ms, at("inference_precision", name): deployment.inference_precision}
+    if stats.by_threads:  # the baseline, measured at several thread counts
+        fields[at("latency_by_threads", name)] = stats.by_threads
+    return fields
 
 
 def _deploy_baseline_on(device: Device, ctx: TrialContext) -> Deployment:
@@ -430,10 +439,7 @@ def evaluate_baseline(ctx: TrialContext) -> tuple[TrialOutcome, dict[str, Deploy
         others[other.name] = _deploy_baseline_on(other.device, ctx)
         with exclusive(other.device.info().name):
             stats = others[other.name].measure_latency()
-        attributes.update({at("latency_ms", other.name): stats.median_ms, at("latency_ci95_rel", other.name): stats.ci95_rel,
-                           at("inference_precision", other.name): others[other.name].inference_precision})
-        if stats.by_threads:
-            attributes[at("latency_by_threads", other.name)] = stats.by_threads
+        attributes.update(further_device_fields(other.name, stats, stats.median_ms, others[other.name]))
     return TrialOutcome(attributes, measured.deployment, model, measured.predictions), others
 
 
