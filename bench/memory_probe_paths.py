@@ -10,7 +10,10 @@ each way's median ``memory_bytes``, its range and every figure.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -24,8 +27,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     model = cached_resnet56_digits()
-    deployment = create_device(args.device, threads=1).deploy(model, torch.randn(2, 3, 32, 32))
-    path, config = getattr(deployment, "_xml", None) or deployment._path, getattr(deployment, "_config", None)
+    device = create_device(args.device, threads=1)
+    deployment = device.deploy(model, torch.randn(2, 3, 32, 32))
+    # The deployed model as saved (IR, ONNX or TorchScript) and, on OpenVINO, the compile options it ran with.
+    saved = Path(tempfile.mkdtemp(prefix="memory-probe-paths-"))
+    path = next(p for p in deployment.save(saved) if p.suffix in (".xml", ".onnx", ".pt"))
+    config = device.compile_config(deployment.inference_precision) if args.device.startswith("openvino") else None
     found: dict[bool, list[float]] = {True: [], False: []}
     try:
         for round_ in range(args.rounds):
@@ -34,6 +41,7 @@ def main() -> None:
                 found[fresh].append(figure / 1e6)
     finally:
         deployment.close()
+        shutil.rmtree(saved, ignore_errors=True)
     for fresh, way in ((True, "fresh"), (False, "forked")):
         mb = found[fresh]
         print(f"{args.device} {way}: median {statistics.median(mb):.2f} MB, range {min(mb):.2f}-{max(mb):.2f},"
