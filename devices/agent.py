@@ -119,7 +119,8 @@ def create_app(device: Device, token: str, max_upload_bytes: int = 256 * 2**20):
         deployments[deployment_id] = deployed
         return {"id": deployment_id, "size_bytes": deployed.size_bytes, "weights_bytes": deployed.weights_bytes,
                 "precision_used": deployed.precision_used, "inference_precision": deployed.inference_precision,
-                "threads": getattr(deployed, "threads", 0), "layers": getattr(deployed, "_layers", [])}
+                "threads": getattr(deployed, "threads", 0), "layers": deployed.layers,
+                "runtime": deployed.runtime, "runtime_fallback": deployed.runtime_fallback}
 
     @app.post("/deployments/{deployment_id}/latency", dependencies=[Depends(authorised)])
     def latency(deployment_id: str, reference: str = "", reference_ms: str = ""):

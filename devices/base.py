@@ -254,6 +254,19 @@ class FileDeployment(Deployment):
         shutil.rmtree(self._workdir, ignore_errors=True)
 
 
+class ReadBackLayers:
+    """For a deployment of an exported ONNX graph whose runtime says how it runs each compute layer
+    (OpenVINO, ONNX Runtime, an agent serving either): ``precision_of`` from ``layers`` and ``scopes``."""
+
+    #: each compute layer as the runtime runs it: (its original ONNX node names, comma-separated; precision)
+    layers: list[tuple[str, str]]
+    #: PyTorch module path -> the ONNX node-name prefix its layers carry (devices.onnx_export.module_scopes)
+    scopes: dict[str, str]
+
+    def precision_of(self, modules: list[str]) -> dict[str, int]:
+        return count_layers_under(self.layers, [self.scopes[m] for m in modules if m in self.scopes])
+
+
 class Device(abc.ABC):
     """A target that runs models. :mod:`devices.registry` maps device strings to subclasses (a new
     adapter gets a factory there; it does not register itself).

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import memory_probe
 from .base import (DeviceError, DeviceInfo, DeviceUnavailable, FileDeployment, OnnxDevice, PrecisionPlan,
-                   count_layers_under, cpu_name)
+                   ReadBackLayers, cpu_name)
 from .host import channel_block
 from .onnx_qdq import complete_for_onnxruntime
 from .protocol import LatencyProtocol
@@ -85,8 +85,9 @@ def optimised_layers(path: Path, level: str) -> list[tuple[str, str]]:
     return [(node.name, precision) for node in graph.node if (precision := _precision(node.op_type))]
 
 
-class OnnxRuntimeDeployment(FileDeployment):
+class OnnxRuntimeDeployment(ReadBackLayers, FileDeployment):
     artifact_name = "model.onnx"
+    runtime = "onnxruntime"
 
     def __init__(self, path: Path, device: "OnnxRuntimeDevice", input_shape: tuple[int, ...], scopes: dict[str, str]):
         self._device = device
@@ -95,10 +96,10 @@ class OnnxRuntimeDeployment(FileDeployment):
         self._path = path
         self._workdir = path.parent
         self._input_shape = input_shape  # (C, H, W)
-        self._scopes = scopes  # module path -> ONNX node-name prefix, for precision_of
+        self.scopes = scopes  # module path -> ONNX node-name prefix, for precision_of
         self.threads = device.threads or device.cores
         self._sessions = {self.threads: _session(path, self.threads)}  # by thread count, made when first timed
-        self._layers = optimised_layers(path, "ORT_ENABLE_EXTENDED")  # names kept: per group
+        self.layers = optimised_layers(path, "ORT_ENABLE_EXTENDED")  # names kept: per group
         self.precision_used = dict(collections.Counter(p for _, p in optimised_layers(path, "ORT_ENABLE_ALL")))
         self.inference_precision = "f32"
 
@@ -136,9 +137,6 @@ class OnnxRuntimeDeployment(FileDeployment):
         if not memory_probe.supported():
             return None
         return memory_probe.probe(self._path, (self.batch, *self._input_shape), threads=self.threads)
-
-    def precision_of(self, modules: list[str]) -> dict[str, int]:
-        return count_layers_under(self._layers, [self._scopes[m] for m in modules if m in self._scopes])
 
     def close(self) -> None:
         self._sessions = {}

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import memory_probe
-from .base import Deployment, DeviceInfo, DeviceUnavailable, OnnxDevice, PrecisionPlan, count_layers_under
+from .base import Deployment, DeviceInfo, DeviceUnavailable, OnnxDevice, PrecisionPlan, ReadBackLayers
 from .energy import EnergyCounter, host_cpu_counter
 from .host import channel_block, pinned_note, runs_bf16
 from .openvino_core import openvino_core
@@ -61,7 +61,7 @@ def layer_precisions(compiled) -> list[tuple[str, str]]:
     return layers
 
 
-class OpenVINODeployment(Deployment):
+class OpenVINODeployment(ReadBackLayers, Deployment):
     runtime = "openvino"
 
     def __init__(self, xml: Path, device: "OpenVINODevice", input_shape: tuple[int, ...], float_precision: str,
@@ -73,11 +73,11 @@ class OpenVINODeployment(Deployment):
         self._workdir = xml.parent
         self._input_shape = input_shape  # (C, H, W)
         self._float_precision = float_precision
-        self._scopes = scopes  # module path -> ONNX node-name prefix, for precision_of
+        self.scopes = scopes  # module path -> ONNX node-name prefix, for precision_of
         default = self._compile()
         self._eval_model = self._compile(static=False)
-        self._layers = layer_precisions(default)
-        self.precision_used = dict(collections.Counter(p for _, p in self._layers))
+        self.layers = layer_precisions(default)
+        self.precision_used = dict(collections.Counter(p for _, p in self.layers))
         if device.target == "CPU":
             self.inference_precision = precision_name(default.get_property("INFERENCE_PRECISION_HINT"))
             self.threads = int(default.get_property("INFERENCE_NUM_THREADS"))
@@ -170,9 +170,6 @@ class OpenVINODeployment(Deployment):
         if not self._device.measures_memory:
             return None
         return memory_probe.probe(self._xml, (self.batch, *self._input_shape), self._config)
-
-    def precision_of(self, modules: list[str]) -> dict[str, int]:
-        return count_layers_under(self._layers, [self._scopes[m] for m in modules if m in self._scopes])
 
     def save(self, directory: Path) -> list[Path]:
         directory.mkdir(parents=True, exist_ok=True)

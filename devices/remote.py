@@ -19,7 +19,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .base import Deployment, Device, DeviceError, DeviceInfo, PrecisionPlan, count_layers_under
+from .base import Deployment, Device, DeviceError, DeviceInfo, PrecisionPlan, ReadBackLayers
 from .protocol import LatencyStats
 
 TOKEN_ENV = "EDGETUNE_AGENT_TOKEN"
@@ -60,7 +60,7 @@ class _Client:
         return self.json("POST", "/arrays", out.getvalue())["id"]
 
 
-class RemoteDeployment(Deployment):
+class RemoteDeployment(ReadBackLayers, Deployment):
     def __init__(self, client: _Client, record: dict, scopes: dict[str, str], batch: int, measures_memory: bool = False):
         self._client = client
         self._measures_memory = measures_memory  # the agent's device does (older agents: no)
@@ -70,8 +70,10 @@ class RemoteDeployment(Deployment):
         self.precision_used = record["precision_used"]
         self.inference_precision = record["inference_precision"]
         self.threads = record["threads"]
-        self._layers = [tuple(layer) for layer in record["layers"]]
-        self._scopes = scopes
+        self.runtime = record.get("runtime", "")  # agents before 2026-12 did not say
+        self.runtime_fallback = record.get("runtime_fallback")
+        self.layers = [tuple(layer) for layer in record["layers"]]
+        self.scopes = scopes
         self.batch = batch
 
     def predict(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
@@ -100,9 +102,6 @@ class RemoteDeployment(Deployment):
         if not self._measures_memory:
             return None
         return self._client.json("POST", f"/deployments/{self.id}/memory")["memory_bytes"]
-
-    def precision_of(self, modules: list[str]) -> dict[str, int]:
-        return count_layers_under(self._layers, [self._scopes[m] for m in modules if m in self._scopes])
 
     def save(self, directory: Path) -> list[Path]:
         directory.mkdir(parents=True, exist_ok=True)

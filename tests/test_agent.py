@@ -65,6 +65,7 @@ def test_remote_device_deploys_measures_and_predicts(agent_url, digits, monkeypa
         assert stats.runs >= 20 and abs(stats.ratio - 1.0) <= max(0.2, 2 * stats.ratio_ci95_rel)
         assert stats.threads == deployment.threads == 1
         assert deployment.precision_used == {"f32": 22} and deployment.size_bytes > 0
+        assert deployment.runtime == "openvino"  # what ran it there, as the agent's adapter says
         assert device.info().measures_memory and deployment.memory_bytes() > 0  # the agent's probe, measured there
     finally:
         deployment.close()

@@ -68,6 +68,7 @@ def test_the_slim_agent_serves_onnxruntime_without_torch_to_a_study(tmp_path):
         a = trial.user_attrs
         assert trial.state == optuna.trial.TrialState.COMPLETE, a.get("failure")
         assert a["device"]["name"] == device and a["device"]["runtime"].startswith("onnxruntime ")
+        assert a["runtime"] == "onnxruntime"
         assert a["latency_ms"] > 0 and a["top1"] > 50 and a["memory_bytes"] > 0
         assert any("int8" in used for used in a["precision_used_by_group"].values())  # the int8 recipe, read back there
     finally:

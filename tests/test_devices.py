@@ -37,7 +37,7 @@ def test_openvino_cpu_measures_a_tiny_model_at_pinned_f32():
     try:
         assert np.allclose(deployment.predict(x.numpy()), model(x).detach().numpy(), atol=1e-4)
         assert deployment.inference_precision == "f32"  # pinned, not the CPU's bf16 default
-        assert deployment.threads == 1
+        assert deployment.threads == 1 and deployment.runtime == "openvino"
         assert deployment.precision_used == {"f32": sum(deployment.precision_used.values())}
         stats = deployment.measure_latency()
         assert stats.runs >= 20 and 0 < stats.median_ms <= stats.p90_ms

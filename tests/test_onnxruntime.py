@@ -35,6 +35,7 @@ def test_f32_runs_as_pytorch_computes_it_at_its_fastest_thread_count(digits, tmp
         images = digits.x_val[:40]
         assert np.allclose(deployment.predict(images.numpy()), model(images).detach().numpy(), atol=1e-4)
         assert deployment.precision_used == {"f32": 22} and deployment.precision_of(["layer2"]) == {"f32": 7}
+        assert deployment.runtime == "onnxruntime"
         options = deployment.thread_options()
         assert options[0] == device.cores and 1 in options
         stats = deployment.measure_latency()
