@@ -1,4 +1,5 @@
-"""The process's one OpenVINO ``Core``: every ``Core`` here is this one.
+"""The process's one OpenVINO ``Core``: every Core edgetune opens in a process is this one (the memory
+probe's child, a process of its own, opens its own).
 
 Each ``ov.Core`` loads its own instance of the CPU plugin, and that plugin (OpenVINO 2026.4) gives the
 thread that creates it a new alternate signal stack; released, it puts back the stack it found and

@@ -63,8 +63,8 @@ class Reference:
     @classmethod
     def of(cls, deployment: Deployment, baseline: dict, device: str | None = None) -> "Reference":
         """From the study's baseline record (``device``: a further device's name, whose fields it reads)."""
-        def name(field_: str) -> str:
-            return at(field_, device) if device else field_
+        def name(key: str) -> str:
+            return at(key, device) if device else key
 
         by_threads = baseline.get(name("latency_by_threads"))
         return cls(deployment, baseline[name("latency_ms")], thread_table(by_threads) if by_threads else {})
