@@ -40,8 +40,10 @@ def _in_order(phases) -> list[str]:
 def run_trials(trials: int, overrides: list[str], profile: str | None) -> dict[str, list[float]]:
     """Each phase's seconds over ``trials`` trials of a fresh study (the cached baseline)."""
     import optuna
+    import torch
     from optuna.trial import TrialState
 
+    from edgetune.objectives.data import TensorSamples
     from edgetune.searcher.spec import load_spec, parse_override
     from edgetune.searcher.study import prepare
     from edgetune.searcher.trial import Objective
@@ -55,7 +57,8 @@ def run_trials(trials: int, overrides: list[str], profile: str | None) -> dict[s
     prepared = prepare(spec)
     context = prepared.context
     data = context.data
-    context.__dict__["train_set"] = (data.x_train[:TRAIN_IMAGES], data.y_train[:TRAIN_IMAGES])  # its cached_property
+    first = torch.arange(TRAIN_IMAGES)  # in memory or streamed: the first images, placed as the study would
+    context.__dict__["train_set"] = TensorSamples(data.train.take(first), data.train.labels[first]).placed(context.train_on)
     objective = Objective(spec, context, prepared.baseline, prepared.space)
     study, seconds = prepared.study, {}
     profiler = None
