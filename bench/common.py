@@ -61,3 +61,21 @@ def cached_resnet56_digits():
     model = create_model("resnet56", 10).eval()
     model.load_state_dict(torch.load(checkpoints[0], weights_only=True))
     return model
+
+
+def pruned_inner(model, sparsity: float, example):
+    """``model`` (changed in place, eval mode) with ``sparsity`` of every layer group's inner width removed,
+    as a trial's ``inner`` parameters would (l1; residual streams and blocks kept)."""
+    from edgetune.objectives import prune
+    from edgetune.objectives.groups import derive_groups
+
+    model.eval()
+    if not sparsity:
+        return model
+    groups = derive_groups(model)
+    widths = prune.group_widths(prune.out_channels(model, groups), groups)
+    keep = prune.kept_channels(model, groups, {g: prune.aligned(w, 1 - sparsity, 1) for g, w in widths.items()})
+    masks = prune.compute_masks(model, prune.config_list(model, groups, keep, example), "l1")
+    if masks:
+        prune.remove_channels(model, masks, example)
+    return model

@@ -17,8 +17,8 @@ import copy
 
 import numpy as np
 
+from bench.common import pruned_inner
 from edgetune.devices import PrecisionPlan
-from edgetune.objectives import prune
 from edgetune.objectives.evaluate import topk_accuracy
 from edgetune.objectives.finetune import TrainSettings, train
 from edgetune.objectives.groups import OTHER
@@ -50,10 +50,7 @@ def pruned_model(model_name: str, sparsity: float):
     data = load_spec_data(spec)
     baseline, source = get_baseline(model_name, data, data_id(spec), baseline_settings(spec))
     groups = derive_groups(baseline, group_rules(spec))
-    model = copy.deepcopy(baseline)
-    example = data.example_input(2)
-    configs = prune.config_list(model, groups, {g.name: sparsity for g in groups}, example)
-    prune.speedup(model, prune.compute_masks(model, configs, "l1"), example)
+    model = pruned_inner(copy.deepcopy(baseline), sparsity, data.example_input(2))
     train(model, data.x_train, data.y_train, TrainSettings(spec["finetune.epochs"], spec["finetune.lr"], spec["finetune.batch_size"]))
     return spec, data, model, groups, source
 

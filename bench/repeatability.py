@@ -4,7 +4,7 @@ paired latency a trial records.
     python -m bench.repeatability [--model resnet56] [--sparsity 0.5] [--repeats 10]
 
 Deploys the baseline (random weights: latency does not depend on them) and a copy with every
-layer group's first convolutions pruned to ``--sparsity`` on the OpenVINO CPU at f32, then measures
+layer group's inner width pruned by ``--sparsity`` on the OpenVINO CPU at f32, then measures
 the pruned model ``--repeats`` times in turn, two ways, interleaved: unpaired (its own median by
 the protocol) and paired with the baseline (what a trial records: the baseline's first median ×
 the median ratio). Reports the median of the medians, the largest deviation of one repeat from it,
@@ -17,11 +17,9 @@ import copy
 import numpy as np
 import torch
 
-from bench.common import parser as make_parser
+from bench.common import parser as make_parser, pruned_inner
 from edgetune.devices import PrecisionPlan, create_device
 from edgetune.devices.protocol import LatencyProtocol
-from edgetune.objectives import prune
-from edgetune.objectives.groups import GroupRules, derive_groups
 from edgetune.objectives.models import create_model
 
 
@@ -35,10 +33,7 @@ def main() -> None:
     torch.manual_seed(0)
     baseline = create_model(args.model, 10).eval()
     example = torch.randn(2, 3, 32, 32)
-    pruned = copy.deepcopy(baseline)
-    groups = derive_groups(pruned, GroupRules())
-    configs = prune.config_list(pruned, groups, {g.name: args.sparsity for g in groups}, example)
-    prune.speedup(pruned, prune.compute_masks(pruned, configs, "l1"), example)
+    pruned = pruned_inner(copy.deepcopy(baseline), args.sparsity, example)
     device = create_device("openvino:CPU", protocol=LatencyProtocol(target_ci_rel=0.02, max_seconds=args.seconds))
     reference = device.deploy(baseline, example, PrecisionPlan("f32"))
     candidate = device.deploy(pruned.eval(), example, PrecisionPlan("f32"))
