@@ -153,6 +153,7 @@ KEYS: dict[str, Key] = {
     "device.batch": Key(int, "an integer >= 1", lambda v: v >= 1),
     "device.latency_ci": Key((int, float), "a relative half-width in (0, 0.5]", lambda v: 0 < v <= 0.5),
     "device.latency_max_seconds": Key((int, float), "a number of seconds > 0", lambda v: v > 0),
+    "device.latency_warmup_seconds": Key((int, float), "a number of seconds >= 0", lambda v: v >= 0),
     "device.throughput": Key(bool, "true or false (also measure throughput with asynchronous requests)"),
     "device.energy": Key(bool, "true or false (also measure energy per inference; on when energy is a target)"),
     "search.sparsity_max": Key((int, float), "a number in [0, 0.95] (the largest share of a width removed)",

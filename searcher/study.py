@@ -110,7 +110,8 @@ def train_on(spec: Spec) -> Accelerator:
 
 
 def make_device(spec: Spec, name: str | None = None):
-    protocol = LatencyProtocol(target_ci_rel=spec["device.latency_ci"], max_seconds=spec["device.latency_max_seconds"])
+    protocol = LatencyProtocol(target_ci_rel=spec["device.latency_ci"], max_seconds=spec["device.latency_max_seconds"],
+                               warmup_seconds=spec["device.latency_warmup_seconds"])
     return create_device(name or spec["device.name"], threads=spec["device.threads"], protocol=protocol,
                          batch=spec["device.batch"])
 

@@ -102,3 +102,14 @@ def test_parse_override():
     assert parse_override("search.pruners=['l1','fpgm']") == ("search.pruners", ["l1", "fpgm"])
     with pytest.raises(SpecError, match="expected key=value"):
         parse_override("finetune.epochs")
+
+
+def test_the_measurement_protocol_comes_from_the_device_keys():
+    from edgetune.searcher.study import make_device
+
+    protocol = make_device(load_spec(overrides={"device.latency_warmup_seconds": 0.25, "device.latency_max_seconds": 2,
+                                                "device.name": "cpu"})).protocol
+    assert (protocol.warmup_seconds, protocol.max_seconds, protocol.target_ci_rel) == (0.25, 2, 0.02)
+    assert make_device(load_spec(overrides={"device.name": "cpu"})).protocol.warmup_seconds == 1.0  # the default's
+    with pytest.raises(SpecError, match="device.latency_warmup_seconds.*>= 0"):
+        load_spec(overrides={"device.latency_warmup_seconds": -1})
