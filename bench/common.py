@@ -63,6 +63,14 @@ def cached_resnet56_digits():
     return model
 
 
+def probe_target(device, deployment, folder: Path) -> tuple[Path, dict | None]:
+    """What the memory probe reads for ``deployment``, through public API: its model file as ``save`` writes it
+    into ``folder`` (IR, ONNX or TorchScript) and, where the device compiles with options (OpenVINO), those."""
+    path = next(p for p in deployment.save(folder) if p.suffix in (".xml", ".onnx", ".pt"))
+    config = device.compile_config(deployment.inference_precision) if hasattr(device, "compile_config") else None
+    return path, config
+
+
 def pruned_inner(model, sparsity: float, example):
     """``model`` (changed in place, eval mode) with ``sparsity`` of every layer group's inner width removed,
     as a trial's ``inner`` parameters would (l1; residual streams and blocks kept)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import cached_resnet56_digits
+from bench.common import cached_resnet56_digits, probe_target
 from edgetune.devices import memory_probe
 from edgetune.devices.registry import create_device
 from edgetune.objectives.model_files import write_model_files
@@ -56,7 +56,8 @@ def main() -> None:
     model = cached_resnet56_digits()
     example, folder = torch.randn(2, 3, 32, 32), Path(tempfile.mkdtemp())
     openvino, cpu = create_device("openvino:CPU"), create_device("cpu", threads=1)
-    onnx = create_device("onnxruntime:CPU", threads=1).deploy(model, example)
+    onnx_device = create_device("onnxruntime:CPU", threads=1)
+    onnx = onnx_device.deploy(model, example)
     deployed = timed("openvino deploy (first)", lambda: openvino.deploy(model, example))
     deployed.save(folder / "deployed")
     timed("model files: ONNX export + safetensors (first)", lambda: write_model_files(model, "resnet56", 10, example, folder))
@@ -75,14 +76,14 @@ def main() -> None:
         timed("openvino compile, static batch", deployed._compile)
         timed("openvino compile, dynamic batch (evaluation)", lambda: deployed._compile(static=False))
         timed("openvino device_time_ms (compile + 50 counted runs)", deployed.device_time_ms)
-        probe_both("OpenVINO IR", deployed._xml, deployed._config)
+        probe_both("OpenVINO IR", *probe_target(openvino, deployed, folder / "probed-ir"))
         timed("  a child importing numpy and openvino", lambda: child("import numpy, openvino"))
         timed("  a bare child", lambda: child("pass"))
         traced = timed("cpu deploy (trace)", lambda: cpu.deploy(model, example))
-        probe_both("TorchScript", traced._path, threads=1)
+        probe_both("TorchScript", *probe_target(cpu, traced, folder / "probed-pt"), threads=1)
         timed("  a child importing torch", lambda: child("import torch"))
         traced.close()
-        probe_both("ONNX Runtime", onnx._path, threads=1)
+        probe_both("ONNX Runtime", *probe_target(onnx_device, onnx, folder / "probed-onnx"), threads=1)
     onnx.close()
 
 

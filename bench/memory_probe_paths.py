@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import cached_resnet56_digits
+from bench.common import cached_resnet56_digits, probe_target
 from edgetune.devices import create_device, memory_probe
 
 
@@ -29,10 +29,8 @@ def main() -> None:
     model = cached_resnet56_digits()
     device = create_device(args.device, threads=1)
     deployment = device.deploy(model, torch.randn(2, 3, 32, 32))
-    # The deployed model as saved (IR, ONNX or TorchScript) and, on OpenVINO, the compile options it ran with.
     saved = Path(tempfile.mkdtemp(prefix="memory-probe-paths-"))
-    path = next(p for p in deployment.save(saved) if p.suffix in (".xml", ".onnx", ".pt"))
-    config = device.compile_config(deployment.inference_precision) if args.device.startswith("openvino") else None
+    path, config = probe_target(device, deployment, saved)
     found: dict[bool, list[float]] = {True: [], False: []}
     try:
         for round_ in range(args.rounds):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench.common import probe_target
 from edgetune.devices import DeviceError, DeviceInfo, create_device
 from edgetune.devices import memory_probe
 from edgetune.devices.memory_probe import probe, probe_all, supported
@@ -69,19 +70,20 @@ def test_a_failing_probe_is_one_device_error_forked_or_fresh(tmp_path):
     assert "openvino" not in memory_probe._retired  # the model failed, not the server
 
 
-def deployed_file(kind: str, width: int = 256):
-    deployment = create_device(kind, threads=1).deploy(convnet(width), X)
-    return deployment, getattr(deployment, "_xml", None) or deployment._path, getattr(deployment, "_config", None)
+def deployed_file(kind: str, folder, width: int = 256):
+    device = create_device(kind, threads=1)
+    deployment = device.deploy(convnet(width), X)
+    return (deployment, *probe_target(device, deployment, folder))
 
 
 @linux
 @pytest.mark.parametrize("kind", ["cpu", "openvino:CPU", "onnxruntime:CPU"])
-def test_a_forked_probe_measures_what_a_fresh_process_does(kind):
+def test_a_forked_probe_measures_what_a_fresh_process_does(kind, tmp_path):
     """The figure stays the fresh process's: the forked child starts with the same resident memory as a
     fresh probe after its import (the server's library pages mapped again; without that a TorchScript
     probe read 30% high), and measures the same model within the figure's own spread. This process has
     run torch (its pools are up): the server is a fresh interpreter, never a fork of this one."""
-    deployment, path, config = deployed_file(kind)  # 4.7 MB of weights
+    deployment, path, config = deployed_file(kind, tmp_path)  # 4.7 MB of weights
     try:
         forked = probe_all(path, (1, 3, 32, 32), config, threads=1)
         fresh = probe_all(path, (1, 3, 32, 32), config, threads=1, fresh=True)
@@ -103,8 +105,8 @@ def own_servers(monkeypatch):
 
 
 @linux
-def test_one_server_per_runtime_forks_every_probe_and_a_dead_one_falls_back_once(own_servers, caplog):
-    deployment, path, config = deployed_file("openvino:CPU", 8)
+def test_one_server_per_runtime_forks_every_probe_and_a_dead_one_falls_back_once(own_servers, caplog, tmp_path):
+    deployment, path, config = deployed_file("openvino:CPU", tmp_path, 8)
     try:
         first = probe_all(path, (1, 3, 32, 32), config)
         server = own_servers._servers["openvino"].process
@@ -153,8 +155,8 @@ def _alive(pid: int) -> bool:
 
 
 @linux
-def test_the_server_ends_with_its_process_even_if_a_forked_child_lives_on():
-    deployment, path, config = deployed_file("openvino:CPU", 8)
+def test_the_server_ends_with_its_process_even_if_a_forked_child_lives_on(tmp_path):
+    deployment, path, config = deployed_file("openvino:CPU", tmp_path, 8)
     try:
         done = subprocess.run([sys.executable, "-c", LINGER, str(path), json.dumps(config)], capture_output=True,
                               text=True, timeout=300)
