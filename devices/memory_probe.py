@@ -147,11 +147,17 @@ def _torchscript(path: str, shape: list[int], threads: int, runs: int) -> dict:
             "file": _status_bytes("RssFile") - before_file}
 
 
+def _runtime_of(model: Path) -> str:
+    """The runtime a model file is for, by its suffix: IR, ONNX, else TorchScript."""
+    return {".xml": "openvino", ".onnx": "onnxruntime"}.get(model.suffix, "torch")
+
+
 def _measure(model: str, shape: list[int], config: dict, threads: int, runs: int) -> dict:
     start = time.perf_counter()
-    if model.endswith(".xml"):
+    runtime = _runtime_of(Path(model))
+    if runtime == "openvino":
         found = _openvino(model, shape, config, runs)
-    elif model.endswith(".onnx"):
+    elif runtime == "onnxruntime":
         found = _onnxruntime(model, shape, threads, runs)
     else:
         found = _torchscript(model, shape, threads, runs)
@@ -181,10 +187,6 @@ def main(argv: list[str] | None = None) -> None:
 
 _PRELOAD = {"openvino": ["numpy", "openvino", "openvino.opset13"], "onnxruntime": ["numpy", "onnx", "onnxruntime"],
             "torch": ["torch"]}
-
-
-def _runtime_of(model: Path) -> str:
-    return {".xml": "openvino", ".onnx": "onnxruntime"}.get(model.suffix, "torch")
 
 
 def _resident_runs() -> list[tuple[int, int]]:
