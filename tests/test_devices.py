@@ -256,6 +256,24 @@ def test_plain_cpu_measures_a_tiny_model_with_threads_recorded():
         create_device("cpu:1")
 
 
+@pytest.mark.parametrize("int8", [False, True], ids=["f32", "int8"])
+def test_plain_cpu_ships_the_model_it_evaluated(int8, tmp_path):
+    """The TorchScript file a user exports computes the logits Top-1 was measured on (traced without
+    check_trace, so this is the check)."""
+    model = create_model("resnet20", 10).eval()
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    plan = PrecisionPlan("f32", ("layer2", "layer3"), x.numpy()) if int8 else PrecisionPlan()
+    deployment = create_device("cpu", threads=1, protocol=FAST).deploy(model, x[:2], plan)
+    try:
+        [shipped] = deployment.save(tmp_path)
+        with torch.no_grad():
+            logits = torch.jit.load(str(shipped)).eval()(x).numpy()
+        assert np.allclose(logits, deployment.predict(x.numpy()), atol=1e-5)
+        assert ("int8" in deployment.precision_used) == int8
+    finally:
+        deployment.close()
+
+
 def test_openvino_throughput_is_its_own_figure():
     device = create_device("openvino:CPU", protocol=FAST)
     deployment = device.deploy(create_model("resnet20", 10).eval(), torch.rand(2, 3, 32, 32))
