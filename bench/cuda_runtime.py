@@ -93,23 +93,23 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
-    rows = [measure(args.model, p, args.runs, args.warm_up) for p in args.precisions]
     print(f"{'precision':9} {'runtime':11} {'edgetune ms':>11} {'again':>7} {'hand graph':>10} {'eager':>7} "
-          f"{'vs graph':>8} {'eager/edgetune':>14}  energy mJ (3x), idle W")
-    for r in rows:
+          f"{'vs graph':>8} {'eager/edgetune':>14}  energy mJ (3x), idle W", flush=True)
+    rows = []
+    for precision in args.precisions:  # each row printed and kept as it is measured: a timeout loses the rest only
+        rows.append(r := measure(args.model, precision, args.runs, args.warm_up))
         energy = r.get("energy") or []
         joules = ", ".join(f"{e['energy_mj']:.3f}" for e in energy)
         spread = (max(e["energy_mj"] for e in energy) / min(e["energy_mj"] for e in energy) - 1) if energy else None
         print(f"{r['precision']:9} {r['runtime']:11} {r['edgetune_ms']:11.3f} {r['edgetune_again_ms']:7.3f} "
               f"{r['hand_graph_ms']:10.3f} {r['eager_ms']:7.3f} {r['edgetune_ms'] / r['hand_graph_ms'] - 1:+8.1%} "
               f"{r['eager_ms'] / r['edgetune_ms']:13.2f}x  {joules or 'no counter'}"
-              + (f" (spread {spread:.1%}), idle {energy[0]['idle_power_w']:.1f} W" if energy else ""))
+              + (f" (spread {spread:.1%}), idle {energy[0]['idle_power_w']:.1f} W" if energy else ""), flush=True)
         if r["runtime_fallback"]:
-            print(f"  fell back: {r['runtime_fallback']}")
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump({"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "rows": rows}, out, indent=1)
-
+            print(f"  fell back: {r['runtime_fallback']}", flush=True)
+        if args.json:
+            with open(args.json, "w") as out:
+                json.dump({"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "rows": rows}, out, indent=1)
 
 if __name__ == "__main__":
     main()

@@ -13,6 +13,7 @@ shopt -s nocaseglob  # with their metadata: pytest plugins there (jaxtyping) ask
 for p in nni optuna alembic mako colorlog json_tricks schema typeguard pydot torch_pruning platformdirs astor prettytable wcwidth; do
   cp -r "$site/$p" "$site/$p"-*.dist-info .gpu/site/
 done
+cp "$site/pynvml.py" -r "$site"/nvidia_ml_py-*.dist-info .gpu/site/  # NVML's energy counter: one module
 find .gpu/site -name __pycache__ -prune -exec rm -rf {} +
 version() { .venv/bin/pip show "$1" | awk '/^Version/{print $2}'; }
 .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -3,6 +3,8 @@
     python -m bench.trial_cost [--trials 8] [--spec studies/default.toml] [--set key=value ...]
     python -m bench.trial_cost --study NAME [--storage URL]    # a study that already ran (make demo's)
     python -m bench.trial_cost ... --json cpu.json             # also keep the figures (for --compare)
+    python -m bench.trial_cost ... --folder DIR                # keep the study in DIR/cost.db (read it back
+                                                               # with --study cost --storage sqlite:///DIR/cost.db)
     python -m bench.trial_cost --compare cpu.json gpu.json     # the same study trained on two devices
 
 Runs the study (default: the embedded default, ResNet-56 on digits, on the OpenVINO CPU) for a few
@@ -87,6 +89,8 @@ def main() -> None:
     parser.add_argument("--study", help="read this stored study's trials instead of running new ones")
     parser.add_argument("--storage", default="sqlite:///edgetune.db")
     parser.add_argument("--json", help="also write the figures --compare reads to this file")
+    parser.add_argument("--folder", help="run the study in this folder and keep it (default: a temporary one): "
+                        "a run stopped by a timeout can still be read with --study cost")
     parser.add_argument("--compare", nargs=2, metavar=("FIRST.json", "SECOND.json"), help="compare two --json runs")
     args = parser.parse_args()
     if args.compare:
@@ -95,6 +99,9 @@ def main() -> None:
     if args.study:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.load_study(study_name=args.study, storage=args.storage)
+    elif args.folder:
+        Path(args.folder).mkdir(parents=True, exist_ok=True)
+        study = run(args, Path(args.folder).resolve())
     else:
         with tempfile.TemporaryDirectory() as tmp:
             study = run(args, Path(tmp))
