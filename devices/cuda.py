@@ -246,6 +246,8 @@ class CUDADevice(Device):
 
     def deploy(self, model, example_input, plan: PrecisionPlan = PrecisionPlan()) -> CUDADeployment:
         self.check_plan(plan)
+        # streams, events and graph captures are made on the current device: make it this one (cuda:N)
+        torch.cuda.set_device(self.torch_device)
         module = copy.deepcopy(model).eval().to(self.torch_device, _DTYPES[plan.float_precision])
         module = module.to(memory_format=torch.channels_last)
         return CUDADeployment(module, self, example_input, plan)

@@ -92,7 +92,11 @@ class Accelerator:
         """``tensor[index]`` on the training device, wherever ``tensor`` is held."""
         if tensor.device == self.device:
             return tensor[index.to(self.device)]
-        return tensor[index.to(tensor.device)].to(self.device, non_blocking=True)
+        # gathered into pinned memory (torch's caching host allocator: reused, safe while a copy is in
+        # flight), so the copy is asynchronous; a plain tensor[index] of a pinned tensor is pageable
+        index = index.to(tensor.device)
+        staged = torch.empty((len(index), *tensor.shape[1:]), dtype=tensor.dtype, pin_memory=True)
+        return torch.index_select(tensor, 0, index, out=staged).to(self.device, non_blocking=True)
 
 
 CPU = Accelerator(torch.device("cpu"))

@@ -137,6 +137,7 @@ def test_the_same_seed_gives_the_same_weights_on_one_device(device):
     assert torch.equal(trained[0], trained[1])
 
 
+@pytest.mark.gpu  # the CPU half runs everywhere; -m gpu selects it on a GPU host
 def test_data_that_fits_goes_to_the_gpu_and_the_rest_stays_pinned(monkeypatch):
     if not HAS_CUDA:
         assert CPU.place(_data()[0]).device.type == "cpu"  # the CPU: unchanged, not pinned
