@@ -143,16 +143,17 @@ def block_importance(model: nn.Module, stages: list[Stage], images: torch.Tensor
                     for i in range(0, len(images), batch_size))
         return total / len(images)
 
-    reference = loss_of(model)
     scores = {}
-    for stage in stages:
-        for path in stage.removable:
-            original = model.get_submodule(path)
-            set_module(model, path, nn.Identity())
-            try:
-                scores[path] = round(loss_of(model) - reference, 6)
-            finally:
-                set_module(model, path, original)
+    with on.repeatable():  # the same ranking every run on one GPU, as training and evaluation are
+        reference = loss_of(model)
+        for stage in stages:
+            for path in stage.removable:
+                original = model.get_submodule(path)
+                set_module(model, path, nn.Identity())
+                try:
+                    scores[path] = round(loss_of(model) - reference, 6)
+                finally:
+                    set_module(model, path, original)
     return scores
 
 
