@@ -27,7 +27,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 mkdir -p /tmp/p && ln -sfn "$PWD" /tmp/p/edgetune
 export PYTHONPATH=/tmp/p:/tmp/site:$PWD/.gpu/site
 python3 -c "import torch, edgetune.devices.cuda, edgetune.searcher.cli; print('torch', torch.__version__, torch.cuda.get_device_name(0))" || exit 1
-python3 -c "import pynvml; pynvml.nvmlInit(); print('NVML', pynvml.nvmlSystemGetDriverVersion())" || echo "no NVML: energy will be refused"
+python3 -c "import pynvml; pynvml.nvmlInit(); print('NVML', pynvml.nvmlSystemGetDriverVersion())" 2>&1 | tail -1  # or why not
 tune() { python3 -c 'import sys; from edgetune.searcher.cli import main; sys.argv[0]="tune"; main()' "$@"; }
 export EDGETUNE_CACHE=/tmp/cache
 # Warm-up 0.25 s, not 1: the same paired ratios within 1.4% at a fixed thread count, and measurement is most
