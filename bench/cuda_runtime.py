@@ -111,5 +111,6 @@ def main() -> None:
             with open(args.json, "w") as out:
                 json.dump({"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "rows": rows}, out, indent=1)
 
+
 if __name__ == "__main__":
     main()

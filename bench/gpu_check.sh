@@ -62,10 +62,10 @@ adapter)
   tune pareto gpu --storage sqlite:////tmp/gpu.db 2>&1 | tee $OUT/pareto.txt
   ;;
 tests)
-  timeout 110 python3 -m pytest tests/test_accelerator.py tests/test_data_stream.py -m gpu -v -p no:warnings -p no:cacheprovider 2>&1 | tee $OUT/pytest-train.txt
+  timeout 130 python3 -m pytest tests/test_accelerator.py tests/test_data_stream.py -m gpu -v -p no:warnings -p no:cacheprovider 2>&1 | tee $OUT/pytest-train.txt
   ;;
 default)
-  costed default-gpu 120 --trials 8 "${MEASURE[@]}" --set train.device=cuda:0 2>&1 | tee $OUT/default.txt
+  costed default-gpu 100 --trials 8 "${MEASURE[@]}" --set train.device=cuda:0 2>&1 | tee $OUT/default.txt
   base=$(baseline_of resnet56-digits)
   costed default-cpu 150 --trials 5 "${MEASURE[@]}" --set train.device=cpu --set model.checkpoint=$base 2>&1 | tee -a $OUT/default.txt
   cost --compare $OUT/default-cpu.json $OUT/default-gpu.json 2>&1 | tee -a $OUT/default.txt

@@ -25,6 +25,6 @@ class TorchScriptDeployment(FileDeployment):
         self._workdir = Path(tempfile.mkdtemp(prefix=prefix))
         self._path = self._workdir / self.artifact_name
         # check_trace off: it traces again on the same input (half the time of this step) and so cannot
-        # see a data-dependent branch; the exported file's logits are tested (tests/test_export.py)
+        # see a data-dependent branch; the shipped file is tested against what was evaluated (tests/test_devices.py)
         with torch.no_grad():
             torch.jit.trace(module, example, check_trace=False).save(str(self._path))
