@@ -4,7 +4,7 @@
 #   nvidia   issue 31: bench/cuda_runtime.py (recorded ResNet-56 latency vs a hand-written CUDA graph vs eager,
 #            energy x3), then the default study measured AND trained on cuda:0 with --target latency,energy,top1
 #            (8 trials, seed 0) and its front (about 5 min)
-#   adapter  the CUDA adapter's tests and a 4-trial study measured on cuda:0 (about 2 min)
+#   adapter  the CUDA adapter's tests and a 4-trial study measured on cuda:0 (about 2 min; a call of 420 s)
 #   tests    [train]'s GPU tests: plumbing on cuda, QAT there, two studies training on one GPU at once (about 2 min)
 #   default  the default study (ResNet-56 on digits, seed 0, 8 trials) trained on cuda:0, then its first 5 trials
 #            (the recipe seeds) trained on the host's CPU from the same baseline; phase table and comparison (about 3 min)
@@ -56,8 +56,8 @@ nvidia)
   ;;
 adapter)
   tune devices 2>&1 | tee $OUT/devices.txt
-  timeout 180 python3 -m pytest tests/test_cuda.py tests/test_nni_compat.py -v -p no:warnings -p no:cacheprovider 2>&1 | tee $OUT/pytest.txt
-  timeout 300 bash -c "$(declare -f tune); tune start --model resnet20 --device cuda:0 --trials 4 --target latency,memory,top1 \
+  timeout 120 python3 -m pytest tests/test_cuda.py tests/test_nni_compat.py -v -p no:warnings -p no:cacheprovider 2>&1 | tee $OUT/pytest.txt
+  timeout 240 bash -c "$(declare -f tune); tune start --model resnet20 --device cuda:0 --trials 4 --target latency,memory,top1 \
     --storage sqlite:////tmp/gpu.db --study-name gpu --set baseline.epochs=3 --set finetune.epochs=1 --set device.latency_max_seconds=1" 2>&1 | tee $OUT/study.txt
   tune pareto gpu --storage sqlite:////tmp/gpu.db 2>&1 | tee $OUT/pareto.txt
   ;;
