@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import tempfile
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -113,13 +111,7 @@ class CUDADeployment(TorchScriptDeployment):
         self._run, program, self.runtime, self.runtime_fallback = build_runtime(module, self._input)
         torch.cuda.synchronize(index)
         self._captured_bytes = torch.cuda.max_memory_allocated(index) - before  # warm-up and the graph's pool
-        self._workdir = Path(tempfile.mkdtemp(prefix="edgetune-cuda-"))
-        self._path = self._workdir / self.artifact_name
-        if isinstance(program, torch.jit.ScriptModule):
-            program.save(str(self._path))  # what runs is what ships
-        else:
-            with torch.no_grad():  # eager: the plain trace, if even that fails the error says why
-                torch.jit.trace(module, self._input, check_trace=False).save(str(self._path))
+        self._write_artifact(program, self._input, "edgetune-cuda-")  # the frozen program, or eager's trace
         self.inference_precision = plan.float_precision
         self.threads = 0
         self.energy_counter = device.energy_counter()
