@@ -129,12 +129,13 @@ def start(
     if spec["study.workers"] > 1 and is_sqlite(spec["study.storage"]):
         raise SpecError(f"--workers {spec['study.workers']}: {SEVERAL_WORKERS_NEED_A_SERVER}")
     _check_train_device(spec)
+    from .progress import status_lines
     from .study import check_new_space, validate
 
     # Everything a user can get wrong (device, data, model, checkpoint, storage, a space of one point)
     # fails before the header.
     try:
-        with console.status("checking the device, data and model") as checking:
+        with status_lines(console, "checking the device, data and model") as checking:
             checked = validate(spec, on_status=checking.update)
             check_new_space(spec, checked)
     except KeyboardInterrupt:
@@ -246,7 +247,7 @@ def _run_study(spec, progress, joining: bool = False, checked=None):
             console.print(f"baseline ({prepared.baseline_source}): latency {base['latency_ms']:.3f} ms "
                           f"(±{base['latency_ci95_rel'] * 100:.1f}%, {base['latency_runs']} runs), Top-1 {base['top1']:.2f}%, "
                           f"params {base['params']:,}, FLOPs {base['flops']:,}; groups: "
-                          + ", ".join(f"{g.name} ({len(g.layers)} layers)" for g in prepared.context.groups)
+                          + ", ".join(f"{g.name} ({len(g.layers)} layer{'s' * (len(g.layers) > 1)})" for g in prepared.context.groups)
                           + f"; precisions: {', '.join(prepared.precisions)}"
                           + f"; widths in multiples of {prepared.space.multiple} ({prepared.space.multiple_source})"
                           + (f"; stream widths not searched: {prepared.space.stream_error}" if prepared.space.stream_error else "")
@@ -363,7 +364,9 @@ def report(
         except DataError as error:
             console.print(f"[yellow]class-level harm skipped[/]: {error}")
     folder = out / study.study_name
-    with console.status("writing the report"):
+    from .progress import status_lines
+
+    with status_lines(console, "writing the report"):
         # one plotly.min.js in --out for every study's front.html
         files = write_report(study, folder, store, splits, plotter, max_top1_drop=max_top1_drop,
                              plotly_js="../plotly.min.js")
