@@ -249,9 +249,8 @@ def _run_study(spec, progress, joining: bool = False, checked=None):
                           f"params {base['params']:,}, FLOPs {base['flops']:,}; groups: "
                           + ", ".join(f"{g.name} ({len(g.layers)} layer{'s' * (len(g.layers) > 1)})" for g in prepared.context.groups)
                           + f"; precisions: {', '.join(prepared.precisions)}"
-                          + f"; widths in multiples of {prepared.space.multiple} ({prepared.space.multiple_source})"
-                          + (f"; stream widths not searched: {prepared.space.stream_error}" if prepared.space.stream_error else "")
-                          + (f"; {prepared.space.collapse_note()}" if prepared.space.collapsed else ""))
+                          + f"; {prepared.space.collapse_note() or f'widths in multiples of {prepared.space.multiple} ({prepared.space.multiple_source})'}"
+                          + (f"; stream widths not searched: {prepared.space.stream_error}" if prepared.space.stream_error else ""))
 
     return run_study(spec, progress, joining=joining, before_trials=show_baseline, checked=checked).study
 
