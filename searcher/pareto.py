@@ -181,7 +181,9 @@ def front_table(study: optuna.Study, title: str | None = None, trials: list | No
                   f"({stats.get('complete', 0)} complete, {stats.get('pruned', 0)} collapsed, {stats.get('fail', 0)} failed)")
     groups = record.group_names(study)
     if record.searches_structure(study):  # d: blocks, s: stream channels, i: inner channels
-        settings = f"d/s/i {'/'.join(groups)}, pruner, precision +other"
+        stages = record.stage_names(study) or groups
+        settings = (f"d/s/i {'/'.join(groups)}" if stages == groups  # (ResNets: a group per stage)
+                    else f"d/s {'/'.join(stages)}, i {'/'.join(groups)}") + ", pruner, precision +other"
     else:
         settings = f"pruner, sparsity {'/'.join(groups)}, precision {'/'.join([*groups, 'other'])}"
     others = list(record.spec_values(study).get("device.also") or [])  # latency on each further device

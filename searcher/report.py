@@ -341,8 +341,10 @@ def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = Non
         if left_out:
             lines += [f"Not shown: {pareto.left_out_line(study, left_out, max_top1_drop)}.", ""]
         if record.searches_structure(data.study):
-            lines += [f"Settings, as realized: `d` blocks kept per stage, `s` residual-stream channels per stage, "
-                      f"`i` inner channels per group (its widest layer), in multiples of "
+            groups = record.group_names(data.study)
+            stages = "/".join(record.stage_names(data.study) or groups)
+            lines += [f"Settings, as realized: `d` blocks kept per stage ({stages}), `s` residual-stream channels per "
+                      f"stage, `i` inner channels per group ({'/'.join(groups)}; its widest layer), in multiples of "
                       f"{record.channel_multiple(data.study)[0]}; then the pruner and, where any group runs "
                       "int8, each group's precision (groups, then other).", ""]
         if history:

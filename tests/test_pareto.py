@@ -42,3 +42,18 @@ def test_settings_show_depth_and_widths_as_realized():
 def test_the_table_shows_the_baseline_row():
     table = front_table(_study([(1.0, 97.0)]))
     assert table.row_count == 2
+
+
+def test_the_settings_header_names_stages_and_groups_apart_where_they_differ():
+    """MobileNet: depth and stream width per stage (stage1..3), inner width per group (stage2..3, no
+    expansion in stage1); a ResNet's groups are its stages, named once."""
+    def header(stages, groups):
+        study = _study([(1.0, 97.0)])
+        study.set_user_attr("channel_multiple", 8)
+        study.set_user_attr("stages", [{"name": s} for s in stages])
+        study.set_user_attr("groups", [{"name": g} for g in groups])
+        return front_table(study).columns[-1].header
+
+    assert header(["stage1", "stage2", "stage3"], ["stage2", "stage3"]) == \
+        "d/s stage1/stage2/stage3, i stage2/stage3, pruner, precision +other"
+    assert header(["layer1", "layer2"], ["layer1", "layer2"]) == "d/s/i layer1/layer2, pruner, precision +other"
