@@ -19,18 +19,19 @@ from .runner import RunEvents
 
 #: Without a terminal: the longest silence before a line says what is running.
 HEARTBEAT_SECONDS = 60.0
+_BEGAN = time.monotonic()  # imported as a command starts: lines count from there
 
 
 class _Lines:
-    """Status lines for output that is not a terminal, each with the time since the run began."""
+    """Status lines for output that is not a terminal, each with the time since the command began."""
 
     def __init__(self, console: Console):
         self.console = console
-        self.began = self.last = time.monotonic()
+        self.last = time.monotonic()
         self.current = ""
 
     def say(self, text: str) -> None:
-        seconds = int(time.monotonic() - self.began)
+        seconds = int(time.monotonic() - _BEGAN)
         self.console.print(f"[dim]{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}[/] {text}",
                            highlight=False)
         self.printed()
