@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import types
 
 import optuna
 from rich.console import Console
@@ -59,11 +60,7 @@ def status_lines(console: Console, text: str):
         return
     lines = _Lines(console)
     lines.status(text)
-
-    class Updates:
-        update = staticmethod(lines.status)
-
-    yield Updates()
+    yield types.SimpleNamespace(update=lines.status)  # what console.status gives the caller: .update(text)
 
 
 class StudyProgress(RunEvents):
