@@ -57,11 +57,43 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
                 break
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds no state dict")
+    misfit = _misfit(model, state)
+    if misfit:
+        raise CheckpointError(f"checkpoint {path} does not fit the model: {misfit}")
     try:
         model.load_state_dict(state)
-    except RuntimeError as error:
+    except RuntimeError as error:  # what _misfit does not look at (a module's own load hook)
         raise CheckpointError(f"checkpoint {path} does not fit the model: {first_line(error)}") from None
     return model
+
+
+def _misfit(model: nn.Module, state: dict) -> str:
+    """What keeps ``state`` from loading into ``model``, in one line ("" when nothing): the first tensor
+    of another shape, keys missing and unexpected (torch's own message puts each on a line of its own)."""
+    own = model.state_dict()
+    shapes = [key for key, value in state.items()
+              if key in own and isinstance(value, torch.Tensor) and value.shape != own[key].shape]
+    missing = [key for key in own if key not in state]
+    unexpected = [key for key in state if key not in own]
+
+    def listed(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    parts = []
+    if shapes:
+        key = shapes[0]
+        shape = lambda tensor: "×".join(map(str, tensor.shape)) or "scalar"  # noqa: E731
+        part = f"{key} is {shape(state[key])} in the checkpoint, {shape(own[key])} in the model"
+        classifier = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)][-1:]
+        if classifier and key == f"{classifier[0]}.weight" and state[key].shape[1:] == own[key].shape[1:]:
+            part += f" (the checkpoint classifies {state[key].shape[0]} classes, the data has {own[key].shape[0]})"
+        more = len(shapes) - 1
+        parts.append(part + (f"; {more} more tensor{'s' * (more > 1)} of another shape" if more else ""))
+    if missing:
+        parts.append(f"missing {listed(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {listed(unexpected)}")
+    return "; ".join(parts)
 
 
 def get_baseline(model_name: str, data: Splits, data_id: dict, settings: TrainSettings,

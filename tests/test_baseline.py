@@ -83,5 +83,16 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(create_model("resnet20", 10), tmp_path / "none.pt")
     path = tmp_path / "other.pt"
     torch.save(create_model("resnet32", 10).state_dict(), path)
-    with pytest.raises(CheckpointError, match="does not fit the model"):
+    with pytest.raises(CheckpointError, match=r"does not fit the model: unexpected layer1\.3\.conv1\.weight, "
+                                              r"layer1\.3\.bn1\.weight, layer1\.3\.bn1\.bias and \d+ more$"):
         load_checkpoint(create_model("resnet20", 10), path)
+
+
+def test_a_checkpoint_for_other_classes_says_so_in_one_line(tmp_path):
+    path = tmp_path / "imagenet-shaped.pt"
+    torch.save(create_model("resnet18", 1000).state_dict(), path)
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(create_model("resnet18", 10), path)
+    assert str(refused.value) == (f"checkpoint {path} does not fit the model: fc.weight is 1000×512 in the checkpoint, "
+                                  "10×512 in the model (the checkpoint classifies 1000 classes, the data has 10); "
+                                  "1 more tensor of another shape")
