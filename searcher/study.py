@@ -153,7 +153,7 @@ def _baseline_model(spec: Spec, study: optuna.Study, data: Splits, on_status: Ca
             return load_pruned(folder), "the study's artifact"
     epochs = spec["baseline.epochs"]
     return get_baseline(spec["model.name"], data, data_id(spec), baseline_settings(spec), spec["model.checkpoint"],
-                        on_epoch=lambda e, loss: on_status(f"baseline: training epoch {e + 1}/{epochs} (loss {loss:.3f})"),
+                        on_epoch=lambda e, loss: on_status(f"baseline: {e + 1}/{epochs} epochs trained (loss {loss:.3f})"),
                         on=on)
 
 

@@ -23,12 +23,12 @@ def test_each_status_is_a_line_once_with_the_time_since_the_command_began(monkey
     monkeypatch.setattr(progress, "_BEGAN", time.monotonic() - 3725)
     console, out = _log()
     with StudyProgress(console, total=4, done=0) as shown:
-        shown.status("baseline: training epoch 1/3 (loss 2.100)")
-        shown.status("baseline: training epoch 1/3 (loss 2.100)")  # unchanged: no second line
-        shown.status("baseline: training epoch 2/3 (loss 1.700)")
+        shown.status("baseline: 1/3 epochs trained (loss 2.100)")
+        shown.status("baseline: 1/3 epochs trained (loss 2.100)")  # unchanged: no second line
+        shown.status("baseline: 2/3 epochs trained (loss 1.700)")
     assert [line for line in out.getvalue().splitlines() if "baseline" in line][:2] == [
-        "1:02:05 baseline: training epoch 1/3 (loss 2.100)", "1:02:05 baseline: training epoch 2/3 (loss 1.700)"]
-    assert _lines(out) == ["baseline: training epoch 1/3 (loss 2.100)", "baseline: training epoch 2/3 (loss 1.700)"]
+        "1:02:05 baseline: 1/3 epochs trained (loss 2.100)", "1:02:05 baseline: 2/3 epochs trained (loss 1.700)"]
+    assert _lines(out) == ["baseline: 1/3 epochs trained (loss 2.100)", "baseline: 2/3 epochs trained (loss 1.700)"]
 
 
 def test_a_long_phase_gets_a_line_a_short_one_does_not(monkeypatch):
@@ -45,11 +45,11 @@ def test_quiet_workers_and_terminals_get_no_lines(monkeypatch):
     monkeypatch.setattr(progress, "HEARTBEAT_SECONDS", 0.1)
     console, out = _log()
     with StudyProgress(console, total=4, done=0, quiet=True) as shown:
-        shown.status("baseline: training epoch 1/3 (loss 2.100)")
+        shown.status("baseline: 1/3 epochs trained (loss 2.100)")
         time.sleep(0.3)
     terminal = io.StringIO()
     with StudyProgress(Console(file=terminal, force_terminal=True), total=4, done=0) as shown:
-        shown.status("baseline: training epoch 1/3 (loss 2.100)")
+        shown.status("baseline: 1/3 epochs trained (loss 2.100)")
     for shown in (out, terminal):  # (the bar shows it on a terminal)
         assert _lines(shown) == [], shown.getvalue()
 
