@@ -80,7 +80,7 @@ def _overrides(**named) -> dict:
                "data_dir": "data.dir", "device": "device.name", "trials": "study.trials", "sampler": "study.sampler",
                "storage": "study.storage", "study_name": "study.name", "seed": "study.seed",
                "max_top1_drop": "study.max_top1_drop", "max_class_drop": "study.max_class_drop", "workers": "study.workers",
-               "max_latency": "study.max_latency_ms", "min_speedup": "study.min_speedup"}
+               "max_latency": "study.max_latency_ms", "min_speedup": "study.min_speedup", "image_size": "data.image_size"}
     result = {mapping[k]: v for k, v in named.items() if k in mapping and v is not None}
     if "study.targets" in result:
         result["study.targets"] = [t.strip() for t in result["study.targets"].split(",") if t.strip()]
@@ -292,12 +292,25 @@ def _artifacts_dir(study, given: Optional[str], storage: str) -> str:
     return record.artifacts_dir(study, given, storage)
 
 
+def _out_folder(out: Path) -> Path:
+    """``--out``, made if missing: one line, not a traceback, where it cannot be a folder."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SpecError(f"--out {out}: a file, not a folder") from None
+    except NotADirectoryError:
+        raise SpecError(f"--out {out}: a part of the path is a file, not a folder") from None
+    except OSError as error:
+        raise SpecError(f"--out {out}: cannot make the folder ({error.strerror})") from None
+    return out
+
+
 @app.command()
 @user_errors_are_one_line
 def export(
     study_name: Optional[str] = typer.Argument(None, help="Study name (optional if the storage holds one)."),
     pareto: bool = typer.Option(False, "--pareto", help="Export every model on the Pareto front."),
-    trial: Optional[list[int]] = typer.Option(None, "--trial", help="Export this trial (repeatable)."),
+    trial: Optional[list[int]] = typer.Option(None, "--trial", help="Export this trial (repeatable; with --pareto: as well)."),
     out: Path = typer.Option(Path("exports"), "--out", help="Folder to write trial-N/ folders into."),
     max_top1_drop: float = MAX_TOP1_DROP_OPTION,
     storage: str = STORAGE_OPTION,
@@ -314,6 +327,7 @@ def export(
     store = _artifacts_dir(study, artifacts, storage)  # before any folder is made
     if left_out:
         console.print(f"[yellow]not exported[/]: {left_out_line(study, left_out, max_top1_drop)}")
+    _out_folder(out)
     for chosen in chosen_trials:
         folder = export_trial(study, chosen, store, out)
         a = chosen.user_attrs
@@ -362,7 +376,7 @@ def report(
             splits = load_spec_data(Spec(stored, "stored"))
         except DataError as error:
             console.print(f"[yellow]class-level harm skipped[/]: {error}")
-    folder = out / study.study_name
+    folder = _out_folder(out) / study.study_name
     from .progress import status_lines
 
     with status_lines(console, "writing the report"):
@@ -445,9 +459,10 @@ def dashboard(
 @user_errors_are_one_line
 def groups(
     spec_file: Optional[Path] = typer.Option(None, "--spec", help="Study spec (TOML)."),
-    model: Optional[str] = typer.Option(None, help="Model name."),
+    model: Optional[str] = typer.Option(None, help="Model: resnet20/32/44/56, a torchvision classifier (`tune models`) "
+                                                   "or file.py:factory (default: the spec's, resnet56)."),
     num_classes: int = typer.Option(10, help="Classes of the classifier head."),
-    image_size: int = typer.Option(32, help="Input size used to count FLOPs."),
+    image_size: Optional[int] = typer.Option(None, help="Input size that counts FLOPs (default: the spec's data.image_size, 32)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override spec keys (search.groups, search.exclude)."),
 ):
     """Show the layer groups of a model (layers, parameters, FLOPs share) and every dimension a study
@@ -461,7 +476,10 @@ def groups(
     from .space import allowed_precisions, build_space, channel_multiple
     from .study import group_rules, make_device
 
-    spec = load_spec(spec_file, _overrides(model=model, set=set_))
+    if num_classes < 2:
+        raise SpecError(f"--num-classes: must be an integer >= 2, got {num_classes}")
+    spec = load_spec(spec_file, _overrides(model=model, image_size=image_size, set=set_))
+    image_size = spec["data.image_size"] or 32
     net = create_model(spec["model.name"], num_classes)
     found = derive_groups(net, group_rules(spec))
     table = Table(title=f"layer groups of {spec['model.name']}")

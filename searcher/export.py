@@ -36,30 +36,33 @@ def library_versions() -> dict[str, str]:
 
 def choose_trials(study: optuna.Study, numbers: list[int] | None, pareto: bool,
                   max_top1_drop: float | None = None) -> tuple[list[optuna.trial.FrozenTrial], list[FrontRow]]:
-    """The trials to export, and the front's rows left out for losing more than ``max_top1_drop``
-    Top-1 points (``--pareto`` only: a trial named with ``--trial`` is exported as asked)."""
-    if pareto:
-        by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-        rows = front(study)
-        if not rows:
-            raise ExportError(f"study '{study.study_name}' has no complete trial yet")
-        kept, left_out = within_top1_drop(study, rows, max_top1_drop)
-        if not kept:
-            raise ExportError(f"every model on the front of '{study.study_name}' loses more than {max_top1_drop:g} "
-                              "Top-1 points; raise --max-top1-drop, or name one with --trial N")
-        return [by_number[row.number] for row in kept], left_out
-    if not numbers:
+    """The trials to export: the front's (``pareto``) and those ``numbers`` name, each once; and the
+    front's rows left out for losing more than ``max_top1_drop`` Top-1 points (a trial named with
+    ``--trial`` is exported as asked)."""
+    if not pareto and not numbers:
         raise ExportError("choose trials: --pareto or --trial N (repeatable)")
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    chosen = []
-    for number in numbers:
+    chosen, left_out = [], []
+    for number in numbers or []:
         trial = trials.get(number)
         if trial is None:
             raise ExportError(f"study '{study.study_name}' has no trial {number}")
         if trial.state != optuna.trial.TrialState.COMPLETE or "artifact_id" not in trial.user_attrs:
             raise ExportError(f"trial {number} is {trial.state.name.lower()}: only complete trials have a model")
         chosen.append(trial)
-    return chosen, []
+    if pareto:
+        rows = front(study)
+        if not rows:
+            raise ExportError(f"study '{study.study_name}' has no complete trial yet")
+        kept, left_out = within_top1_drop(study, rows, max_top1_drop)
+        if not kept and not chosen:
+            raise ExportError(f"every model on the front of '{study.study_name}' loses more than {max_top1_drop:g} "
+                              "Top-1 points; raise --max-top1-drop, or name one with --trial N")
+        on_front = {row.number for row in kept}
+        named = {t.number for t in chosen}
+        chosen = [trials[row.number] for row in kept] + [t for t in chosen if t.number not in on_front]
+        left_out = [row for row in left_out if row.number not in named]
+    return chosen, left_out
 
 
 def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, artifacts_dir: str, out: Path) -> Path:

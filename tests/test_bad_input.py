@@ -187,6 +187,8 @@ CASES = [
       "--out", "{dir}/nowhere"], "error: --artifacts {dir}/nowhere: no such folder"),
     (["worker", "nosuch", "--storage", "sqlite:///{dir}/tiny.db"], "error: no study 'nosuch' in the storage; studies: tiny"),
     (["export", "tiny", "--trial", "99", "--storage", "sqlite:///{dir}/tiny.db"], "error: study 'tiny' has no trial 99"),
+    (["groups", "--model", "resnet20", "--image-size", "0"], "error: spec key 'data.image_size': must be an integer >= 8, got 0"),
+    (["groups", "--model", "resnet20", "--num-classes", "-3"], "error: --num-classes: must be an integer >= 2, got -3"),
     # device strings
     (["start", "--spec", S, "--device", "quantum"],
      "error: unknown device 'quantum'; device kinds: cpu, cuda, onnxruntime, openvino, remote (e.g. openvino:CPU)"),
@@ -344,3 +346,14 @@ def test_results_of_an_older_study_are_found_from_another_folder(tiny_study, tmp
         assert sorted(p.name for p in elsewhere.iterdir()) == ["exports", "reports"]  # no empty store, no again/
     moved = CliRunner().invoke(app, ["export", "--trial", "0", *storage, "--artifacts", str(folder / "moved")])
     assert moved.exit_code == 0, moved.output
+
+
+def test_an_out_that_cannot_be_a_folder_is_one_line(tiny_study, tmp_path):
+    (tmp_path / "project").mkdir()
+    storage = ["--storage", f"sqlite:///{copy_of_study(tiny_study, tmp_path / 'project')}/tiny.db"]
+    (tmp_path / "a-file").write_text("mine")
+    for out, why in (("a-file", "a file, not a folder"), ("a-file/sub", "a part of the path is a file, not a folder")):
+        for args in (["export", "--pareto", *storage], ["report", "--no-classes", *storage]):
+            result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / out)])
+            assert result.exit_code == 2 and result.stderr == f"error: --out {tmp_path / out}: {why}\n", result.output
+    assert (tmp_path / "a-file").read_text() == "mine"

@@ -80,6 +80,8 @@ def test_export_pareto_leaves_out_front_models_below_the_top1_floor():
     assert [t.number for t in chosen] == [3, 2, 1, 0] and left_out == []
     assert [t.number for t in choose_trials(study, [3], False, 5.0)[0]] == [3]  # named with --trial: exported as asked
     assert [t.number for t in choose_trials(study, None, True, 0.0)[0]] == [0]  # no loss at all: the one better model
+    chosen, left_out = choose_trials(study, [3, 1], True, 5.0)  # both: the front, then what --trial adds
+    assert [t.number for t in chosen] == [2, 1, 0, 3] and left_out == []
 
 
 def test_a_negative_top1_floor_is_one_line():
