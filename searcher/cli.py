@@ -1,6 +1,7 @@
 """``tune``: the command line of edgetune (typer + rich)."""
 from __future__ import annotations
 
+import collections
 import functools
 import gc
 import os
@@ -255,10 +256,25 @@ def _run_study(spec, progress, joining: bool = False, checked=None):
     return run_study(spec, progress, joining=joining, before_trials=show_baseline, checked=checked).study
 
 
-def _print_front(study) -> None:
-    from .pareto import front_table
+def _print_front(study, max_top1_drop: float | None = None) -> None:
+    """The front as a table; models losing more than ``max_top1_drop`` Top-1 points (default: export's
+    and report's floor) named below it."""
+    from . import bulk
+    from .pareto import DEFAULT_MAX_TOP1_DROP, front, front_table, front_user_attrs, left_out_line, within_top1_drop
 
-    console.print(front_table(study))
+    max_top1_drop = DEFAULT_MAX_TOP1_DROP if max_top1_drop is None else max_top1_drop
+
+    trials = bulk.read_trials(study, front_user_attrs(study))
+    rows = front(study, trials)
+    states = collections.Counter(t.state.name.lower() for t in trials)
+    if not states["complete"]:
+        seen = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "no trials"
+        console.print(f"study '{study.study_name}': no complete trial yet ({seen}); the same `tune start` resumes it")
+        return
+    kept, left_out = within_top1_drop(study, rows, max_top1_drop)
+    console.print(front_table(study, trials=trials, rows=kept))
+    if left_out:
+        console.print(f"not shown: {left_out_line(study, left_out, max_top1_drop)}")
 
 
 @app.command()
@@ -266,11 +282,14 @@ def _print_front(study) -> None:
 def pareto(
     study_name: Optional[str] = typer.Argument(None, help="Study name (optional if the storage holds one)."),
     storage: str = STORAGE_OPTION,
+    max_top1_drop: float = typer.Option(5.0, "--max-top1-drop", metavar="POINTS",
+                                        help="Leave out front models that lose more Top-1 points than this (as export and report do)."),
 ):
     """Print the current Pareto front of a stored study, with deltas against its baseline."""
     from .storage import read_study
 
-    _print_front(read_study(storage, study_name))
+    _check_drop(max_top1_drop)
+    _print_front(read_study(storage, study_name), max_top1_drop)
 
 
 app.command("status", help="Same as `tune pareto`.")(pareto)

@@ -155,6 +155,8 @@ def settings_short(row_params: dict, attrs: dict, groups: list[str] | None = Non
         text += " " + "/".join(_PRECISION_SHORT.get(plan.get(g, "?"), plan.get(g, "?")) for g in [*groups, "other"])
     if attrs.get("seeded"):
         text += f" (recipe {attrs['seeded']})"
+    if attrs.get("finalized_from") is not None:  # the same settings as that trial, fine-tuned longer
+        text += f" (finalized from {attrs['finalized_from']})"
     return text
 
 
@@ -172,8 +174,10 @@ def shows_energy(baseline_record: dict) -> bool:
     return baseline_record.get("energy_mj") is not None
 
 
-def front_table(study: optuna.Study, title: str | None = None, trials: list | None = None) -> Table:
-    """``tune pareto``: the front with its deltas; ``trials`` as for :func:`front` (read once by default)."""
+def front_table(study: optuna.Study, title: str | None = None, trials: list | None = None,
+                rows: list[FrontRow] | None = None) -> Table:
+    """``tune pareto``: the front with its deltas; ``trials`` as for :func:`front` (read once by default);
+    ``rows``: the front's rows to show (default: all)."""
     trials = bulk.read_trials(study, front_user_attrs(study)) if trials is None else trials
     base = baseline(study)
     stats = counts(study, trials)
@@ -200,7 +204,7 @@ def front_table(study: optuna.Study, title: str | None = None, trials: list | No
                       _human(base.get("flops")), _human(base.get("size_bytes")) + "B",
                       *([_human(base["memory_bytes"]) + "B"] if memory else []),
                       *([f"{base['energy_mj']:.3g}"] if energy else []), "-")
-    for row in front(study, trials):
+    for row in front(study, trials) if rows is None else rows:
         a = row.attrs
         table.add_row(
             str(row.number),

@@ -157,7 +157,7 @@ def require_database(url: str) -> None:
     """For a command that only reads: an SQLite file that is not there is an error (opening would create it)."""
     missing = missing_sqlite_file(url)
     if missing is not None:
-        raise StorageError(f"no study database at {missing}; name the study's with --storage sqlite:///PATH "
+        raise StorageError(f"no study database at {missing}; name the study's database with --storage sqlite:///PATH "
                            f"(or ${STORAGE_ENV}), or run `tune start` first")
 
 

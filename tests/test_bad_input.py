@@ -181,7 +181,7 @@ CASES = [
     (["start", "--spec", S, "--storage", "postgresql://u:secret@127.0.0.1:1/db"],
      "error: cannot open storage postgresql://u:***@127.0.0.1:1/db: "),
     (["pareto", "tiny", "--storage", "sqlite:///{dir}/nowhere/none.db"],  # reading creates no database
-     "error: no study database at {dir}/nowhere/none.db; name the study's with --storage sqlite:///PATH "
+     "error: no study database at {dir}/nowhere/none.db; name the study's database with --storage sqlite:///PATH "
      "(or $EDGETUNE_STORAGE), or run `tune start` first"),
     (["export", "tiny", "--pareto", "--storage", "sqlite:///{dir}/tiny.db", "--artifacts", "{dir}/nowhere",
       "--out", "{dir}/nowhere"], "error: --artifacts {dir}/nowhere: no such folder"),

@@ -118,7 +118,7 @@ def test_reading_where_there_is_no_database_creates_nothing(tmp_path, monkeypatc
     result = runner.invoke(app, args, env={"EDGETUNE_STORAGE": None})
     assert result.exit_code == 2, result.output
     missing = tmp_path / ("nowhere/nothere.db" if "--storage" in args else "edgetune.db")
-    assert result.stderr.strip() == (f"error: no study database at {missing}; name the study's with --storage "
+    assert result.stderr.strip() == (f"error: no study database at {missing}; name the study's database with --storage "
                                      "sqlite:///PATH (or $EDGETUNE_STORAGE), or run `tune start` first")
     assert list(tmp_path.iterdir()) == []  # no empty database, no artifact store, no report or export folder
 
@@ -190,3 +190,22 @@ def test_the_readme_key_table_names_every_spec_key():
         for section in re.findall(r"`(\w+)`", sections):
             named.setdefault(section, set()).update(re.findall(r"`(?:\w+\.)?(\w+)`", keys))
     assert [k for k in KEYS if k.partition(".")[2] not in named.get(k.partition(".")[0], set())] == []
+
+
+def test_pareto_leaves_out_what_export_leaves_out_and_says_when_nothing_is_complete(tmp_path):
+    from test_report import study_with_a_front_model_far_below_the_baseline
+
+    url = f"sqlite:///{tmp_path}/far.db"
+    study_with_a_front_model_far_below_the_baseline(url)
+    shown = runner.invoke(app, ["pareto", "--storage", url], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    front = lambda output: [line.split()[0] for line in output.splitlines() if line.split()[:1] and line.split()[0].isdigit()]  # noqa: E731
+    assert front(shown.output) == ["2", "1", "0"]
+    assert "not shown: front trial 3 (-38.60) loses more than 5 Top-1 points (--max-top1-drop)" in shown.output
+    everything = runner.invoke(app, ["pareto", "--storage", url, "--max-top1-drop", "40"], env={"COLUMNS": "200"})
+    assert front(everything.output) == ["3", "2", "1", "0"]
+    waiting = optuna.create_study(study_name="new", storage=f"sqlite:///{tmp_path}/new.db")
+    waiting.enqueue_trial({})
+    result = runner.invoke(app, ["pareto", "--storage", f"sqlite:///{tmp_path}/new.db"])
+    assert result.exit_code == 0 and result.stdout == ("study 'new': no complete trial yet (1 waiting); "
+                                                       "the same `tune start` resumes it\n")

@@ -35,6 +35,7 @@ def test_settings_show_depth_and_widths_as_realized():
              "precision_plan": {"layer1": "int8", "layer2": "f32", "other": "f32"}}
     assert settings_short({}, attrs) == "d 3/5 s 16/24 i 8/16 l1 i8/f32/f32"
     assert settings_short({}, {**attrs, "seeded": "uniform-1/3"}).endswith("(recipe uniform-1/3)")
+    assert settings_short({}, {**attrs, "finalized_from": 0}).endswith("(finalized from 0)")  # trial 0 trained longer
     old = {"pruner": "l2", "precision_plan": {"layer1": "f32", "other": "f32"}}
     assert settings_short({param_name(SPARSITY, "layer1"): 0.35, PRUNER: "l2"}, old, ["layer1"]) == "l2 .35"
 

@@ -182,9 +182,9 @@ def test_a_plot_that_fails_in_its_process_fails_the_report(tmp_path):
     assert len(children) == 2 and not any(process.is_alive() for process in children)
 
 
-def study_with_a_front_model_far_below_the_baseline():
-    """An in-memory study whose front ends in a fast model 38.6 points below the baseline (as the demo's)."""
-    study = optuna.create_study(study_name="far", directions=["minimize", "maximize"])
+def study_with_a_front_model_far_below_the_baseline(storage: str | None = None):
+    """A study (in memory by default) whose front ends in a fast model 38.6 points below the baseline (as the demo's)."""
+    study = optuna.create_study(study_name="far", directions=["minimize", "maximize"], storage=storage)
     distributions = {param_name(INNER, "layer1"): optuna.distributions.IntDistribution(1, 4)}
     for number, (latency, top1) in enumerate([(0.9, 99.0), (0.6, 98.5), (0.4, 97.0), (0.2, 60.3), (0.8, 90.0)]):
         study.add_trial(optuna.trial.create_trial(
