@@ -72,7 +72,7 @@ def fetch(artifacts_dir: str, artifact_id: str, destination: Path, expected_sha2
     """Download, check and unpack an artifact zip into ``destination`` (made only once the zip is good;
     a store that is not there is an error, not an empty new one)."""
     if not Path(artifacts_dir).is_dir():
-        raise ArtifactError(f"artifact store {artifacts_dir} is not there; name it with --artifacts DIR")
+        raise ArtifactError(f"artifact store {Path(artifacts_dir).absolute()} is not there; name it with --artifacts DIR")
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "artifact.zip"
         try:

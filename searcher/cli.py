@@ -81,7 +81,8 @@ def _overrides(**named) -> dict:
                "data_dir": "data.dir", "device": "device.name", "trials": "study.trials", "sampler": "study.sampler",
                "storage": "study.storage", "study_name": "study.name", "seed": "study.seed",
                "max_top1_drop": "study.max_top1_drop", "max_class_drop": "study.max_class_drop", "workers": "study.workers",
-               "max_latency": "study.max_latency_ms", "min_speedup": "study.min_speedup", "image_size": "data.image_size"}
+               "max_latency": "study.max_latency_ms", "min_speedup": "study.min_speedup", "image_size": "data.image_size",
+               "artifacts": "study.artifacts"}
     result = {mapping[k]: v for k, v in named.items() if k in mapping and v is not None}
     if "study.targets" in result:
         result["study.targets"] = [t.strip() for t in result["study.targets"].split(",") if t.strip()]
@@ -114,6 +115,8 @@ def start(
     max_latency: Optional[float] = typer.Option(None, help="Latency limit in ms: slower trials are infeasible, "
                                                            "timed before fine-tuning and skip it."),
     min_speedup: Optional[float] = typer.Option(None, help="Speed-up over the baseline a trial must reach (as --max-latency)."),
+    artifacts: Optional[str] = typer.Option(None, help="Artifact store folder (study.artifacts; resuming: the study's "
+                                                       "store as this host sees it)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any spec key: --set finetune.epochs=3"),
 ):
     """Run (or resume) a compression study and print its Pareto front."""
@@ -126,7 +129,8 @@ def start(
                                            storage=storage or os.environ.get(STORAGE_ENV) or None,
                                            study_name=study_name, seed=seed, workers=workers,
                                            max_top1_drop=max_top1_drop, max_class_drop=max_class_drop,
-                                           max_latency=max_latency, min_speedup=min_speedup, set=set_))
+                                           max_latency=max_latency, min_speedup=min_speedup, artifacts=artifacts,
+                                           set=set_))
     if spec["study.workers"] > 1 and is_sqlite(spec["study.storage"]):
         raise SpecError(f"--workers {spec['study.workers']}: {SEVERAL_WORKERS_NEED_A_SERVER}")
     _check_train_device(spec)

@@ -148,8 +148,7 @@ def _baseline_model(spec: Spec, study: optuna.Study, data: Splits, on_status: Ca
             try:
                 folder = fetch(spec["study.artifacts"], stored["artifact_id"], Path(tmp), stored.get("artifact_sha256"))
             except ArtifactError as error:
-                raise SpecError(f"study '{study.study_name}': its baseline {error}; point --set study.artifacts= "
-                                "to the study's artifact store") from None
+                raise SpecError(f"study '{study.study_name}': its baseline {error}") from None  # (names --artifacts)
             return load_pruned(folder), "the study's artifact"
     epochs = spec["baseline.epochs"]
     return get_baseline(spec["model.name"], data, data_id(spec), baseline_settings(spec), spec["model.checkpoint"],

@@ -15,8 +15,10 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import copy_of_study
+from edgetune.searcher import cli
 from edgetune.searcher.cli import app
 from edgetune.searcher.params import INNER, WIDTH, param_name
+from edgetune.searcher.spec import load_spec
 
 pytestmark = pytest.mark.slow  # needs the tiny study
 
@@ -357,3 +359,19 @@ def test_an_out_that_cannot_be_a_folder_is_one_line(tiny_study, tmp_path):
             result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / out)])
             assert result.exit_code == 2 and result.stderr == f"error: --out {tmp_path / out}: {why}\n", result.output
     assert (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_a_missing_artifact_store_names_the_option_each_command_has(tiny_study, tmp_path):
+    """finalize, worker and (resuming) start all take --artifacts: the line names it, with the store's absolute path."""
+    (tmp_path / "project").mkdir()
+    folder = copy_of_study(tiny_study, tmp_path / "project")
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder}/tiny.db")
+    study.set_user_attr("spec", {**study.user_attrs["spec"], "study.artifacts": str(folder / "gone")})
+    storage = ["--storage", f"sqlite:///{folder}/tiny.db"]
+    for args in (["finalize", "--trial", "0", *storage], ["start", "--spec", str(folder / "tiny.toml"), *storage,
+                                                          "--set", f"study.artifacts={folder / 'gone'}"]):
+        result = CliRunner().invoke(app, args, env={"EDGETUNE_STORAGE": None})
+        assert result.exit_code == 2, result.output
+        assert result.stderr.endswith(f"artifact store {folder / 'gone'} is not there; name it with --artifacts DIR\n"), result.stderr
+    spec = load_spec(None, cli._overrides(artifacts=str(folder / "artifacts")))
+    assert spec["study.artifacts"] == str(folder / "artifacts")
