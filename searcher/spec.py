@@ -79,10 +79,14 @@ def _targets_ok(v) -> bool:
 def _regex_list_ok(v) -> bool:
     import re
 
-    try:
-        return isinstance(v, list) and all(isinstance(p, str) and re.compile(p) for p in v)
-    except re.error:
+    if not (isinstance(v, list) and all(isinstance(p, str) for p in v)):
         return False
+    for pattern in v:
+        try:
+            re.compile(pattern)
+        except re.error as error:  # which one, and why: "a list of regular expressions" alone does not say
+            raise SpecError(f"spec key 'search.exclude': {pattern!r} is not a regular expression ({error})") from None
+    return True
 
 
 def _precisions_ok(v) -> bool:
@@ -256,6 +260,10 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    known = KEYS.get(key)
+    if known and isinstance(value, str) and list in (known.kind if isinstance(known.kind, tuple) else (known.kind,)) \
+            and not known.check(value):  # a list key given one item: search.pruners=l1 is ["l1"]
+        value = [value]
     return key, value
 
 

@@ -55,7 +55,7 @@ def test_file_values_and_overrides(tmp_path):
     ("data.workers", -1, 'spec key \'data.workers\': must be "auto" or an integer >= 0'),
     ("data.workers", True, 'spec key \'data.workers\': must be "auto" or an integer >= 0'),
     ("search.pruners", ["l1", "magic"], "spec key 'search.pruners': must be a non-empty list from: l1, l2, fpgm"),
-    ("search.exclude", ["layer1.("], "spec key 'search.exclude': must be a list of regular expressions"),
+    ("search.exclude", ["layer1.("], "spec key 'search.exclude': 'layer1.(' is not a regular expression"),
     ("study.storage", "edgetune.db", "spec key 'study.storage': must be an SQLAlchemy URL"),
 ])
 def test_invalid_values_name_the_key_and_what_is_allowed(key, value, message):
@@ -113,3 +113,18 @@ def test_the_measurement_protocol_comes_from_the_device_keys():
     assert make_device(load_spec(overrides={"device.name": "cpu"})).protocol.warmup_seconds == 1.0  # the default's
     with pytest.raises(SpecError, match="device.latency_warmup_seconds.*>= 0"):
         load_spec(overrides={"device.latency_warmup_seconds": -1})
+
+
+def test_a_list_key_given_one_item_is_that_list():
+    assert parse_override("search.pruners=l1") == ("search.pruners", ["l1"])
+    assert parse_override('search.pruners=["l1", "l2"]') == ("search.pruners", ["l1", "l2"])
+    assert parse_override("search.precisions=auto") == ("search.precisions", "auto")  # a string it takes as it is
+    assert parse_override("search.precisions=f32") == ("search.precisions", ["f32"])
+    assert parse_override("model.name=resnet20") == ("model.name", "resnet20")
+    spec = load_spec(None, dict([parse_override("search.exclude=layer1"), parse_override("search.pruners=fpgm")]))
+    assert spec["search.exclude"] == ["layer1"] and spec["search.pruners"] == ["fpgm"]
+
+
+def test_a_pattern_that_is_not_a_regular_expression_is_named():
+    with pytest.raises(SpecError, match=r"^spec key 'search.exclude': '\(unclosed' is not a regular expression \(missing \)"):
+        load_spec(None, {"search.exclude": ["layer1", "(unclosed"]})
