@@ -406,7 +406,7 @@ def report(
         # one plotly.min.js in --out for every study's front.html
         files = write_report(study, folder, store, splits, plotter, max_top1_drop=max_top1_drop,
                              plotly_js="../plotly.min.js")
-    console.print(f"report: {files[0]} ({len(files)} files in {folder})")
+    console.print(f"report: {files[0]} ({len(files)} file{'s' * (len(files) != 1)} in {folder})")
 
 
 @app.command()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,19 +309,36 @@ def front_markdown(data: ReportData) -> list[str]:
     return lines
 
 
+#: The files a report writes into its folder (``plotly.min.js``: where it is not shared, as in every report
+#: written before it was). By name and not from a list the last run left: nothing more to write or to trust,
+#: and folders written by earlier versions are cleaned too; a user's own files never match.
+REPORT_FILES = re.compile(r"report\.md|front\.png|front\.html|hypervolume\.png|flips-trial-\d+\.png|plotly\.min\.js")
+
+
+def clear_report(folder: Path) -> list[Path]:
+    """Remove what an earlier report wrote into ``folder`` (only the report's own files); returns them.
+    A new report then leaves exactly its own files, as ``tune export`` clears each ``trial-N/`` first."""
+    removed = [path for path in folder.iterdir() if REPORT_FILES.fullmatch(path.name) and path.is_file()]
+    for path in removed:
+        path.unlink()
+    return removed
+
+
 def write_report(study: optuna.Study, out: Path, artifacts_dir: str | None = None, data_splits=None,
                  plotter: Plotter | None = None, max_top1_drop: float | None = pareto.DEFAULT_MAX_TOP1_DROP,
                  plotly_js: str = "directory") -> list[Path]:
     """Write the report folder; returns the files written. ``plotter``: one started before the study was
     opened (its imports then overlap the reading), else one is started here. Front models that lose more
     than ``max_top1_drop`` Top-1 points are named but not shown (None: all are). ``plotly_js``: where
-    front.html finds plotly.min.js (:class:`report_plots.PlotInputs`)."""
+    front.html finds plotly.min.js (:class:`report_plots.PlotInputs`). An earlier report's files in ``out``
+    are removed first (:func:`clear_report`): no plot or thumbnail of another run is left beside this one."""
     plotter = plotter or Plotter()
     out.mkdir(parents=True, exist_ok=True)
     data = collect(study)
     data.front, left_out = pareto.within_top1_drop(study, data.front, max_top1_drop)
     if left_out:
         data.top1_floor = data.baseline["top1"] - max_top1_drop
+    clear_report(out)  # once the study is read, before anything is written
     written = []
     lines = [f"# edgetune report: {study.study_name}", ""]
     counts = data.counts

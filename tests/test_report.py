@@ -215,3 +215,74 @@ def test_the_report_leaves_out_front_models_below_the_top1_floor_and_labels_the_
     assert top1_range(inputs) == pytest.approx((93.4, 99.5))  # from just below the floor, not down to 60.3
     everything = report.write_report(study, tmp_path / "all", max_top1_drop=None)[0].read_text()
     assert "Not shown" not in everything and "| 3 | 0.200 |" in everything
+
+
+def stored_study_with_class_harm(folder):
+    """A study in an SQLite file whose baseline and two front trials have stored predictions on the digits'
+    validation images (the trials get some wrong that the baseline gets right): `tune report` draws their
+    flips without a trained model. Returns the storage URL."""
+    import io
+    import zipfile
+
+    from edgetune.searcher.spec import Spec, load_spec
+    from edgetune.searcher.storage import AtomicArtifactStore
+    from edgetune.searcher.study import load_spec_data, stored_values
+
+    url, store = f"sqlite:///{folder}/harmed.db", folder / "artifacts"
+    spec = stored_values(load_spec(overrides={"study.name": "harmed", "study.storage": url,
+                                              "study.artifacts": str(store)}))
+    labels = load_spec_data(Spec(spec, "stored")).y_val.numpy()  # as the report loads them
+    store.mkdir()
+
+    def stored_predictions(artifact_id, wrong):
+        predicted = labels.copy()
+        predicted[:wrong] = (labels[:wrong] + 1) % 10
+        buffer = io.BytesIO()
+        np.save(buffer, predicted)
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.writestr("predictions.npy", buffer.getvalue())
+        archive.seek(0)
+        AtomicArtifactStore(str(store)).write(artifact_id, archive)
+
+    study = optuna.create_study(study_name="harmed", storage=url, directions=["minimize", "maximize"])
+    distributions = {param_name(INNER, "layer1"): optuna.distributions.IntDistribution(1, 4)}
+    for number, (latency, top1, wrong) in enumerate([(0.8, 98.5, 3), (0.5, 97.0, 6)]):
+        stored_predictions(f"model-{number}", wrong)
+        study.add_trial(optuna.trial.create_trial(
+            params={param_name(INNER, "layer1"): number + 1}, distributions=distributions, values=[latency, top1],
+            user_attrs={"latency_ms": latency, "top1": top1, "params": 1, "flops": 2, "size_bytes": 3,
+                        "artifact_id": f"model-{number}"}))
+    stored_predictions("baseline", 0)
+    study.set_user_attr("spec", spec)
+    for key, value in {"latency_ms": 1.0, "top1": 98.9, "params": 2, "flops": 4, "size_bytes": 6,
+                       "artifact_id": "baseline"}.items():
+        study.set_user_attr(f"baseline_{key}", value)
+    return url
+
+
+def test_a_report_again_leaves_only_its_own_files_and_the_users(tmp_path):
+    url, out = stored_study_with_class_harm(tmp_path), tmp_path / "reports"
+    folder = out / "harmed"
+    first = CliRunner().invoke(app, ["report", "harmed", "--storage", url, "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    assert sorted(p.name for p in folder.glob("flips-*.png")) == ["flips-trial-0.png", "flips-trial-1.png"]
+    assert "(6 files in " in " ".join(first.output.split())
+    (folder / "notes.md").write_text("mine")  # a user's files beside the report, one named much like a plot
+    (folder / "front-annotated.png").write_bytes(b"mine")
+
+    again = CliRunner().invoke(app, ["report", "harmed", "--storage", url, "--out", str(out), "--no-classes"])
+    assert again.exit_code == 0, again.output
+    assert "(4 files in " in " ".join(again.output.split())
+    assert sorted(p.name for p in folder.iterdir()) == ["front-annotated.png", "front.html", "front.png",
+                                                        "hypervolume.png", "notes.md", "report.md"]
+    assert "Class-level harm" not in (folder / "report.md").read_text()
+
+    # another database's study of the same name, with no complete trial: its report is one file
+    other = f"sqlite:///{tmp_path}/other.db"
+    optuna.create_study(study_name="harmed", storage=other, directions=["minimize", "maximize"])
+    empty = CliRunner().invoke(app, ["report", "harmed", "--storage", other, "--out", str(out)])
+    assert empty.exit_code == 0, empty.output
+    assert "(1 file in " in " ".join(empty.output.split())
+    assert sorted(p.name for p in folder.iterdir()) == ["front-annotated.png", "notes.md", "report.md"]
+    assert (folder / "notes.md").read_text() == "mine" and (out / "plotly.min.js").is_file()  # shared, kept
