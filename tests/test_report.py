@@ -286,3 +286,13 @@ def test_a_report_again_leaves_only_its_own_files_and_the_users(tmp_path):
     assert "(1 file in " in " ".join(empty.output.split())
     assert sorted(p.name for p in folder.iterdir()) == ["front-annotated.png", "notes.md", "report.md"]
     assert (folder / "notes.md").read_text() == "mine" and (out / "plotly.min.js").is_file()  # shared, kept
+
+
+def test_an_out_that_is_a_file_is_one_line(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    optuna.create_study(study_name="s", storage=url, directions=["minimize", "maximize"])
+    (tmp_path / "afile").write_text("mine")
+    result = CliRunner().invoke(app, ["report", "--storage", url, "--out", str(tmp_path / "afile")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"error: --out {tmp_path}/afile: a file, not a folder\n"
+    assert (tmp_path / "afile").read_text() == "mine"
