@@ -457,25 +457,71 @@ def finalize(
 @user_errors_are_one_line
 def dashboard(
     storage: str = STORAGE_OPTION,
-    artifacts: str = typer.Option("edgetune-artifacts", help="Artifact store folder (trial models show in the UI)."),
+    artifacts: Optional[str] = typer.Option(None, help="Artifact store whose trial models the UI shows (default: the "
+                                                       "studies' own, found from any folder as by `tune report`)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps it on this machine."),
     port: int = typer.Option(8080, help="Port."),
 ):
-    """Serve optuna-dashboard on the study database, with the artifact store."""
+    """Serve optuna-dashboard on the study database, with the trials' models from the studies' artifact store."""
     import optuna_dashboard
+    from rich.markup import escape
 
     from .storage import artifact_store, open_storage, redact, require_database
 
     require_database(storage)
     store = open_storage(storage)
-    models = artifact_store(artifacts) if Path(artifacts).is_dir() else None  # a missing store is not created
-    console.print(f"optuna-dashboard on http://{host}:{port} for {redact(storage)} (Ctrl-C stops it)")
+    folder, not_attached = _dashboard_artifacts(store, storage, artifacts)
+    models = artifact_store(folder) if folder else None  # only a folder that is there: none is created
+    console.print(f"optuna-dashboard on http://{host}:{port} for {escape(redact(storage))}"
+                  + (f", models from {escape(folder)}" if folder else "") + " (Ctrl-C stops it)", soft_wrap=True)
+    if not_attached:  # each one line, however long, in a log too
+        console.print(f"[yellow]{'some models' if folder else 'models'} not attached[/]: {escape(not_attached)}",
+                      soft_wrap=True)
     try:
         optuna_dashboard.run_server(store, host=host, port=port, artifact_store=models)
     except OSError as error:
         raise SpecError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
     except KeyboardInterrupt:
         pass
+
+
+def _dashboard_artifacts(store, storage: str, given: Optional[str]) -> tuple[Optional[str], str]:
+    """The artifact store the dashboard serves models from (None: none), and why models are not attached
+    ("": all are). ``--artifacts`` wins; else each study's own store, found as `tune report` and `tune export`
+    find it. optuna-dashboard serves one store: where the studies' stores differ, the newest study's is
+    served and the others are named. A store that is not there is never created (an empty one would hide it)."""
+    from . import record
+    from .storage import redact
+
+    if given:
+        path = Path(given).expanduser()
+        return (str(path), "") if path.is_dir() else (None, f"--artifacts {given}: no such folder (none is created)")
+    studies = store.get_all_studies()  # oldest first; their attributes, no trials
+    if not studies:
+        return None, (f"{redact(storage)} holds no study yet; start the dashboard again once one has run, "
+                      "or name a store with --artifacts DIR")
+    found, missing, chosen = {}, [], None  # chosen: the newest study's store that is there
+    for study in studies:
+        folder, why = record.find_artifacts_dir(study, storage)
+        if folder is None:
+            missing.append(why)
+        else:
+            chosen = str(Path(folder).resolve())
+            found.setdefault(chosen, []).append(study.study_name)
+    reasons = list(missing)
+    for folder, names in found.items():
+        if folder != chosen:
+            one = len(names) == 1
+            reasons.append(f"{'study' if one else 'studies'} {', '.join(repr(n) for n in names)} keep{'s' * one} "
+                           f"{'its' if one else 'their'} models in {folder}")
+    if not reasons:
+        return chosen, ""
+    if not chosen:
+        return None, "; ".join(reasons) + f"; name {'it' if len(reasons) == 1 else 'one'} with --artifacts DIR"
+    served = found[chosen]
+    reasons.append(f"one store is served, {chosen} ({'study' if len(served) == 1 else 'studies'} "
+                   f"{', '.join(repr(n) for n in served)}); --artifacts DIR chooses another")
+    return chosen, "; ".join(reasons)
 
 
 @app.command()

@@ -133,21 +133,34 @@ def artifacts_dir(study: optuna.Study, given: str | None = None, storage_url: st
     must not create an empty one."""
     from pathlib import Path
 
-    from .storage import StorageError, sqlite_folder
+    from .storage import StorageError
 
     if given:
         if not Path(given).expanduser().is_dir():
             raise StorageError(f"--artifacts {given}: no such folder")
         return given
+    found, missing = find_artifacts_dir(study, storage_url)
+    if found is None:
+        raise StorageError(f"{missing}; name it with --artifacts DIR")
+    return found
+
+
+def find_artifacts_dir(study: optuna.Study, storage_url: str | None = None) -> tuple[str | None, str]:
+    """The study's own artifact store as :func:`artifacts_dir` finds it, never created: (its folder, "")
+    where it is there, else (None, where it was looked for)."""
+    from pathlib import Path
+
+    from .storage import sqlite_folder
+
     stored = spec_values(study).get("study.artifacts", "edgetune-artifacts")
     path = Path(stored).expanduser()
     beside = sqlite_folder(storage_url) if storage_url and not path.is_absolute() else None
     for candidate in [path] + ([beside / path] if beside else []):
         if candidate.is_dir():
-            return str(candidate)
+            return str(candidate), ""
     where = (f"{path} is neither in {Path.cwd()} nor beside its database in {beside}" if beside
              else f"{path.absolute()} is not there")
-    raise StorageError(f"study '{study.study_name}': its artifact store {where}; name it with --artifacts DIR")
+    return None, f"study '{study.study_name}': its artifact store {where}"
 
 
 def groups(study: optuna.Study) -> list[LayerGroup] | None:
