@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def test_from_another_folder_the_dashboard_serves_the_studys_own_models(tmp_path
                 served = error
             except OSError:
                 time.sleep(0.5)
-        assert served == model, server.stdout.read1() if server.poll() is not None else served
+        assert served == model, server.stdout.read() if server.poll() is not None else served
     finally:
         server.terminate()
         server.wait(timeout=10)
