@@ -56,11 +56,22 @@ def is_sqlite(url: str) -> bool:
 
 
 def sqlalchemy_url(url: str) -> str:
-    """``postgresql://`` means psycopg2 to SQLAlchemy; use psycopg 3 (our dependency) when psycopg2 is absent."""
+    """``postgresql://`` means psycopg2 to SQLAlchemy; use psycopg 3 (our dependency) when psycopg2 is absent.
+    ``mysql://`` means mysqlclient; use PyMySQL (the ``mysql`` extra) when only it is there."""
     parsed = make_url(url)
     if parsed.drivername == "postgresql" and importlib.util.find_spec("psycopg2") is None:
         return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    if parsed.drivername == "mysql" and importlib.util.find_spec("MySQLdb") is None \
+            and importlib.util.find_spec("pymysql") is not None:
+        return parsed.set(drivername="mysql+pymysql").render_as_string(hide_password=False)
     return url
+
+
+def _missing_driver(url: str) -> str:
+    """Why no driver was found for ``url``, and what to install."""
+    parsed = make_url(sqlalchemy_url(url))
+    install = " (pip install 'edgetune[mysql]')" if parsed.get_backend_name() == "mysql" else ""
+    return f"no Python driver for {parsed.drivername} is installed{install}"
 
 
 def open_storage(url: str, heartbeat: Heartbeat | None = None) -> optuna.storages.RDBStorage:
@@ -84,7 +95,9 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None) -> optuna.storage
             if attempt == 2:
                 raise StorageError(f"cannot open storage {redact(url)}: {error_reason(error)}") from None
             time.sleep(0.5 + attempt)
-        except (SQLAlchemyError, ImportError, ModuleNotFoundError, ValueError) as error:
+        except (ImportError, ModuleNotFoundError):  # Optuna's own words: "Please install appropriate one."
+            raise StorageError(f"cannot open storage {redact(url)}: {_missing_driver(url)}") from None
+        except (SQLAlchemyError, ValueError) as error:
             raise StorageError(f"cannot open storage {redact(url)}: {error_reason(error)}") from None
 
 

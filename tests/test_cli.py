@@ -1,4 +1,6 @@
 """The small read-only commands, through typer's runner."""
+import importlib.util
+
 import optuna
 import pytest
 from rich.console import Console
@@ -209,3 +211,21 @@ def test_pareto_leaves_out_what_export_leaves_out_and_says_when_nothing_is_compl
     result = runner.invoke(app, ["pareto", "--storage", f"sqlite:///{tmp_path}/new.db"])
     assert result.exit_code == 0 and result.stdout == ("study 'new': no complete trial yet (1 waiting); "
                                                        "the same `tune start` resumes it\n")
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(m) for m in ("pymysql", "MySQLdb")), reason="a MySQL driver is installed")
+def test_a_mysql_url_without_its_driver_says_what_to_install():
+    result = runner.invoke(app, ["pareto", "--storage", "mysql://u:secret@127.0.0.1:1/db"])
+    assert result.exit_code == 2
+    assert result.stderr == ("error: cannot open storage mysql://u:***@127.0.0.1:1/db: no Python driver for mysql is "
+                             "installed (pip install 'edgetune[mysql]')\n")
+
+
+def test_a_mysql_url_uses_pymysql_where_only_it_is_installed(monkeypatch):
+    from edgetune.searcher import storage
+
+    installed = {"pymysql"}
+    monkeypatch.setattr(storage.importlib.util, "find_spec", lambda name: object() if name in installed else None)
+    assert storage.sqlalchemy_url("mysql://u:p@h/db") == "mysql+pymysql://u:p@h/db"
+    installed.add("MySQLdb")  # mysqlclient, SQLAlchemy's own choice for mysql://, when it is there
+    assert storage.sqlalchemy_url("mysql://u:p@h/db") == "mysql://u:p@h/db"
