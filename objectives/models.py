@@ -98,7 +98,11 @@ def _from_reference(reference: str, num_classes: int) -> nn.Module:
     factory_name = reference.rpartition(":")[2]
     factory = getattr(module, factory_name, None)
     if not callable(factory):
-        raise ModelError(f"model {reference!r}: {reference.rpartition(':')[0]} has no factory {factory_name!r}")
+        source = reference.rpartition(':')[0]
+        offered = list_factories(source)
+        raise ModelError(f"model {reference!r}: {source} has no factory {factory_name!r}"
+                         + (f"; it has {', '.join(offered)}" if offered else "; it defines none (a function or nn.Module "
+                                                                               "class called with num_classes or nothing)"))
     try:
         parameters = inspect.signature(factory).parameters
         takes_classes = "num_classes" in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())
@@ -162,6 +166,14 @@ def create_model(name: str, num_classes: int) -> nn.Module:
             return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
         except (TypeError, ValueError) as error:
             raise ModelError(f"model {name!r} cannot be built with {num_classes} classes: {error}") from None
+    if name.endswith(".py") or name.endswith(":"):  # a file or module without its factory
+        source = name.rstrip(":")
+        if source.endswith(".py") and not Path(source).is_file():
+            raise ModelError(f"model {name!r}: file {source} does not exist")
+        offered = list_factories(source)
+        if offered:
+            raise ModelError(f"model {name!r}: name its factory, e.g. --model {offered[0]} (`tune models {source}` lists "
+                             f"{'them' if len(offered) > 1 else 'it'})")
     raise ModelError(f"unknown model {name!r}; CIFAR ResNets: {', '.join(sorted(_REGISTRY))}; "
                      "or any torchvision classifier (`tune models` lists them); or your own, as "
                      "package.module:factory or path/to/file.py:factory")

@@ -624,7 +624,11 @@ def models(contains: Optional[str] = typer.Argument(
         console.print("\n".join(found))
         return
     names = [n for n in list_models() if not contains or contains in n]
-    console.print(" ".join(names))
+    if names:
+        console.print(" ".join(names))
+    else:
+        console.print(f"no model name contains {contains!r}"
+                      + (f"; your file's factories: `tune models {contains}.py`" if Path(f"{contains}.py").is_file() else ""))
     console.print("[dim]your own model: --model path/to/file.py:factory or package.module:factory "
                   "(`tune models path/to/file.py` lists a file's factories)[/]")
 

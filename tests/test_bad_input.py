@@ -126,7 +126,13 @@ CASES = [
      "error: model '{dir}/broken_model.py:build': {dir}/broken_model.py does not import: "
      "ModuleNotFoundError: No module named 'no_such_package'"),
     (["start", "--spec", S, "--study-name", "other", "--model", "{dir}/mynet.py:missing"],
-     "error: model '{dir}/mynet.py:missing': {dir}/mynet.py has no factory 'missing'"),
+     "error: model '{dir}/mynet.py:missing': {dir}/mynet.py has no factory 'missing'; it has {dir}/mynet.py:build, "
+     "{dir}/mynet.py:not_a_module, {dir}/mynet.py:two_classes_only"),
+    (["start", "--spec", S, "--study-name", "other", "--model", "{dir}/mynet.py"],
+     "error: model '{dir}/mynet.py': name its factory, e.g. --model {dir}/mynet.py:build (`tune models {dir}/mynet.py` "
+     "lists them)"),
+    (["start", "--spec", S, "--study-name", "other", "--model", "{dir}/nosuch.py"],
+     "error: model '{dir}/nosuch.py': file {dir}/nosuch.py does not exist"),
     (["start", "--spec", S, "--study-name", "other", "--model", "{dir}/mynet.py:not_a_module"],
      "error: model '{dir}/mynet.py:not_a_module': not_a_module returned dict, not a torch nn.Module"),
     (["start", "--spec", S, "--study-name", "other", "--model", "{dir}/mynet.py:two_classes_only"],
