@@ -542,7 +542,7 @@ def groups(
     from edgetune.objectives.models import create_model
     from edgetune.objectives.structure import residual_stages, stream_pruning_error
 
-    from .space import allowed_precisions, build_space, channel_multiple
+    from .space import allowed_precisions, build_space, channel_multiple, dimension_rows
     from .study import group_rules, make_device
 
     if num_classes < 2:
@@ -567,7 +567,7 @@ def groups(
     dims = Table(title=f"search dimensions on {info.name} (widths in multiples of {multiple}, from the {source})")
     for column in ("parameter", "dimension", "range"):
         dims.add_column(column, overflow="fold")
-    for row in space.describe([g.name for g in found]):
+    for row in dimension_rows(spec, found, space):
         dims.add_row(row["parameter"], row["dimension"], row["range"])
     dims.caption = space.collapse_note()
     console.print(dims)

@@ -30,7 +30,7 @@ from edgetune.objectives.groups import OTHER, LayerGroup
 from edgetune.objectives.pipeline import TrialPlan
 from edgetune.objectives.structure import Stage
 
-from .params import DEPTH, FLOAT, INNER, PRECISION, PRUNER, WIDTH, Choices, decode, param_name
+from .params import DEPTH, FLOAT, INNER, PRECISION, PRUNER, WIDTH, Choices, decode, kind_of, param_name
 from .spec import Spec, SpecError
 
 
@@ -112,7 +112,12 @@ class Widths:
     def describe(self) -> str:
         if not self.searched:
             return f"{self.full} (fixed)"
-        return f"{self.channels(self.fewest)}..{self.full} step {self.multiple}"
+        values = [self.channels(k) for k in range(self.fewest, self.most + 1)]
+        if self.full % self.multiple == 0:
+            return f"{values[0]}..{self.full} step {self.multiple}"
+        if len(values) <= 3:  # the capped last width breaks the step: 16, 24 is not 16..24 step 16
+            return ", ".join(map(str, values))
+        return f"{values[0]}..{values[-2]} step {self.multiple}, {self.full}"
 
     @classmethod
     def of(cls, full: int, multiple: int, max_sparsity: float) -> "Widths":
@@ -233,6 +238,23 @@ def searched_parameters(spec: Spec, groups: list[LayerGroup], space: SearchSpace
     searched (a pruner only chooses channels)."""
     widths = any(w.searched for w in [*space.inner.values(), *space.stream.values()])
     return [n for n in distributions(spec, groups, space) if n != PRUNER or widths]
+
+
+def dimension_rows(spec: Spec, groups: list[LayerGroup], space: SearchSpace) -> list[dict]:
+    """What ``tune groups`` shows: :meth:`SearchSpace.describe` with the groups' precisions, a precision the
+    spec fixes as fixed, and the pruner where the study searches it."""
+    asked = set(searched_parameters(spec, groups, space))
+    fixed = spec["search.fixed_precisions"] or {}
+    rows = []
+    for row in space.describe([g.name for g in groups]):
+        part = row["parameter"].partition(".")[2]
+        if kind_of(row["parameter"]) == PRECISION and row["parameter"] not in asked:
+            value = fixed.get(part) or next((p for p in fixed.values() if p != "int8"), None)
+            row = {**row, "range": f"{value} (fixed)"}
+        rows.append(row)
+    if PRUNER in asked:
+        rows.append({"parameter": PRUNER, "dimension": "channel criterion", "range": ", ".join(spec["search.pruners"])})
+    return rows
 
 
 def check_searchable(spec: Spec, groups: list[LayerGroup], space: SearchSpace) -> None:

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from edgetune.objectives.groups import OTHER
 from edgetune.searcher import cli
 from edgetune.searcher.cli import app
-from edgetune.searcher.params import DEPTH, FLOAT, INNER, PRECISION, WIDTH, kind_of, param_name
+from edgetune.searcher.params import DEPTH, FLOAT, INNER, PRECISION, PRUNER, WIDTH, kind_of, param_name
 from edgetune.searcher.spec import load_spec
 from edgetune.searcher.study import make_sampler
 
@@ -57,9 +57,12 @@ def test_groups_lists_every_search_dimension_with_its_range(known_host):
                 (param_name(DEPTH, "layer2"), "depth (blocks)", "1..3"), (param_name(PRECISION, OTHER), "precision", "float, int8")]:
         assert row in found, row
     assert ((param_name(PRECISION, FLOAT), "float precision", "f32, bf16") in found) == known_host.bf16
+    assert (PRUNER, "channel criterion", "l1, l2, fpgm") in found
     assert "search dimensions on openvino:CPU (widths in multiples of 8, from the spec)" in words(result.output)
-    off = runner.invoke(app, ["groups", "--model", "resnet20", "--set", "search.depth=false"])
-    assert not [row for row in rows(off.output) if kind_of(row[0]) == DEPTH]
+    off = runner.invoke(app, ["groups", "--model", "resnet20", "--set", "search.depth=false", "--set", "search.pruners=l1",
+                              "--set", 'search.fixed_precisions={layer1 = "int8"}'])
+    assert not [row for row in rows(off.output) if kind_of(row[0]) in (DEPTH, PRUNER)]
+    assert (param_name(PRECISION, "layer1"), "precision", "int8 (fixed)") in rows(off.output)
 
 
 def test_groups_counts_widths_in_the_devices_granularity(known_host):

@@ -132,6 +132,7 @@ def test_the_search_space_counts_whole_multiples():
     assert seen <= {16, 24, 32, 40, 48, 56, 64} and len(seen) > 3
     # a width that is not a multiple: the last step is the full width
     assert [Widths(24, 16, 1).channels(k) for k in (1, 2)] == [16, 24]
+    assert Widths(24, 16, 1).describe() == "16, 24" and Widths(72, 16, 1).describe() == "16..64 step 16, 72"
     # every dimension can be switched off
     off = load_spec(overrides={"search.depth": False, "search.stream_width": False, "search.inner_width": False})
     assert build_space(off, model, groups, stages, ["f32"], 8).describe() == []
