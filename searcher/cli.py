@@ -20,7 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="edgetune: search per-layer-group compression settings, measured on the real device.")
 # Written to a file (a long study under nohup), rich would wrap every table row at 80 columns.
 console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
-STORAGE_OPTION = typer.Option(DEFAULT_STORAGE, "--storage", envvar=STORAGE_ENV, show_default=False,
+STORAGE_OPTION = typer.Option(DEFAULT_STORAGE, "--storage", metavar="URL", envvar=STORAGE_ENV, show_default=False,
                               help=f"SQLAlchemy URL of the study database (default: ${STORAGE_ENV}, else {DEFAULT_STORAGE}).")
 
 
@@ -95,29 +95,36 @@ def _overrides(**named) -> dict:
 @app.command()
 @user_errors_are_one_line
 def start(
-    spec_file: Optional[Path] = typer.Option(None, "--spec", help="Study spec (TOML); default: the embedded studies/default.toml."),
-    target: Optional[str] = typer.Option(None, help="Objectives in order, e.g. latency,top1 (latency, top1, size, params, flops, memory, energy)."),
-    model: Optional[str] = typer.Option(None, help="Model name: resnet20/32/44/56 or any torchvision classifier."),
-    checkpoint: Optional[str] = typer.Option(None, help="Baseline weights (state dict; loaded with weights_only=True)."),
-    data: Optional[str] = typer.Option(None, help="Data set: digits, cifar10 or imagefolder."),
-    data_dir: Optional[str] = typer.Option(None, help="Folder of the data set (cifar10, imagefolder)."),
-    device: Optional[str] = typer.Option(None, help="Target device, e.g. openvino:CPU (`tune devices`)."),
-    trials: Optional[int] = typer.Option(None, help="Run until the study has this many trials."),
-    sampler: Optional[str] = typer.Option(None, help="auto, tpe, nsga2 or random."),
-    storage: Optional[str] = typer.Option(None, help=f"SQLAlchemy URL of the study database (default: ${STORAGE_ENV}, "
+    spec_file: Optional[Path] = typer.Option(None, "--spec", metavar="FILE",
+                                             help="Study spec (TOML); default: the embedded studies/default.toml."),
+    target: Optional[str] = typer.Option(None, metavar="LIST",
+                                         help="Objectives in order, e.g. latency,top1 (latency, top1, size, params, flops, memory, energy)."),
+    model: Optional[str] = typer.Option(None, metavar="NAME",
+                                 help="Model: resnet20/32/44/56, a torchvision classifier (`tune models`) or file.py:factory."),
+    checkpoint: Optional[str] = typer.Option(None, metavar="FILE",
+                                             help="Baseline weights (state dict; loaded with weights_only=True)."),
+    data: Optional[str] = typer.Option(None, metavar="NAME", help="Data set: digits, cifar10 or imagefolder."),
+    data_dir: Optional[str] = typer.Option(None, metavar="DIR", help="Folder of the data set (cifar10, imagefolder)."),
+    device: Optional[str] = typer.Option(None, metavar="NAME", help="Target device, e.g. openvino:CPU (`tune devices`)."),
+    trials: Optional[int] = typer.Option(None, metavar="N", help="Run until the study has this many trials."),
+    sampler: Optional[str] = typer.Option(None, metavar="NAME", help="auto, tpe, nsga2 or random."),
+    storage: Optional[str] = typer.Option(None, metavar="URL", help=f"SQLAlchemy URL of the study database (default: ${STORAGE_ENV}, "
                                                      f"else the spec file's study.storage, else {DEFAULT_STORAGE})."),
-    study_name: Optional[str] = typer.Option(None, help="Study name (default: MODEL-DATA, e.g. resnet56-digits); "
+    study_name: Optional[str] = typer.Option(None, metavar="NAME", help="Study name (default: MODEL-DATA, e.g. resnet56-digits); "
                                                         "an existing study is resumed."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the sampler and of training."),
-    workers: Optional[int] = typer.Option(None, help="Local worker processes (several need PostgreSQL or MySQL)."),
+    seed: Optional[int] = typer.Option(None, metavar="N", help="Seed of the sampler and of training."),
+    workers: Optional[int] = typer.Option(None, metavar="N", help="Local worker processes (several need PostgreSQL or MySQL)."),
     max_top1_drop: Optional[float] = typer.Option(None, help="Trials losing more Top-1 points are infeasible."),
-    max_class_drop: Optional[float] = typer.Option(None, help="Trials losing more points on any class are infeasible."),
-    max_latency: Optional[float] = typer.Option(None, help="Latency limit in ms: slower trials are infeasible, "
+    max_class_drop: Optional[float] = typer.Option(None, metavar="POINTS",
+                                                   help="Trials losing more points on any class are infeasible."),
+    max_latency: Optional[float] = typer.Option(None, metavar="MS", help="Latency limit in ms: slower trials are infeasible, "
                                                            "timed before fine-tuning and skip it."),
-    min_speedup: Optional[float] = typer.Option(None, help="Speed-up over the baseline a trial must reach (as --max-latency)."),
-    artifacts: Optional[str] = typer.Option(None, help="Artifact store folder (study.artifacts; resuming: the study's "
+    min_speedup: Optional[float] = typer.Option(None, metavar="X",
+                                                help="Speed-up over the baseline a trial must reach (as --max-latency)."),
+    artifacts: Optional[str] = typer.Option(None, metavar="DIR", help="Artifact store folder (study.artifacts; resuming: the study's "
                                                        "store as this host sees it)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any spec key: --set finetune.epochs=3"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE",
+                                             help="Override any spec key: --set finetune.epochs=3"),
 ):
     """Run (or resume) a compression study and print its Pareto front."""
     from .locks import SEVERAL_WORKERS_NEED_A_SERVER, StudyLocks
@@ -159,10 +166,11 @@ def start(
 def worker(
     study_name: str = typer.Argument(..., help="The study to join (started with `tune start`)."),
     storage: str = STORAGE_OPTION,
-    artifacts: Optional[str] = typer.Option(None, help="The study's artifact store as this host sees it (default: the study's)."),
-    threads: int = typer.Option(0, help="Training threads (0: PyTorch's default)."),
+    artifacts: Optional[str] = typer.Option(None, metavar="DIR",
+                                            help="The study's artifact store as this host sees it (default: the study's)."),
+    threads: int = typer.Option(0, metavar="N", help="Training threads (0: PyTorch's default)."),
     quiet: bool = typer.Option(False, "--quiet", help="Print nothing but errors (used by `tune start --workers`)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Where this host trains: --set train.device=cuda:1 "
+    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Where this host trains: --set train.device=cuda:1 "
                                                                 "(train.* keys only; the rest is the study's)."),
 ):
     """Join a study from this host and run its trials until the study has them all."""
@@ -333,11 +341,12 @@ def _out_folder(out: Path) -> Path:
 def export(
     study_name: Optional[str] = typer.Argument(None, help="Study name (optional if the storage holds one)."),
     pareto: bool = typer.Option(False, "--pareto", help="Export every model on the Pareto front."),
-    trial: Optional[list[int]] = typer.Option(None, "--trial", help="Export this trial (repeatable; with --pareto: as well)."),
-    out: Path = typer.Option(Path("exports"), "--out", help="Folder to write trial-N/ folders into."),
+    trial: Optional[list[int]] = typer.Option(None, "--trial", metavar="N",
+                                              help="Export this trial (repeatable; with --pareto: as well)."),
+    out: Path = typer.Option(Path("exports"), "--out", metavar="DIR", help="Folder to write trial-N/ folders into."),
     max_top1_drop: float = MAX_TOP1_DROP_OPTION,
     storage: str = STORAGE_OPTION,
-    artifacts: Optional[str] = typer.Option(None, help="Artifact store folder (default: the study's)."),
+    artifacts: Optional[str] = typer.Option(None, metavar="DIR", help="Artifact store folder (default: the study's)."),
 ):
     """Write the deployable models of chosen trials, with a manifest (metrics, versions, checksums)."""
     from .export import choose_trials, export_trial
@@ -361,9 +370,9 @@ def export(
 @user_errors_are_one_line
 def report(
     study_name: Optional[str] = typer.Argument(None, help="Study name (optional if the storage holds one)."),
-    out: Path = typer.Option(Path("reports"), "--out", help="Folder of the report (a subfolder per study)."),
+    out: Path = typer.Option(Path("reports"), "--out", metavar="DIR", help="Folder of the report (a subfolder per study)."),
     storage: str = STORAGE_OPTION,
-    artifacts: Optional[str] = typer.Option(None, help="Artifact store folder (default: the study's)."),
+    artifacts: Optional[str] = typer.Option(None, metavar="DIR", help="Artifact store folder (default: the study's)."),
     classes: bool = typer.Option(True, help="Class-level harm of the front (loads the data set)."),
     max_top1_drop: float = typer.Option(5.0, "--max-top1-drop", metavar="POINTS",
                                         help="Show front models down to this many Top-1 points below the baseline "
@@ -413,11 +422,14 @@ def report(
 @user_errors_are_one_line
 def finalize(
     study_name: Optional[str] = typer.Argument(None, help="Study name (optional if the storage holds one)."),
-    epochs: int = typer.Option(10, help="Fine-tune epochs for each finalized model."),
-    trial: Optional[list[int]] = typer.Option(None, "--trial", help="Finalize this trial (repeatable); default: the front."),
+    epochs: int = typer.Option(10, metavar="N", help="Fine-tune epochs for each finalized model."),
+    trial: Optional[list[int]] = typer.Option(None, "--trial", metavar="N",
+                                              help="Finalize this trial (repeatable); default: the front."),
     storage: str = STORAGE_OPTION,
-    artifacts: Optional[str] = typer.Option(None, help="The study's artifact store as this host sees it (default: the study's)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Where to train: --set train.device=cuda:1 (train.* keys only)."),
+    artifacts: Optional[str] = typer.Option(None, metavar="DIR",
+                                            help="The study's artifact store as this host sees it (default: the study's)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE",
+                                             help="Where to train: --set train.device=cuda:1 (train.* keys only)."),
 ):
     """Fine-tune the front's models longer; each becomes a new trial (finalized_from = the original)."""
     from .finalize import finalize as run_finalize
@@ -457,10 +469,10 @@ def finalize(
 @user_errors_are_one_line
 def dashboard(
     storage: str = STORAGE_OPTION,
-    artifacts: Optional[str] = typer.Option(None, help="Artifact store whose trial models the UI shows (default: the "
+    artifacts: Optional[str] = typer.Option(None, metavar="DIR", help="Artifact store whose trial models the UI shows (default: the "
                                                        "studies' own, found from any folder as by `tune report`)."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps it on this machine."),
-    port: int = typer.Option(8080, help="Port."),
+    host: str = typer.Option("127.0.0.1", metavar="ADDRESS", help="Address to bind; 127.0.0.1 keeps it on this machine."),
+    port: int = typer.Option(8080, metavar="N", help="Port."),
 ):
     """Serve optuna-dashboard on the study database, with the trials' models from the studies' artifact store."""
     import optuna_dashboard
@@ -527,12 +539,14 @@ def _dashboard_artifacts(store, storage: str, given: Optional[str]) -> tuple[Opt
 @app.command()
 @user_errors_are_one_line
 def groups(
-    spec_file: Optional[Path] = typer.Option(None, "--spec", help="Study spec (TOML)."),
-    model: Optional[str] = typer.Option(None, help="Model: resnet20/32/44/56, a torchvision classifier (`tune models`) "
+    spec_file: Optional[Path] = typer.Option(None, "--spec", metavar="FILE", help="Study spec (TOML)."),
+    model: Optional[str] = typer.Option(None, metavar="NAME", help="Model: resnet20/32/44/56, a torchvision classifier (`tune models`) "
                                                    "or file.py:factory (default: the spec's, resnet56)."),
-    num_classes: int = typer.Option(10, help="Classes of the classifier head."),
-    image_size: Optional[int] = typer.Option(None, help="Input size that counts FLOPs (default: the spec's data.image_size, 32)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override spec keys (search.groups, search.exclude)."),
+    num_classes: int = typer.Option(10, metavar="N", help="Classes of the classifier head."),
+    image_size: Optional[int] = typer.Option(None, metavar="PIXELS",
+                                             help="Input size that counts FLOPs (default: the spec's data.image_size, 32)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE",
+                                             help="Override spec keys (search.groups, search.exclude)."),
 ):
     """Show the layer groups of a model (layers, parameters, FLOPs share) and every dimension a study
     searches on it, with its range on the spec's device."""
@@ -595,13 +609,13 @@ def devices():
 @app.command("device-agent")
 @user_errors_are_one_line
 def device_agent(
-    device: str = typer.Option("openvino:CPU", help="The local device to serve."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 unless other hosts must reach it."),
-    port: int = typer.Option(8765, help="Port."),
-    threads: int = typer.Option(0, help="Inference threads (0: each model at its fastest count)."),
-    max_upload_mb: int = typer.Option(256, help="Largest model or array accepted, in MiB."),
-    latency_ci: float = typer.Option(0.02, help="Stop timing once the 95% CI of the median is this tight."),
-    latency_max_seconds: float = typer.Option(5.0, help="Time limit of one measurement."),
+    device: str = typer.Option("openvino:CPU", metavar="NAME", help="The local device to serve."),
+    host: str = typer.Option("127.0.0.1", metavar="ADDRESS", help="Address to bind; 127.0.0.1 unless other hosts must reach it."),
+    port: int = typer.Option(8765, metavar="N", help="Port."),
+    threads: int = typer.Option(0, metavar="N", help="Inference threads (0: each model at its fastest count)."),
+    max_upload_mb: int = typer.Option(256, metavar="MIB", help="Largest model or array accepted, in MiB."),
+    latency_ci: float = typer.Option(0.02, metavar="SHARE", help="Stop timing once the 95% CI of the median is this tight."),
+    latency_max_seconds: float = typer.Option(5.0, metavar="SECONDS", help="Time limit of one measurement."),
 ):
     """Serve a device over HTTP for studies on other hosts (token: $EDGETUNE_AGENT_TOKEN)."""
     from edgetune.devices.agent import serve
