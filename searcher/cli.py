@@ -596,13 +596,16 @@ def devices():
     from edgetune.devices.host import pinned_note
 
     table = Table(title="devices on this host", caption=" ".join(f"as on the host {v}" for v in pinned_note().values()))
-    for column in ("device", "full name", "runtime", "precisions", "channel granularity", "capabilities"):
+    table.add_column("device", no_wrap=True)  # the name --device takes: never folded
+    for column in ("full name", "runtime", "precisions (channel granularity)", "capabilities"):
         table.add_column(column, overflow="fold")
     for name in available_devices():
         info = create_device(name).info()
-        granularity = ", ".join(f"{p} {info.granularity(p)}" for p in info.precisions)
-        table.add_row(info.name, info.full_name, info.runtime, ", ".join(info.precisions), granularity,
-                      info.extra.get("capabilities", ""))
+        steps = {p: info.granularity(p) for p in info.precisions}
+        precisions = (f"{', '.join(steps)} (×{steps[info.precisions[0]]})" if len(set(steps.values())) == 1
+                      else ", ".join(f"{p} ×{g}" for p, g in steps.items()))
+        runtime = info.runtime.split("-")[0]  # "openvino 2026.4.1", not its build tag (trials record it whole)
+        table.add_row(info.name, info.full_name, runtime, precisions, info.extra.get("capabilities", "").replace(",", ", "))
     console.print(table)
 
 
