@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .spec import SpecError, load_spec, parse_override
+from .spec import Spec, SpecError, load_spec, parse_override
 from .storage import DEFAULT_STORAGE, STORAGE_ENV
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -76,20 +76,41 @@ def user_errors_are_one_line(command):
     return wrapper
 
 
+# The flags that set a spec key (every key: --set KEY=VALUE).
+FLAG_KEYS = {"target": "study.targets", "model": "model.name", "checkpoint": "model.checkpoint", "data": "data.name",
+             "data_dir": "data.dir", "device": "device.name", "trials": "study.trials", "sampler": "study.sampler",
+             "storage": "study.storage", "study_name": "study.name", "seed": "study.seed",
+             "max_top1_drop": "study.max_top1_drop", "max_class_drop": "study.max_class_drop", "workers": "study.workers",
+             "max_latency": "study.max_latency_ms", "min_speedup": "study.min_speedup", "image_size": "data.image_size",
+             "artifacts": "study.artifacts"}
+
+
 def _overrides(**named) -> dict:
-    mapping = {"target": "study.targets", "model": "model.name", "checkpoint": "model.checkpoint", "data": "data.name",
-               "data_dir": "data.dir", "device": "device.name", "trials": "study.trials", "sampler": "study.sampler",
-               "storage": "study.storage", "study_name": "study.name", "seed": "study.seed",
-               "max_top1_drop": "study.max_top1_drop", "max_class_drop": "study.max_class_drop", "workers": "study.workers",
-               "max_latency": "study.max_latency_ms", "min_speedup": "study.min_speedup", "image_size": "data.image_size",
-               "artifacts": "study.artifacts"}
-    result = {mapping[k]: v for k, v in named.items() if k in mapping and v is not None}
+    result = {FLAG_KEYS[k]: v for k, v in named.items() if k in FLAG_KEYS and v is not None}
     if "study.targets" in result:
         result["study.targets"] = [t.strip() for t in result["study.targets"].split(",") if t.strip()]
     for item in named.get("set") or []:
         key, value = parse_override(item)
         result[key] = value
     return result
+
+
+def _load_spec(spec_file: Optional[Path], from_env: dict[str, tuple[str, str]] | None = None, **named) -> Spec:
+    """The spec with the command line's flags and --set items (``named``) over ``from_env`` (key: the variable,
+    its value) over the file; a bad value is named as the user gave it: ``--trials (spec key study.trials): ...``."""
+    from_env = from_env or {}
+    overrides = {key: value for key, (_, value) in from_env.items()} | _overrides(**named)
+    try:
+        return load_spec(spec_file, overrides)
+    except SpecError as error:
+        set_keys = {parse_override(item)[0] for item in named.get("set") or []}
+        given = {key: f"${variable}" for key, (variable, _) in from_env.items()}
+        given |= {key: f"--{name.replace('_', '-')}" for name, key in FLAG_KEYS.items() if named.get(name) is not None}
+        for key, source in given.items():
+            prefix = f"spec key '{key}'"
+            if key not in set_keys and str(error).startswith(prefix):
+                raise SpecError(f"{source} (spec key {key}){str(error)[len(prefix):]}") from None
+        raise
 
 
 @app.command()
@@ -100,7 +121,7 @@ def start(
     target: Optional[str] = typer.Option(None, metavar="LIST",
                                          help="Objectives in order, e.g. latency,top1 (latency, top1, size, params, flops, memory, energy)."),
     model: Optional[str] = typer.Option(None, metavar="NAME",
-                                 help="Model: resnet20/32/44/56, a torchvision classifier (`tune models`) or file.py:factory."),
+                                        help="Model: resnet20/32/44/56, a torchvision classifier (`tune models`) or file.py:factory."),
     checkpoint: Optional[str] = typer.Option(None, metavar="FILE",
                                              help="Baseline weights (state dict; loaded with weights_only=True)."),
     data: Optional[str] = typer.Option(None, metavar="NAME", help="Data set: digits, cifar10 or imagefolder."),
@@ -130,14 +151,12 @@ def start(
     from .locks import SEVERAL_WORKERS_NEED_A_SERVER, StudyLocks
     from .storage import is_sqlite
 
-    spec = load_spec(spec_file, _overrides(target=target, model=model, checkpoint=checkpoint, data=data, data_dir=data_dir,
-                                           device=device, trials=trials, sampler=sampler,
-                                           # the flag, then the variable, win over a spec file's study.storage
-                                           storage=storage or os.environ.get(STORAGE_ENV) or None,
-                                           study_name=study_name, seed=seed, workers=workers,
-                                           max_top1_drop=max_top1_drop, max_class_drop=max_class_drop,
-                                           max_latency=max_latency, min_speedup=min_speedup, artifacts=artifacts,
-                                           set=set_))
+    # the flag, then the variable, win over a spec file's study.storage
+    from_env = {"study.storage": (STORAGE_ENV, os.environ[STORAGE_ENV])} if os.environ.get(STORAGE_ENV) else {}
+    spec = _load_spec(spec_file, from_env, target=target, model=model, checkpoint=checkpoint, data=data, data_dir=data_dir,
+                      device=device, trials=trials, sampler=sampler, storage=storage, study_name=study_name, seed=seed,
+                      workers=workers, max_top1_drop=max_top1_drop, max_class_drop=max_class_drop,
+                      max_latency=max_latency, min_speedup=min_speedup, artifacts=artifacts, set=set_)
     if spec["study.workers"] > 1 and is_sqlite(spec["study.storage"]):
         raise SpecError(f"--workers {spec['study.workers']}: {SEVERAL_WORKERS_NEED_A_SERVER}")
     _check_train_device(spec)
@@ -401,7 +420,6 @@ def report(
         except StorageError as error:
             raise StorageError(f"{error} (class-level harm reads it), or leave that out with --no-classes") from None
 
-        from .spec import Spec
         from .study import load_spec_data
 
         try:
@@ -561,7 +579,7 @@ def groups(
 
     if num_classes < 2:
         raise SpecError(f"--num-classes: must be an integer >= 2, got {num_classes}")
-    spec = load_spec(spec_file, _overrides(model=model, image_size=image_size, set=set_))
+    spec = _load_spec(spec_file, model=model, image_size=image_size, set=set_)
     image_size = spec["data.image_size"] or 32
     net = create_model(spec["model.name"], num_classes)
     found = derive_groups(net, group_rules(spec))

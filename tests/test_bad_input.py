@@ -97,12 +97,14 @@ CASES = [
     (["start", "--spec", "{dir}/typo.toml"], "error: unknown spec key 'study.nmae'; did you mean 'study.name'?"),
     (["start", "--spec", "{dir}/words.toml"], "error: spec key 'study.trials': must be an integer >= 1, got 'ten'"),
     # command-line values
-    (["start", "--spec", S, "--trials", "0"], "error: spec key 'study.trials': must be an integer >= 1, got 0"),
+    (["start", "--spec", S, "--trials", "0"], "error: --trials (spec key study.trials): must be an integer >= 1, got 0"),
     (["start", "--spec", S, "--target", "latency,speed"],
-     "error: spec key 'study.targets': must be a non-empty list of distinct targets from: latency, top1, size, params, "
+     "error: --target (spec key study.targets): must be a non-empty list of distinct targets from: latency, top1, size, params, "
      "flops, memory, energy (or latency@DEVICE for a device of device.also), got ['latency', 'speed']"),
     (["start", "--spec", S, "--sampler", "grid"],
-     "error: spec key 'study.sampler': must be one of: auto, tpe, nsga2, random, got 'grid'"),
+     "error: --sampler (spec key study.sampler): must be one of: auto, tpe, nsga2, random, got 'grid'"),
+    (["start", "--spec", S, "--trials", "3", "--set", "study.trials=0"],  # the key the user set is the one named
+     "error: spec key 'study.trials': must be an integer >= 1, got 0"),
     (["start", "--spec", S, "--set", "finetune.epochs"], "error: override 'finetune.epochs': expected key=value"),
     (["start", "--spec", S, "--set", "finetune.epoch=3"],
      "error: unknown spec key 'finetune.epoch'; did you mean 'finetune.epochs'?"),
@@ -183,7 +185,7 @@ CASES = [
      "error: checkpoint {dir}/none.pt does not exist"),
     # storage URLs
     (["start", "--spec", S, "--storage", "edgetune.db"],
-     "error: spec key 'study.storage': must be an SQLAlchemy URL, e.g. sqlite:///edgetune.db, got 'edgetune.db'"),
+     "error: --storage (spec key study.storage): must be an SQLAlchemy URL, e.g. sqlite:///edgetune.db, got 'edgetune.db'"),
     (["start", "--spec", S, "--storage", "nosuchdb://u:pw@host/db"],
      "error: cannot open storage nosuchdb://u:***@host/db: Can't load plugin: sqlalchemy.dialects:nosuchdb"),
     (["start", "--spec", S, "--storage", "postgresql://u:secret@127.0.0.1:1/db"],
@@ -195,7 +197,7 @@ CASES = [
       "--out", "{dir}/nowhere"], "error: --artifacts {dir}/nowhere: no such folder"),
     (["worker", "nosuch", "--storage", "sqlite:///{dir}/tiny.db"], "error: no study 'nosuch' in the storage; studies: tiny"),
     (["export", "tiny", "--trial", "99", "--storage", "sqlite:///{dir}/tiny.db"], "error: study 'tiny' has no trial 99"),
-    (["groups", "--model", "resnet20", "--image-size", "0"], "error: spec key 'data.image_size': must be an integer >= 8, got 0"),
+    (["groups", "--model", "resnet20", "--image-size", "0"], "error: --image-size (spec key data.image_size): must be an integer >= 8, got 0"),
     (["groups", "--model", "resnet20", "--num-classes", "-3"], "error: --num-classes: must be an integer >= 2, got -3"),
     # device strings
     (["start", "--spec", S, "--device", "quantum"],

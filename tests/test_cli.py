@@ -171,6 +171,8 @@ def test_the_storage_variable_wins_over_a_spec_files_storage(tmp_path):
         "error: --workers 2: SQLite takes one worker")
     flag = runner.invoke(app, [*args, "--storage", "sqlite:///x.db"], env={"EDGETUNE_STORAGE": "postgresql://u@h/db"})
     assert flag.stderr.startswith("error: --workers 2: SQLite takes one worker")  # the flag wins over both
+    bad = runner.invoke(app, ["start", "--spec", str(spec)], env={"EDGETUNE_STORAGE": "edgetune.db"})
+    assert bad.stderr.startswith("error: $EDGETUNE_STORAGE (spec key study.storage): must be an SQLAlchemy URL"), bad.stderr
 
 
 def test_version():
